@@ -1,0 +1,3 @@
+//! `local`: the whole system in one process for development (`make dev`). SKELETON STUB.
+
+fn main() {}

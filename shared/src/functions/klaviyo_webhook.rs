@@ -1,0 +1,12 @@
+//! The `klaviyo-webhook` function's routes (product.md §2).
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::app::App;
+
+/// The routes `klaviyo-webhook` serves.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new().with_state(app)
+}

@@ -1,0 +1,12 @@
+//! The `oauth-callback` function's routes (product.md §2).
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::app::App;
+
+/// The routes `oauth-callback` serves.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new().with_state(app)
+}

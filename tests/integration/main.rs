@@ -1,0 +1,8 @@
+//! The integration tests: one binary, one module per area.
+
+mod clients;
+mod klaviyo_sim;
+mod omneo_sim;
+mod queue;
+mod runtime;
+mod store;

@@ -1,0 +1,1 @@
+//! Firestore emulator launcher. SKELETON STUB.
