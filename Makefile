@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make dev` (the whole system locally) and `make test` (every test).
+SHELL := /bin/bash
+VENV ?= .venv
+CARGO ?= cargo
+TASKS_EMULATOR_VERSION := 0.6.2
+
+.PHONY: dev test bench lint fmt build venv clean-venv
+
+## dev: run all five functions, both simulators and a demo tenant on http://localhost:$${PORT:-8080}
+dev:
+	$(CARGO) run -p local
+
+## test: start the Firestore and Cloud Tasks emulators, then run every test of the workspace
+test: venv
+	$(CARGO) build --workspace --bins
+	tests/emulators.sh $(CARGO) nextest run --workspace --no-fail-fast
+
+## bench: cold start (exec → first 200 on /health) and idle RSS of each function beside an axum hello-world
+bench:
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release -p harness --bin bench-startup
+
+## lint: formatting and clippy (warnings are errors)
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## fmt: format the code
+fmt:
+	$(CARGO) fmt --all
+
+## build: release build of every binary
+build:
+	$(CARGO) build --release --workspace --bins
+
+## venv: the Python environment holding the Cloud Tasks emulator (PyPI gcloud-tasks-emulator)
+venv: $(VENV)/.installed-$(TASKS_EMULATOR_VERSION)
+
+$(VENV)/.installed-$(TASKS_EMULATOR_VERSION):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check gcloud-tasks-emulator==$(TASKS_EMULATOR_VERSION)
+	touch $@
+
+clean-venv:
+	rm -rf $(VENV)

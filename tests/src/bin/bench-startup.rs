@@ -1,0 +1,108 @@
+//! `make bench`: cold start (exec → first 200 on `GET /health`) and idle RSS of each function
+//! binary, beside the same figures for a minimal axum hello-world built in the same run.
+//!
+//! Rounds interleave the binaries so machine noise spreads evenly over them. Run from a release
+//! build: the binaries are looked up next to this executable.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BINARIES: [&str; 6] = ["hello-baseline", "oauth-callback", "klaviyo-webhook", "omneo-webhook", "inbound-task", "outbound-task"];
+const ROUNDS: usize = 15;
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn main() -> anyhow::Result<()> {
+    let dir = std::env::current_exe()?.parent().map(Path::to_path_buf).ok_or_else(|| anyhow::anyhow!("no exe dir"))?;
+    let mut starts: Vec<Vec<Duration>> = vec![Vec::new(); BINARIES.len()];
+    let mut rss: Vec<Vec<u64>> = vec![Vec::new(); BINARIES.len()];
+    for _ in 0..ROUNDS {
+        for (i, name) in BINARIES.iter().enumerate() {
+            let (start, kib) = measure(&dir.join(name))?;
+            starts[i].push(start);
+            rss[i].push(kib);
+        }
+    }
+    println!("cold start = exec → first 200 on GET /health; idle RSS after 300 ms; {ROUNDS} rounds, interleaved\n");
+    println!("| binary | start median | start p90 | start min | idle RSS median |");
+    println!("|---|---|---|---|---|");
+    for (i, name) in BINARIES.iter().enumerate() {
+        let s = &mut starts[i];
+        s.sort();
+        let r = &mut rss[i];
+        r.sort();
+        println!(
+            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} MiB |",
+            ms(s[s.len() / 2]),
+            ms(s[s.len() * 9 / 10]),
+            ms(s[0]),
+            r[r.len() / 2] as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Starts one binary, polls `/health` until it answers 200, reads its RSS, stops it.
+fn measure(binary: &PathBuf) -> anyhow::Result<(Duration, u64)> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let began = Instant::now();
+    let mut child = spawn(binary, port)?;
+    let started = loop {
+        if health_ok(port) {
+            break began.elapsed();
+        }
+        if began.elapsed() > START_TIMEOUT {
+            child.kill()?;
+            anyhow::bail!("{} did not answer /health within {START_TIMEOUT:?}", binary.display());
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("{} exited with {status} before answering", binary.display());
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let kib = rss_kib(child.id())?;
+    child.kill()?;
+    child.wait()?;
+    Ok((started, kib))
+}
+
+fn spawn(binary: &PathBuf, port: u16) -> anyhow::Result<Child> {
+    let child = Command::new(binary)
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("KLAVIYO_CLIENT_ID", "bench")
+        .env("KLAVIYO_CLIENT_SECRET", "bench-secret")
+        .env("STORE", "memory")
+        .env("QUEUE", "local")
+        .env("ENCRYPTION_KEY", "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        .env("OPERATOR_TOKEN", "bench-operator-token")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    Ok(child)
+}
+
+fn health_ok(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let request = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
