@@ -12,6 +12,7 @@
 //! | [`crypto`] | AES-256-GCM sealing of secrets at rest, with key rotation |
 //! | [`store`] | tenant / install / idempotency / failure records: trait, memory and Firestore |
 //! | [`queue`] | task enqueueing: trait, in-process look-alike and Cloud Tasks; the task handlers' side |
+//! | [`remote`] | what both clients share: the one retry policy, error classification, sending |
 //! | [`klaviyo`], [`omneo`] | typed clients of the two remote APIs |
 //! | [`settings`] | a tenant's settings (product.md §4) |
 //! | [`app`] | the shared state handlers receive, built from the configuration |
@@ -23,7 +24,10 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod functions;
+pub mod klaviyo;
+pub mod omneo;
 pub mod queue;
+pub mod remote;
 pub mod runtime;
 pub mod settings;
 pub mod store;

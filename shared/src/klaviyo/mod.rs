@@ -1,0 +1,6 @@
+//! Klaviyo: the typed REST client and its JSON:API models (klaviyo.md).
+
+mod client;
+pub mod models;
+
+pub use client::KlaviyoClient;
