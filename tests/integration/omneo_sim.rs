@@ -1,1 +1,955 @@
-//! SKELETON STUB.
+//! The Omneo simulator over real sockets: auth, Laravel shapes, profiles, comms, identities,
+//! webhooks with signed deliveries and the loop guard, activity, ID tokens, data-source lists and
+//! injected faults. Signatures and JWTs are checked here independently of the simulator's code.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::post;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use harness::omneo::{NewProfile, NewWebhook, OmneoSim, OmneoSimOptions, Profile, TenantSpec};
+use harness::sim::{FaultRule, SimServer};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+const TENANT: &str = "acme";
+const TOKEN: &str = "acme-klaviyo-token";
+const NAMESPACE: &str = "klaviyo";
+const CRM_TOKEN: &str = "acme-crm-token";
+const SECRET: &str = "acme-signing-secret";
+
+async fn start() -> OmneoSim {
+    let spec = TenantSpec::new(TENANT, TOKEN, NAMESPACE, SECRET).token(CRM_TOKEN, "crm");
+    OmneoSim::start(OmneoSimOptions::default().tenant(spec))
+        .await
+        .expect("simulator starts")
+}
+
+/// A JSON client of one tenant with one token.
+struct Api {
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(sim: &OmneoSim, token: &str) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            base: sim.api_url(TENANT),
+            token: token.into(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("Accept", "application/json");
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request reaches the simulator");
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("JSON body")
+        };
+        (status, headers, json)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.call(reqwest::Method::GET, path, None).await;
+        (status, body)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let (status, _, body) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        (status, body)
+    }
+
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let (status, _, body) = self.call(reqwest::Method::PUT, path, Some(body)).await;
+        (status, body)
+    }
+
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.call(reqwest::Method::DELETE, path, None).await;
+        (status, body)
+    }
+}
+
+/// A request a receiver got.
+#[derive(Debug, Clone)]
+struct Hit {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A real HTTP receiver (webhook endpoint / target) that records what it gets.
+struct Receiver {
+    url: String,
+    hits: Arc<Mutex<Vec<Hit>>>,
+    _server: SimServer,
+}
+
+impl Receiver {
+    /// Answers every POST with `status` and `{"ok":…}`.
+    async fn start(status: StatusCode) -> Self {
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let app = Router::new()
+            .route(
+                "/{*path}",
+                post(
+                    move |State(hits): State<Arc<Mutex<Vec<Hit>>>>,
+                          uri: Uri,
+                          headers: HeaderMap,
+                          body: Bytes| async move {
+                        hits.lock().unwrap().push(Hit {
+                            path: uri.path().to_owned(),
+                            headers,
+                            body,
+                        });
+                        (status, axum::Json(json!({ "ok": status.is_success() })))
+                    },
+                ),
+            )
+            .with_state(hits.clone());
+        let server = SimServer::spawn(app, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        Self {
+            url: server.url.clone(),
+            hits,
+            _server: server,
+        }
+    }
+
+    fn hits(&self, path: &str) -> Vec<Hit> {
+        self.hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Independent check of `X-Omneo-Hmac-SHA256`.
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn is_laravel_datetime(text: &str) -> bool {
+    text.len() == 19
+        && text.char_indices().all(|(i, c)| match i {
+            4 | 7 => c == '-',
+            10 => c == ' ',
+            13 | 16 => c == ':',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+fn seed(sim: &OmneoSim, n: u32) -> Profile {
+    sim.seed_profile(TENANT, NewProfile::demo(n)).unwrap()
+}
+
+#[tokio::test]
+async fn unknown_tenant_or_wrong_token_is_401_with_a_message() {
+    let sim = start().await;
+    sim.add_tenant(TenantSpec::new(
+        "globex",
+        "globex-token",
+        "klaviyo",
+        "globex-secret",
+    ));
+    let client = reqwest::Client::new();
+    let cases = [
+        (format!("{}/api/v3/profiles", sim.api_url(TENANT)), None),
+        (
+            format!("{}/api/v3/profiles", sim.api_url(TENANT)),
+            Some("wrong"),
+        ),
+        (
+            format!("{}/api/v3/profiles", sim.api_url(TENANT)),
+            Some("globex-token"),
+        ),
+        (
+            format!("{}/api/v3/profiles", sim.api_url("initech")),
+            Some(TOKEN),
+        ),
+        (
+            format!("{}/id/api/v1/auth/token", sim.api_url(TENANT)),
+            Some("wrong"),
+        ),
+    ];
+    for (url, token) in cases {
+        let mut request = client.get(&url);
+        if url.ends_with("auth/token") {
+            request = client.post(&url).json(&json!({"id": "x"}));
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{url} with {token:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body, json!({"message": "Unauthenticated."}));
+    }
+    let globex = Api {
+        client,
+        base: sim.api_url("globex"),
+        token: "globex-token".into(),
+    };
+    assert_eq!(globex.get("/api/v3/profiles").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn profiles_read_filter_and_page_in_laravel_shapes() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let profiles: Vec<Profile> = (1..=3).map(|n| seed(&sim, n)).collect();
+
+    let (status, body) = api
+        .get(&format!("/api/v3/profiles/{}", profiles[0].id))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let profile = &body["data"];
+    assert_eq!(profile["id"], profiles[0].id.as_str());
+    assert!(uuid::Uuid::parse_str(profile["id"].as_str().unwrap()).is_ok());
+    assert!(profile["mobile_phone"].as_str().unwrap().starts_with("+61"));
+    assert_eq!(profile["profile_type"], "active");
+    assert!(profile["address"]["city"].is_string());
+    assert!(
+        profile["custom_attributes"].is_array(),
+        "list form: {profile}"
+    );
+    assert!(profile["attributes"]["comms"]["email_promo"].is_boolean());
+    assert!(profile["tier"]["handle"].is_string());
+    assert!(is_laravel_datetime(profile["created_at"].as_str().unwrap()));
+    assert!(is_laravel_datetime(profile["updated_at"].as_str().unwrap()));
+
+    let (status, body) = api
+        .get("/api/v3/profiles?page[size]=2&page[number]=2")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(body["data"][0]["id"], profiles[2].id.as_str());
+    assert_eq!(body["meta"]["current_page"], 2);
+    assert_eq!(body["meta"]["last_page"], 2);
+    assert_eq!(body["meta"]["per_page"], 2);
+    assert_eq!(body["meta"]["total"], 3);
+    assert!(
+        body["links"]["prev"]
+            .as_str()
+            .unwrap()
+            .contains("page%5Bnumber%5D=1")
+    );
+    assert!(body["links"]["next"].is_null());
+
+    let email = profiles[1].email.clone().unwrap();
+    let (status, body) = api
+        .get(&format!(
+            "/api/v3/profiles?filter[email]={}",
+            email.to_uppercase()
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["meta"]["total"], 1);
+    assert_eq!(body["data"][0]["id"], profiles[1].id.as_str());
+
+    let (status, body) = api
+        .get(&format!("/api/v3/profiles/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["message"].is_string());
+
+    let (status, body) = api.get("/api/v3/profiles?page[size]=zero").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["errors"]["page[size]"].is_array());
+}
+
+#[tokio::test]
+async fn profile_update_is_partial_and_email_and_mobile_are_unique() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let a = seed(&sim, 1);
+    let b = seed(&sim, 2);
+    let path = format!("/api/v3/profiles/{}", a.id);
+
+    let (status, body) = api
+        .put(
+            &path,
+            json!({"first_name": "Olive", "custom_attributes": {"crm": {"score": 7}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["first_name"], "Olive");
+    assert_eq!(
+        body["data"]["last_name"],
+        a.last_name.clone().unwrap().as_str()
+    );
+    assert_eq!(body["data"]["email"], a.email.clone().unwrap().as_str());
+    let attributes = body["data"]["custom_attributes"].as_array().unwrap();
+    assert!(
+        attributes
+            .contains(&json!({"namespace":"crm","handle":"score","type":"integer","value":7}))
+    );
+    assert_eq!(attributes.len(), a.custom_attributes.len() + 1);
+
+    let (status, body) = api.put(&path, json!({"email": b.email})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        body["errors"]["email"][0],
+        "The email has already been taken."
+    );
+    assert!(body["message"].is_string());
+
+    let (status, body) = api
+        .put(&path, json!({"mobile_phone": b.mobile_phone}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["errors"]["mobile_phone"].is_array());
+
+    let (status, body) = api
+        .put(
+            &path,
+            json!({"mobile_phone": "0412 345 678", "profile_type": "vip"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["errors"]["mobile_phone"].is_array());
+    assert!(body["errors"]["profile_type"].is_array());
+
+    let stored = sim.profile(TENANT, &a.id).unwrap();
+    assert_eq!(stored.first_name.as_deref(), Some("Olive"));
+    assert_eq!(stored.email, a.email);
+}
+
+#[tokio::test]
+async fn comms_read_and_partial_update_accept_both_date_formats() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let profile = seed(&sim, 1);
+    let path = format!("/api/v3/profiles/{}/attributes/comms", profile.id);
+
+    let (status, body) = api.get(&path).await;
+    assert_eq!(status, StatusCode::OK);
+    for channel in ["email", "sms", "push", "phone", "post"] {
+        for flag in ["promo", "optout", "bounced"] {
+            assert!(
+                body["data"].get(format!("{channel}_{flag}")).is_some(),
+                "{channel}_{flag}"
+            );
+        }
+    }
+
+    let (status, body) = api
+        .put(
+            &path,
+            json!({"email_promo": false, "sms_optout": null, "email_consent_updated_at": "2024-05-01T12:00:00Z",
+                   "sms_consent_updated_at": "2024-05-02 08:30:00"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["email_promo"], false);
+    assert_eq!(
+        body["data"]["email_consent_updated_at"],
+        "2024-05-01 12:00:00"
+    );
+    assert_eq!(
+        body["data"]["sms_consent_updated_at"],
+        "2024-05-02 08:30:00"
+    );
+    let comms = sim.comms(TENANT, &profile.id).unwrap();
+    assert_eq!(comms.email_promo, Some(false));
+    assert_eq!(comms.sms_optout, None);
+    assert_eq!(comms.sms_promo, profile.attributes.comms.sms_promo);
+    assert!(!comms.email_subscribed());
+
+    let (status, body) = api
+        .put(
+            &path,
+            json!({"email_bounced": "yes", "sms_consent_updated_at": "soon"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["errors"]["email_bounced"].is_array());
+    assert!(body["errors"]["sms_consent_updated_at"].is_array());
+}
+
+#[tokio::test]
+async fn identities_upsert_by_put_then_post_and_search_id_finds_them() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let a = seed(&sim, 1);
+    let b = seed(&sim, 2);
+    let identities = format!("/api/v3/profiles/{}/identities", a.id);
+
+    let (status, body) = api
+        .put(
+            &format!("{identities}/klaviyo"),
+            json!({"identifier": "01KLAV"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["message"].is_string());
+    let (status, body) = api
+        .post(
+            &identities,
+            json!({"handle": "klaviyo", "identifier": "01KLAV"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["data"]["identifier"], "01KLAV");
+
+    let (status, body) = api
+        .post(
+            "/api/v3/profiles/search-id",
+            json!({"type": "klaviyo", "id": "01KLAV"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["id"], a.id.as_str());
+
+    let (status, _) = api
+        .put(
+            &format!("{identities}/klaviyo"),
+            json!({"identifier": "01NEW"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .post(
+            "/api/v3/profiles/search-id",
+            json!({"type": "klaviyo", "id": "01KLAV"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api
+        .post("/api/v3/profiles/search-id", json!({"type": "klaviyo"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["errors"]["id"].is_array());
+
+    // (handle, identifier) is unique across profiles, on POST and PUT alike.
+    let (status, body) = api
+        .post(
+            &format!("/api/v3/profiles/{}/identities", b.id),
+            json!({"handle": "klaviyo", "identifier": "01NEW"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        body["errors"]["identifier"][0],
+        "The identifier has already been taken."
+    );
+    let shopify = &b.identities[0];
+    let (status, _) = api
+        .put(
+            &format!("{identities}/shopify"),
+            json!({"identifier": shopify.identifier}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let (status, body) = api.get(&identities).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    let (status, body) = api.delete(&format!("{identities}/klaviyo")).await;
+    assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+    assert_eq!(sim.identities(TENANT, &a.id).len(), 1);
+    let (status, _) = api.delete(&format!("{identities}/klaviyo")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn webhooks_crud_and_namespace_filter() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let url = "https://ext.example.net/acme/api/v1/webhooks/omneo";
+    let mut ids = Vec::new();
+    for trigger in ["profile.created", "profile.updated"] {
+        let (status, body) = api
+            .post(
+                "/api/v3/webhooks",
+                json!({"trigger": trigger, "url": url, "namespace": "klaviyo", "is_active": false}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(body["data"]["is_active"], false);
+        ids.push(body["data"]["id"].as_u64().unwrap());
+    }
+    let (status, _) = api
+        .post("/api/v3/webhooks", json!({"trigger": "profile.updated", "url": "https://crm.example.net/hook", "namespace": "crm", "is_active": true, "queue": "default"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (status, body) = api
+        .post("/api/v3/webhooks", json!({"trigger": "profile.created", "url": url, "namespace": "other", "is_active": true}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "(trigger, url) is unique"
+    );
+    assert!(body["errors"]["trigger"].is_array());
+    let (status, body) = api
+        .post(
+            "/api/v3/webhooks",
+            json!({"trigger": "profile.deleted", "url": "not a url"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["errors"]["namespace"].is_array());
+    assert!(body["errors"]["url"].is_array());
+
+    let (status, body) = api.get("/api/v3/webhooks?filter[namespace]=klaviyo").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["meta"]["total"], 2);
+    assert!(
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["namespace"] == "klaviyo")
+    );
+
+    let (status, body) = api
+        .put(
+            &format!("/api/v3/webhooks/{}", ids[1]),
+            json!({"is_active": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["is_active"], true);
+    assert_eq!(body["data"]["url"], url);
+    assert_eq!(body["data"]["trigger"], "profile.updated");
+
+    let (status, _) = api.delete(&format!("/api/v3/webhooks/{}", ids[0])).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api.get(&format!("/api/v3/webhooks/{}", ids[0])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let webhooks = sim.webhooks(TENANT);
+    assert_eq!(webhooks.len(), 2);
+    assert!(webhooks.iter().any(|w| w.id == ids[1] && w.is_active));
+}
+
+#[tokio::test]
+async fn a_profile_change_is_delivered_signed_to_a_real_receiver() {
+    let sim = start().await;
+    let receiver = Receiver::start(StatusCode::ACCEPTED).await;
+    let hook_url = format!("{}/acme/api/v1/webhooks/omneo", receiver.url);
+    sim.add_webhook(TENANT, NewWebhook::new("profile.updated", &hook_url, "crm"))
+        .unwrap();
+    let profile = seed(&sim, 1);
+    let api = Api::new(&sim, TOKEN);
+
+    let (status, _) = api
+        .put(
+            &format!("/api/v3/profiles/{}", profile.id),
+            json!({"last_name": "Nguyen-Smith"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    sim.settle().await;
+
+    let hits = receiver.hits("/acme/api/v1/webhooks/omneo");
+    assert_eq!(hits.len(), 1);
+    let hit = &hits[0];
+    assert_eq!(hit.headers["x-omneo-event"], "profile.updated");
+    assert_eq!(
+        hit.headers["x-omneo-hmac-sha256"].to_str().unwrap(),
+        hmac_hex(SECRET, &hit.body),
+        "lowercase hex HMAC-SHA256 of the raw body with the tenant secret"
+    );
+    let body: Value = serde_json::from_slice(&hit.body).unwrap();
+    assert!(body.get("data").is_none(), "no envelope");
+    assert_eq!(body["id"], profile.id.as_str());
+    assert_eq!(body["last_name"], "Nguyen-Smith");
+
+    let deliveries = sim.deliveries();
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(deliveries[0].outcome.status(), Some(202));
+    assert_eq!(deliveries[0].event.as_deref(), Some("profile.updated"));
+    assert_eq!(deliveries[0].json()["id"], profile.id.as_str());
+
+    // An unchanged PUT changes nothing, so nothing is delivered.
+    api.put(
+        &format!("/api/v3/profiles/{}", profile.id),
+        json!({"last_name": "Nguyen-Smith"}),
+    )
+    .await;
+    assert_eq!(sim.deliveries().len(), 1);
+}
+
+#[tokio::test]
+async fn loop_guard_skips_the_changing_namespace_and_inactive_webhooks_get_nothing() {
+    let sim = start().await;
+    let receiver = Receiver::start(StatusCode::OK).await;
+    let hook = |name: &str| format!("{}/{name}", receiver.url);
+    sim.add_webhook(
+        TENANT,
+        NewWebhook::new("profile.updated", &hook("klaviyo"), NAMESPACE),
+    )
+    .unwrap();
+    sim.add_webhook(
+        TENANT,
+        NewWebhook::new("profile.updated", &hook("crm"), "crm"),
+    )
+    .unwrap();
+    sim.add_webhook(
+        TENANT,
+        NewWebhook {
+            is_active: false,
+            ..NewWebhook::new("profile.updated", &hook("crm-off"), "crm")
+        },
+    )
+    .unwrap();
+    sim.add_webhook(
+        TENANT,
+        NewWebhook::new("profile.created", &hook("created"), NAMESPACE),
+    )
+    .unwrap();
+    let profile = seed(&sim, 1);
+    let klaviyo = Api::new(&sim, TOKEN);
+    let crm = Api::new(&sim, CRM_TOKEN);
+
+    // A change made with the klaviyo token reaches crm only.
+    let comms = format!("/api/v3/profiles/{}/attributes/comms", profile.id);
+    assert_eq!(
+        klaviyo.put(&comms, json!({"email_bounced": true})).await.0,
+        StatusCode::OK
+    );
+    // A change made with the crm token reaches klaviyo only.
+    let identities = format!("/api/v3/profiles/{}/identities", profile.id);
+    assert_eq!(
+        crm.post(&identities, json!({"handle": "pos", "identifier": "POS-1"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    // A CX Manager edit reaches both.
+    sim.edit_profile(TENANT, &profile.id, |p| p.first_name = Some("Liv".into()))
+        .unwrap();
+    sim.settle().await;
+
+    assert_eq!(
+        receiver.hits("/created").len(),
+        1,
+        "seeding fires profile.created"
+    );
+    // Deliveries run concurrently: identify each by what it carries, not by arrival order.
+    let first_names = |path: &str| {
+        let mut names: Vec<String> = receiver
+            .hits(path)
+            .iter()
+            .map(|h| serde_json::from_slice::<Value>(&h.body).unwrap()["first_name"].to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = json!(profile.first_name).to_string();
+    let mut expected = vec![before, json!("Liv").to_string()];
+    expected.sort();
+    assert_eq!(
+        first_names("/crm"),
+        expected,
+        "the klaviyo change and the CX edit"
+    );
+    assert_eq!(
+        first_names("/klaviyo"),
+        expected,
+        "the crm change and the CX edit"
+    );
+    let bounced = receiver.hits("/crm").iter().any(|h| {
+        serde_json::from_slice::<Value>(&h.body).unwrap()["attributes"]["comms"]["email_bounced"]
+            == true
+    });
+    assert!(bounced);
+    assert!(receiver.hits("/crm-off").is_empty());
+    let deliveries = sim.deliveries();
+    assert_eq!(deliveries.len(), 5);
+    assert!(deliveries.iter().all(|d| d.outcome.status() == Some(200)));
+}
+
+#[tokio::test]
+async fn deleting_a_profile_delivers_profile_deleted_and_the_profile_is_gone() {
+    let sim = start().await;
+    let receiver = Receiver::start(StatusCode::OK).await;
+    sim.add_webhook(
+        TENANT,
+        NewWebhook::new(
+            "profile.deleted",
+            &format!("{}/deleted", receiver.url),
+            NAMESPACE,
+        ),
+    )
+    .unwrap();
+    let profile = seed(&sim, 4);
+    sim.delete_profile(TENANT, &profile.id).unwrap();
+    sim.settle().await;
+    let hits = receiver.hits("/deleted");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].headers["x-omneo-event"], "profile.deleted");
+    let body: Value = serde_json::from_slice(&hits[0].body).unwrap();
+    assert_eq!(body["id"], profile.id.as_str());
+    assert_eq!(body["profile_type"], "deleted");
+    let api = Api::new(&sim, TOKEN);
+    assert_eq!(
+        api.get(&format!("/api/v3/profiles/{}", profile.id)).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn target_calls_are_signed_and_record_the_receivers_answer() {
+    let sim = start().await;
+    let receiver = Receiver::start(StatusCode::BAD_REQUEST).await;
+    let url = format!("{}/acme/api/v1/targets/klaviyo/metric", receiver.url);
+    let delivery = sim
+        .send_target_call(TENANT, &url, &json!({"data": {"type": "event"}}))
+        .await
+        .unwrap();
+    assert_eq!(delivery.outcome.status(), Some(400));
+    assert_eq!(delivery.webhook_id, None);
+    let hits = receiver.hits("/acme/api/v1/targets/klaviyo/metric");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(
+        hits[0].headers["x-omneo-hmac-sha256"].to_str().unwrap(),
+        hmac_hex(SECRET, &hits[0].body)
+    );
+    assert!(hits[0].headers.get("x-omneo-event").is_none());
+    assert_eq!(
+        serde_json::from_slice::<Value>(&hits[0].body).unwrap(),
+        json!({"data": {"type": "event"}})
+    );
+}
+
+#[tokio::test]
+async fn id_tokens_are_jwts_naming_the_profile() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let profile = seed(&sim, 1);
+    let shopify = profile.identities[0].identifier.clone();
+
+    for body in [
+        json!({"id": profile.id}),
+        json!({"id": shopify, "id_handle": "shopify"}),
+    ] {
+        let before = jiff::Timestamp::now().as_second();
+        let (status, response) = api.post("/id/api/v1/auth/token", body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let token = response["data"]["token"].as_str().unwrap();
+        let exp = response["data"]["exp"].as_i64().unwrap();
+        assert!(exp >= before + 3600 && exp <= jiff::Timestamp::now().as_second() + 3600);
+
+        let parts: Vec<&str> = token.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+        assert_eq!(header["alg"], "HS256");
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        assert_eq!(claims["pid"], profile.id.as_str());
+        assert_eq!(claims["exp"], exp);
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(format!("{}.{}", parts[0], parts[1]).as_bytes());
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
+            mac.finalize().into_bytes().to_vec()
+        );
+        assert_eq!(sim.decode_id_token(TENANT, token).unwrap().pid, profile.id);
+    }
+    assert_eq!(sim.id_tokens(TENANT).len(), 2);
+
+    let (status, body) = api
+        .post("/id/api/v1/auth/token", json!({"id": "nobody"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["message"].is_string());
+    let (status, _) = api
+        .post(
+            "/id/api/v1/auth/token",
+            json!({"id": profile.id, "id_handle": "shopify"}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "with id_handle, id is an identifier"
+    );
+    let (status, _) = api.post("/id/api/v1/auth/token", json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn interactions_validate_enums_and_rewards_and_benefits_are_issued() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let profile = seed(&sim, 1);
+
+    let valid = json!({"identifier": {"id": profile.identities[0].identifier, "handle": "shopify"},
+        "action": "disclose", "channel": "email", "signal": -1, "name": "Unsubscribed from email",
+        "namespace": "klaviyo", "interacted_at": "2024-06-01T10:00:00Z", "meta": {"event_id": "e1"}});
+    let (status, body) = api.post("/api/v3/interactions", valid.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["data"]["profile_id"], profile.id.as_str());
+    assert_eq!(body["data"]["interacted_at"], "2024-06-01 10:00:00");
+
+    for (field, value) in [
+        ("action", json!("wave")),
+        ("channel", json!("fax")),
+        ("signal", json!(2)),
+    ] {
+        let mut invalid = valid.clone();
+        invalid[field] = value;
+        let (status, body) = api.post("/api/v3/interactions", invalid).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}");
+        assert_eq!(
+            body["errors"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            [field]
+        );
+        assert!(body["message"].as_str().unwrap().contains(field));
+    }
+    let (status, body) = api
+        .post("/api/v3/interactions", json!({"action": "reach", "channel": "sms", "signal": 0, "name": "x", "namespace": "klaviyo"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["errors"]["profile_id"].is_array());
+    assert_eq!(sim.interactions(TENANT).len(), 1);
+    assert_eq!(sim.interactions(TENANT)[0].signal, -1);
+
+    let (status, body) = api
+        .post("/api/v3/rewards", json!({"profile_id": profile.id, "reward_definition_id": 12, "value_initial": 15,
+            "value_remaining": 15, "expires_at": "2030-01-01", "external_id": "flow-1", "meta": {"source": "klaviyo"}}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body["data"]["expires_at"], "2030-01-01 00:00:00");
+    let (status, body) = api
+        .post(
+            "/api/v3/rewards",
+            json!({"profile_id": "nobody", "reward_definition_id": 12}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["errors"]["value_initial"].is_array());
+    assert_eq!(sim.rewards(TENANT).len(), 1);
+    assert_eq!(
+        sim.profile(TENANT, &profile.id).unwrap().reward_balance,
+        15.0
+    );
+
+    let (status, _) = api
+        .post(
+            "/api/v3/benefits",
+            json!({"profile_id": profile.id, "benefit_definition_id": "vip-lounge"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = api
+        .post("/api/v3/benefits", json!({"profile_id": profile.id}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["errors"]["benefit_definition_id"].is_array());
+    assert_eq!(
+        sim.benefits(TENANT)[0].benefit_definition_id,
+        json!("vip-lounge")
+    );
+}
+
+#[tokio::test]
+async fn the_six_data_source_lists_answer_from_the_seeded_profile() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let profile = sim.seed_demo_profiles(TENANT, 2).unwrap().remove(1);
+    let base = format!("/api/v3/profiles/{}", profile.id);
+    let city = profile.address.clone().unwrap().city.unwrap();
+    for (part, key, expected) in [
+        ("/attributes/dates", "handle", "birthday"),
+        ("/connections", "relationship", "child"),
+        ("/rewards", "external_id", "welcome-2"),
+        ("/addresses", "city", city.as_str()),
+        ("/benefits", "external_id", "birthday-2"),
+        ("/lists", "handle", "newsletter"),
+    ] {
+        let (status, body) = api.get(&format!("{base}{part}")).await;
+        assert_eq!(status, StatusCode::OK, "{part}");
+        assert_eq!(body["data"][0][key], expected, "{part}: {body}");
+    }
+    assert_eq!(profile.reward_balance, 10.0);
+    let (status, _) = api.get("/api/v3/profiles/nobody/lists").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn injected_faults_answer_omneo_errors_with_retry_after() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let profile = seed(&sim, 1);
+    let path = format!("/api/v3/profiles/{}", profile.id);
+    sim.faults().inject(
+        FaultRule::status(&format!("/{TENANT}/api/v3/profiles"), 429, 1)
+            .method("GET")
+            .retry_after(3),
+    );
+    let (status, headers, body) = api.call(reqwest::Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "3");
+    assert_eq!(body, json!({"message": "Too Many Attempts."}));
+    assert_eq!(
+        api.get(&path).await.0,
+        StatusCode::OK,
+        "the fault is used up"
+    );
+
+    // Through the control API, as `make dev` users do.
+    let control = reqwest::Client::new();
+    let response = control
+        .post(format!("{}/_sim/faults", sim.url()))
+        .json(&json!({"path": format!("/{TENANT}/api/v3/profiles"), "method": "PUT", "count": 1, "status": 503}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let (status, body) = api.put(&path, json!({"first_name": "X"})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["message"].is_string());
+    assert_eq!(
+        sim.profile(TENANT, &profile.id).unwrap().first_name,
+        profile.first_name
+    );
+
+    let puts = sim
+        .recorder()
+        .matching("PUT", &format!("/{TENANT}/api/v3/profiles/"));
+    assert_eq!(puts.len(), 1);
+    assert!(puts[0].headers["authorization"].starts_with("Bearer "));
+    assert_eq!(puts[0].json(), json!({"first_name": "X"}));
+}

@@ -1,0 +1,703 @@
+//! Profiles: the resource, seeding (`NewProfile`, realistic demo data), and
+//! `GET /profiles`, `GET /profiles/{id}`, `POST /profiles/search-id`, `PUT /profiles/{id}`.
+//!
+//! Email and `mobile_phone` (E.164) are unique across a tenant's profiles (422 on a clash).
+//! Responses use the list form of `custom_attributes`; requests may use the list or the map
+//! (`{namespace:{handle:value}}`) form.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::comms::Comms;
+use super::identities::Identity;
+use super::profile_data::{Connection, DateAttribute, ListMembership, ProfileExtras};
+use super::responses::{self, ApiError, PageRequest, Validator, data, json_object};
+use super::state::{Caller, ProfileEvent, Shared, Tenant, Trigger};
+
+/// An Omneo profile, as `GET /profiles/{id}` answers it (and as webhooks deliver it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    /// UUID.
+    pub id: String,
+    /// Given name.
+    pub first_name: Option<String>,
+    /// Family name.
+    pub last_name: Option<String>,
+    /// Email, unique across the tenant.
+    pub email: Option<String>,
+    /// E.164 mobile number, unique across the tenant.
+    pub mobile_phone: Option<String>,
+    /// What kind of profile this is.
+    pub profile_type: ProfileType,
+    /// Postal address.
+    pub address: Option<Address>,
+    /// External identities (handle, identifier).
+    pub identities: Vec<Identity>,
+    /// Built-in attribute groups.
+    pub attributes: ProfileAttributes,
+    /// Custom attributes (list form).
+    pub custom_attributes: Vec<CustomAttribute>,
+    /// Loyalty tier.
+    pub tier: Option<Tier>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Sum of the remaining value of the profile's rewards.
+    pub reward_balance: f64,
+    /// Points balance.
+    pub point_balance: f64,
+    /// `YYYY-MM-DD HH:MM:SS`.
+    pub created_at: String,
+    /// `YYYY-MM-DD HH:MM:SS`.
+    pub updated_at: String,
+}
+
+/// `profile_type` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileType {
+    /// A regular customer.
+    Active,
+    /// Created on the fly, not yet confirmed.
+    Temporary,
+    /// A connection (dependant) of another profile.
+    Dependant,
+    /// Missing required data.
+    Incomplete,
+    /// Awaiting confirmation.
+    Pending,
+    /// A system profile.
+    System,
+    /// Deleted.
+    Deleted,
+}
+
+impl ProfileType {
+    const ALL: [(&'static str, Self); 7] = [
+        ("active", Self::Active),
+        ("temporary", Self::Temporary),
+        ("dependant", Self::Dependant),
+        ("incomplete", Self::Incomplete),
+        ("pending", Self::Pending),
+        ("system", Self::System),
+        ("deleted", Self::Deleted),
+    ];
+
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == text).map(|(_, t)| *t)
+    }
+}
+
+/// A postal address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    /// First line.
+    pub address_line_1: Option<String>,
+    /// Second line.
+    pub address_line_2: Option<String>,
+    /// City or suburb.
+    pub city: Option<String>,
+    /// State or region.
+    pub state: Option<String>,
+    /// Postcode.
+    pub postcode: Option<String>,
+    /// Country (ISO 3166-1 alpha-2).
+    pub country: Option<String>,
+}
+
+impl Address {
+    /// Every field with its name, for partial updates.
+    fn fields_mut(&mut self) -> [(&'static str, &mut Option<String>); 6] {
+        [
+            ("address_line_1", &mut self.address_line_1),
+            ("address_line_2", &mut self.address_line_2),
+            ("city", &mut self.city),
+            ("state", &mut self.state),
+            ("postcode", &mut self.postcode),
+            ("country", &mut self.country),
+        ]
+    }
+}
+
+/// `attributes` of a profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileAttributes {
+    /// Communication preferences.
+    pub comms: Comms,
+}
+
+/// One custom attribute (list form).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomAttribute {
+    /// Owner namespace.
+    pub namespace: String,
+    /// Attribute handle.
+    pub handle: String,
+    /// `string`, `boolean`, `integer`, `decimal`, `array` or `object`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The value.
+    pub value: Value,
+}
+
+impl CustomAttribute {
+    /// An attribute whose type is inferred from the value.
+    pub fn new(namespace: &str, handle: &str, value: Value) -> Self {
+        let kind = match &value {
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "decimal",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+            Value::String(_) | Value::Null => "string",
+        };
+        Self {
+            namespace: namespace.into(),
+            handle: handle.into(),
+            kind: kind.into(),
+            value,
+        }
+    }
+}
+
+/// A loyalty tier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tier {
+    /// e.g. `gold`.
+    pub handle: String,
+    /// e.g. `Gold`.
+    pub name: String,
+}
+
+/// What a seeded profile starts with (the simulator assigns id and timestamps).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewProfile {
+    /// Given name.
+    pub first_name: Option<String>,
+    /// Family name.
+    pub last_name: Option<String>,
+    /// Email (unique).
+    pub email: Option<String>,
+    /// E.164 mobile (unique).
+    pub mobile_phone: Option<String>,
+    /// Profile type.
+    pub profile_type: ProfileType,
+    /// Address.
+    pub address: Option<Address>,
+    /// Identities as (handle, identifier).
+    pub identities: Vec<(String, String)>,
+    /// Communication preferences.
+    pub comms: Comms,
+    /// Custom attributes.
+    pub custom_attributes: Vec<CustomAttribute>,
+    /// Tier.
+    pub tier: Option<Tier>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Data behind `attributes/dates`, `connections` and `lists`.
+    pub extras: ProfileExtras,
+}
+
+const FIRST_NAMES: [&str; 10] = [
+    "Olivia",
+    "Noah",
+    "Charlotte",
+    "Jack",
+    "Amelia",
+    "William",
+    "Isla",
+    "Oliver",
+    "Mia",
+    "Leo",
+];
+const LAST_NAMES: [&str; 10] = [
+    "Smith", "Nguyen", "Williams", "Brown", "Wilson", "Taylor", "Patel", "Martin", "Chen", "Walker",
+];
+const CITIES: [(&str, &str, &str); 4] = [
+    ("Sydney", "NSW", "2000"),
+    ("Melbourne", "VIC", "3000"),
+    ("Brisbane", "QLD", "4000"),
+    ("Perth", "WA", "6000"),
+];
+
+impl NewProfile {
+    /// A profile with just a name and an email; everything else empty.
+    pub fn new(first_name: &str, last_name: &str, email: &str) -> Self {
+        Self {
+            first_name: Some(first_name.into()),
+            last_name: Some(last_name.into()),
+            email: Some(email.into()),
+            mobile_phone: None,
+            profile_type: ProfileType::Active,
+            address: None,
+            identities: Vec::new(),
+            comms: Comms::default(),
+            custom_attributes: Vec::new(),
+            tier: None,
+            tags: Vec::new(),
+            extras: ProfileExtras::default(),
+        }
+    }
+
+    /// Realistic demo customer number `n` (distinct `n` give distinct emails, phones and
+    /// identities): Australian address and mobile, a `shopify` identity, email consent, custom
+    /// attributes, a tier, a birthday, list memberships, and a connection for even `n`.
+    /// Emails are at `example.org` (a reserved domain, and not the never-synced `example.com`).
+    pub fn demo(n: u32) -> Self {
+        let i = n as usize;
+        let first = FIRST_NAMES[i % FIRST_NAMES.len()];
+        let last = LAST_NAMES[(i / FIRST_NAMES.len() + i * 3) % LAST_NAMES.len()];
+        let (city, state, postcode) = CITIES[i % CITIES.len()];
+        let tiers = [("bronze", "Bronze"), ("silver", "Silver"), ("gold", "Gold")];
+        let (tier_handle, tier_name) = tiers[i % tiers.len()];
+        let consent_at = "2024-01-15 09:30:00".to_owned();
+        let mut extras = ProfileExtras {
+            dates: vec![DateAttribute {
+                handle: "birthday".into(),
+                name: "Birthday".into(),
+                date: format!("{}-{:02}-{:02}", 1970 + n % 35, 1 + n % 12, 1 + n % 28),
+            }],
+            connections: Vec::new(),
+            lists: vec![ListMembership {
+                handle: "newsletter".into(),
+                name: "Newsletter".into(),
+                subscribed: true,
+                subscribed_at: Some(consent_at.clone()),
+            }],
+        };
+        if n.is_multiple_of(2) {
+            extras.connections.push(Connection {
+                id: uuid::Uuid::new_v4().to_string(),
+                relationship: "child".into(),
+                first_name: Some(FIRST_NAMES[(i + 5) % FIRST_NAMES.len()].into()),
+                last_name: Some(last.into()),
+                connected_at: consent_at.clone(),
+            });
+        }
+        Self {
+            first_name: Some(first.into()),
+            last_name: Some(last.into()),
+            email: Some(format!(
+                "{}.{}.{n}@example.org",
+                first.to_lowercase(),
+                last.to_lowercase()
+            )),
+            mobile_phone: Some(format!("+614{:08}", 10_000_000 + n % 89_999_999)),
+            profile_type: ProfileType::Active,
+            address: Some(Address {
+                address_line_1: Some(format!("{} George Street", 1 + n % 400)),
+                address_line_2: (n.is_multiple_of(3)).then(|| format!("Unit {}", 1 + n % 20)),
+                city: Some(city.into()),
+                state: Some(state.into()),
+                postcode: Some(postcode.into()),
+                country: Some("AU".into()),
+            }),
+            identities: vec![(
+                "shopify".into(),
+                format!("{}", 7_000_000_000_u64 + u64::from(n)),
+            )],
+            comms: Comms {
+                email_promo: Some(true),
+                email_optout: Some(false),
+                sms_promo: Some(n.is_multiple_of(2)),
+                email_consent_updated_at: Some(consent_at.clone()),
+                sms_consent_updated_at: Some(consent_at),
+                ..Comms::default()
+            },
+            custom_attributes: vec![
+                CustomAttribute::new(
+                    "profile",
+                    "favourite_store",
+                    Value::String(format!("{city} CBD")),
+                ),
+                CustomAttribute::new("profile", "vip", Value::Bool(n.is_multiple_of(3))),
+            ],
+            tier: Some(Tier {
+                handle: tier_handle.into(),
+                name: tier_name.into(),
+            }),
+            tags: vec!["demo".into()],
+            extras,
+        }
+    }
+}
+
+/// A profile and the data behind its data-source endpoints.
+#[derive(Debug, Clone)]
+pub(crate) struct ProfileRecord {
+    pub(crate) profile: Profile,
+    pub(crate) extras: ProfileExtras,
+}
+
+/// True for `local@domain.tld`.
+fn is_email(text: &str) -> bool {
+    let mut parts = text.split('@');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(local), Some(domain), None)
+            if !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
+    )
+}
+
+/// True for an E.164 number: `+`, then 7 to 15 digits, not starting with 0.
+fn is_e164(text: &str) -> bool {
+    let Some(digits) = text.strip_prefix('+') else {
+        return false;
+    };
+    (7..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// Reads `custom_attributes` in list form (`[{namespace,handle,type?,value}]`) or map form
+/// (`{namespace:{handle:value}}`).
+fn parse_custom_attributes(value: &Value) -> Option<Vec<CustomAttribute>> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                let namespace = item.get("namespace")?.as_str()?;
+                let handle = item.get("handle")?.as_str()?;
+                let value = item.get("value").cloned().unwrap_or(Value::Null);
+                let mut attribute = CustomAttribute::new(namespace, handle, value);
+                if let Some(kind) = item.get("type").and_then(Value::as_str) {
+                    attribute.kind = kind.into();
+                }
+                Some(attribute)
+            })
+            .collect(),
+        Value::Object(namespaces) => {
+            let mut attributes = Vec::new();
+            for (namespace, handles) in namespaces {
+                for (handle, value) in handles.as_object()? {
+                    attributes.push(CustomAttribute::new(namespace, handle, value.clone()));
+                }
+            }
+            Some(attributes)
+        }
+        _ => None,
+    }
+}
+
+impl Tenant {
+    /// The profile record with this id (404 when none).
+    pub(crate) fn record(&self, id: &str) -> Result<&ProfileRecord, ApiError> {
+        self.profiles
+            .iter()
+            .find(|r| r.profile.id == id)
+            .ok_or_else(|| ApiError::not_found("Profile"))
+    }
+
+    /// The mutable profile record with this id (404 when none).
+    pub(crate) fn record_mut(&mut self, id: &str) -> Result<&mut ProfileRecord, ApiError> {
+        self.profiles
+            .iter_mut()
+            .find(|r| r.profile.id == id)
+            .ok_or_else(|| ApiError::not_found("Profile"))
+    }
+
+    /// The profile holding identity (handle, identifier), if any.
+    pub(crate) fn profile_by_identity(&self, handle: &str, identifier: &str) -> Option<&Profile> {
+        self.profiles.iter().map(|r| &r.profile).find(|p| {
+            p.identities
+                .iter()
+                .any(|i| i.handle == handle && i.identifier == identifier)
+        })
+    }
+
+    /// Checks format and uniqueness of an email and a mobile for profile `except`.
+    fn check_contacts(
+        &self,
+        except: Option<&str>,
+        email: Option<&str>,
+        mobile: Option<&str>,
+        v: &mut Validator,
+    ) {
+        let others = || {
+            self.profiles
+                .iter()
+                .map(|r| &r.profile)
+                .filter(move |p| Some(p.id.as_str()) != except)
+        };
+        if let Some(email) = email {
+            if !is_email(email) {
+                v.fail("email", "The email field must be a valid email address.");
+            } else if others().any(|p| {
+                p.email
+                    .as_deref()
+                    .is_some_and(|e| e.eq_ignore_ascii_case(email))
+            }) {
+                v.fail("email", "The email has already been taken.");
+            }
+        }
+        if let Some(mobile) = mobile {
+            if !is_e164(mobile) {
+                v.fail(
+                    "mobile_phone",
+                    "The mobile phone field must be a valid E.164 phone number.",
+                );
+            } else if others().any(|p| p.mobile_phone.as_deref() == Some(mobile)) {
+                v.fail("mobile_phone", "The mobile phone has already been taken.");
+            }
+        }
+    }
+
+    /// Creates a profile from seed data (validated like the API would).
+    pub(crate) fn insert_profile(&mut self, new: NewProfile) -> Result<Profile, ApiError> {
+        let mut v = Validator::default();
+        self.check_contacts(
+            None,
+            new.email.as_deref(),
+            new.mobile_phone.as_deref(),
+            &mut v,
+        );
+        for (handle, identifier) in &new.identities {
+            if self.profile_by_identity(handle, identifier).is_some() {
+                v.fail("identifier", "The identifier has already been taken.");
+            }
+        }
+        v.finish()?;
+        let now = responses::now();
+        let profile = Profile {
+            id: uuid::Uuid::new_v4().to_string(),
+            first_name: new.first_name,
+            last_name: new.last_name,
+            email: new.email,
+            mobile_phone: new.mobile_phone,
+            profile_type: new.profile_type,
+            address: new.address,
+            identities: new
+                .identities
+                .into_iter()
+                .map(|(handle, identifier)| Identity::new(&handle, &identifier, &now))
+                .collect(),
+            attributes: ProfileAttributes { comms: new.comms },
+            custom_attributes: new.custom_attributes,
+            tier: new.tier,
+            tags: new.tags,
+            reward_balance: 0.0,
+            point_balance: 0.0,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        self.profiles.push(ProfileRecord {
+            profile: profile.clone(),
+            extras: new.extras,
+        });
+        Ok(profile)
+    }
+
+    /// Applies a `PUT /profiles/{id}` body; answers the profile and whether anything changed.
+    fn update_profile(
+        &mut self,
+        id: &str,
+        body: &Map<String, Value>,
+    ) -> Result<(Profile, bool), ApiError> {
+        let current = self.record(id)?.profile.clone();
+        let mut next = current.clone();
+        let mut v = Validator::default();
+        if let Some(first) = v.nullable_string(body, "first_name") {
+            next.first_name = first;
+        }
+        if let Some(last) = v.nullable_string(body, "last_name") {
+            next.last_name = last;
+        }
+        if let Some(email) = v.nullable_string(body, "email") {
+            next.email = email;
+        }
+        if let Some(mobile) = v.nullable_string(body, "mobile_phone") {
+            next.mobile_phone = mobile;
+        }
+        self.check_contacts(
+            Some(id),
+            body.get("email").and(next.email.as_deref()),
+            body.get("mobile_phone").and(next.mobile_phone.as_deref()),
+            &mut v,
+        );
+        if let Some(kind) = body.get("profile_type") {
+            match kind.as_str().and_then(ProfileType::parse) {
+                Some(kind) => next.profile_type = kind,
+                None => v.fail_selected("profile_type"),
+            }
+        }
+        match body.get("address") {
+            None => {}
+            Some(Value::Null) => next.address = None,
+            Some(Value::Object(fields)) => {
+                let address = next.address.get_or_insert_with(Address::default);
+                for (name, slot) in address.fields_mut() {
+                    match fields.get(name) {
+                        None => {}
+                        Some(Value::Null) => *slot = None,
+                        Some(Value::String(text)) => *slot = Some(text.clone()),
+                        Some(_) => {
+                            let full = format!("address.{name}");
+                            v.fail(&full, format!("The {full} field must be a string."));
+                        }
+                    }
+                }
+            }
+            Some(_) => v.fail("address", "The address field must be an object."),
+        }
+        if let Some(value) = body.get("custom_attributes") {
+            match parse_custom_attributes(value) {
+                Some(incoming) => {
+                    for attribute in incoming {
+                        match next.custom_attributes.iter_mut().find(|a| {
+                            a.namespace == attribute.namespace && a.handle == attribute.handle
+                        }) {
+                            Some(existing) => *existing = attribute,
+                            None => next.custom_attributes.push(attribute),
+                        }
+                    }
+                }
+                None => v.fail(
+                    "custom_attributes",
+                    "The custom attributes field is invalid.",
+                ),
+            }
+        }
+        if let Some(tags) = body.get("tags") {
+            match serde_json::from_value::<Vec<String>>(tags.clone()) {
+                Ok(tags) => next.tags = tags,
+                Err(_) => v.fail("tags", "The tags field must be an array of strings."),
+            }
+        }
+        v.finish()?;
+        let changed = next != current;
+        if changed {
+            next.updated_at = responses::now();
+            self.record_mut(id)?.profile = next.clone();
+        }
+        Ok((next, changed))
+    }
+
+    /// Touches `updated_at` of a profile after a change to one of its parts and answers the
+    /// `profile.updated` event.
+    pub(crate) fn touch(&mut self, id: &str) -> Result<ProfileEvent, ApiError> {
+        let record = self.record_mut(id)?;
+        record.profile.updated_at = responses::now();
+        Ok(ProfileEvent::new(Trigger::Updated, &record.profile))
+    }
+}
+
+/// `{id}` of a profile path.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ProfilePath {
+    pub(crate) id: String,
+}
+
+/// `GET /profiles/{id}`.
+pub(crate) async fn show(
+    caller: Caller,
+    State(sim): State<Shared>,
+    Path(path): Path<ProfilePath>,
+) -> Result<Response, ApiError> {
+    sim.read(&caller.tenant, |t| Ok(data(&t.record(&path.id)?.profile)))
+}
+
+/// `GET /profiles` (`filter[email]`, paged).
+pub(crate) async fn list(
+    caller: Caller,
+    State(sim): State<Shared>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let page = PageRequest::from_query(&query)?;
+    let email = query.get("filter[email]");
+    let profiles = sim.read(&caller.tenant, |t| {
+        Ok(t.profiles
+            .iter()
+            .map(|r| r.profile.clone())
+            .filter(|p| {
+                email.is_none_or(|wanted| {
+                    p.email
+                        .as_deref()
+                        .is_some_and(|e| e.eq_ignore_ascii_case(wanted))
+                })
+            })
+            .collect::<Vec<_>>())
+    })?;
+    Ok(page.respond(profiles, &headers, uri.path(), &query))
+}
+
+/// `POST /profiles/search-id` `{"type": handle, "id": identifier}` → the profile (404 when none).
+pub(crate) async fn search_id(
+    caller: Caller,
+    State(sim): State<Shared>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_object(&body)?;
+    let mut v = Validator::default();
+    let handle = v.required_string(&body, "type");
+    let identifier = match body.get("id") {
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => v.required_string(&body, "id"),
+    };
+    let (handle, identifier) = v.finish_with(handle.zip(identifier))?;
+    sim.read(&caller.tenant, |t| {
+        t.profile_by_identity(&handle, &identifier)
+            .map(data)
+            .ok_or_else(|| ApiError::not_found("Profile"))
+    })
+}
+
+/// `PUT /profiles/{id}`: partial update; `profile.updated` when something changed.
+pub(crate) async fn update(
+    caller: Caller,
+    State(sim): State<Shared>,
+    Path(path): Path<ProfilePath>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = json_object(&body)?;
+    let profile = sim.change(&caller.tenant, Some(&caller.namespace), |t| {
+        let (profile, changed) = t.update_profile(&path.id, &body)?;
+        let event = changed.then(|| ProfileEvent::new(Trigger::Updated, &profile));
+        Ok((profile, event))
+    })?;
+    Ok(data(profile))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e164_and_email_checks() {
+        assert!(is_e164("+61412345678"));
+        assert!(!is_e164("0412345678"));
+        assert!(!is_e164("+0412345678"));
+        assert!(!is_e164("+61 412 345 678"));
+        assert!(is_email("a.b@example.org"));
+        assert!(!is_email("a.b@example"));
+        assert!(!is_email("a@b@c.d"));
+    }
+
+    #[test]
+    fn custom_attributes_accept_list_and_map_forms() {
+        let list = serde_json::json!([{"namespace":"profile","handle":"vip","type":"boolean","value":true}]);
+        let map = serde_json::json!({"profile": {"vip": true}});
+        assert_eq!(
+            parse_custom_attributes(&list),
+            parse_custom_attributes(&map)
+        );
+        assert_eq!(parse_custom_attributes(&serde_json::json!("x")), None);
+    }
+
+    #[test]
+    fn demo_profiles_are_valid_and_distinct() {
+        let a = NewProfile::demo(1);
+        let b = NewProfile::demo(2);
+        assert!(is_email(a.email.as_deref().unwrap()));
+        assert!(is_e164(a.mobile_phone.as_deref().unwrap()));
+        assert_ne!(a.email, b.email);
+        assert_ne!(a.mobile_phone, b.mobile_phone);
+        assert_ne!(a.identities, b.identities);
+    }
+}
