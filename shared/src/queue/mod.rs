@@ -6,9 +6,9 @@
 //! in-process look-alike for local runs that dispatches over HTTP with the same `X-CloudTasks-*`
 //! headers, retries with backoff and de-duplicates task names. [`task`] is the workers' side.
 
-// mod cloud_tasks;
-// mod local;
-// pub mod task;
+mod cloud_tasks;
+mod local;
+pub mod task;
 
 use std::fmt;
 use std::time::Duration;
@@ -18,8 +18,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-// pub use self::cloud_tasks::CloudTasksQueue;
-// pub use self::local::LocalQueue;
+pub use self::cloud_tasks::CloudTasksQueue;
+pub use self::local::{LocalQueue, LocalQueueStats};
 use crate::domain::TenantId;
 
 /// The base URLs tasks are pushed to, by direction (`INBOUND_TASK_URL`, `OUTBOUND_TASK_URL`).
@@ -95,6 +95,15 @@ impl QueueName {
         Self(cleaned)
     }
 
+    /// Parses a queue id as Cloud Tasks names it in `X-CloudTasks-QueueName`; a full path
+    /// (`projects/P/locations/L/queues/Q`, as the emulator sends) gives its last segment.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let id = raw.rsplit('/').next().unwrap_or(raw);
+        let valid = (1..=100).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        valid.then(|| Self(id.to_owned()))
+    }
+
     /// The queue id.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -121,6 +130,16 @@ impl TaskName {
             hasher.update(part.as_bytes());
         }
         Self(hex::encode(hasher.finalize()))
+    }
+
+    /// Parses a task id as Cloud Tasks sends it in `X-CloudTasks-TaskName`:
+    /// `[A-Za-z0-9_-]{1,500}`.
+    pub fn parse(raw: &str) -> Option<Self> {
+        let valid = (1..=500).contains(&raw.len())
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        valid.then(|| Self(raw.to_owned()))
     }
 
     /// The task id.
@@ -252,6 +271,26 @@ mod tests {
     }
 
     #[test]
+    fn queue_ids_parse_from_short_ids_and_full_paths() {
+        let short = QueueName::parse("acme-klaviyo-inbound").unwrap();
+        assert_eq!(short.as_str(), "acme-klaviyo-inbound");
+        let full = QueueName::parse("projects/p/locations/l/queues/acme-klaviyo-inbound").unwrap();
+        assert_eq!(full, short);
+        assert_eq!(QueueName::parse(""), None);
+        assert_eq!(QueueName::parse("projects/p/locations/l/queues/"), None);
+        assert_eq!(QueueName::parse("bad_name"), None);
+        assert_eq!(QueueName::parse(&"q".repeat(101)), None);
+    }
+
+    #[test]
+    fn task_ids_parse_only_when_cloud_tasks_would_accept_them() {
+        assert!(TaskName::parse("abc_DEF-123").is_some());
+        assert_eq!(TaskName::parse(""), None);
+        assert_eq!(TaskName::parse("a/b"), None);
+        assert_eq!(TaskName::parse(&"t".repeat(501)), None);
+    }
+
+    #[test]
     fn task_names_are_deterministic_and_unambiguous() {
         assert_eq!(
             TaskName::from_parts(&["a", "b"]),
@@ -262,6 +301,7 @@ mod tests {
             TaskName::from_parts(&["a", "bc"])
         );
         let name = TaskName::from_parts(&["tenant", "profile", "42"]);
+        assert_eq!(TaskName::parse(name.as_str()), Some(name.clone()));
         assert_eq!(name.as_str().len(), 64);
         assert!(name.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
     }

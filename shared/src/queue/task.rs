@@ -1,1 +1,812 @@
-//! SKELETON STUB — replaced by the store work.
+//! The task workers' shared side (product.md §8): reading the `X-CloudTasks-*` headers of a
+//! pushed task, and turning a worker's [`Outcome`] into the answer Cloud Tasks acts on.
+//!
+//! Cloud Tasks retries every non-2xx answer and has no "give up" status, so [`settle`] answers
+//! 2xx for work that can never succeed (after recording a [`Failure`]) and for the last allowed
+//! attempt, and non-2xx only when a retry can help. A remote 429 whose `Retry-After` is longer
+//! than the queue's backoff would be retried too early: the task is re-enqueued for that time.
+//!
+//! The headers are information, not authentication: the push is authenticated by Cloud Run's
+//! OIDC check before the request reaches us.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use jiff::{SignedDuration, Timestamp};
+
+use super::{Direction, Enqueued, Queue, QueueName, QueueSettings, Task, TaskEnvelope, TaskName};
+use crate::api_error::ApiError;
+use crate::store::{Failure, Store, StoreError};
+
+/// The `X-CloudTasks-*` request headers Cloud Tasks pushes tasks with.
+pub mod header {
+    /// The queue id (the emulator sends the full queue path).
+    pub const QUEUE_NAME: &str = "X-CloudTasks-QueueName";
+    /// The task id.
+    pub const TASK_NAME: &str = "X-CloudTasks-TaskName";
+    /// How many times the task was retried: 0 on the first attempt.
+    pub const RETRY_COUNT: &str = "X-CloudTasks-TaskRetryCount";
+    /// How many attempts got a non-5xx answer from the handler.
+    pub const EXECUTION_COUNT: &str = "X-CloudTasks-TaskExecutionCount";
+    /// The schedule time of the attempt, in seconds since the Unix epoch.
+    pub const ETA: &str = "X-CloudTasks-TaskETA";
+    /// The HTTP status of the previous attempt (retries only).
+    pub const PREVIOUS_RESPONSE: &str = "X-CloudTasks-TaskPreviousResponse";
+    /// Why the task is being retried (retries only).
+    pub const RETRY_REASON: &str = "X-CloudTasks-TaskRetryReason";
+}
+
+/// Cloud Tasks refuses schedule times more than 30 days ahead; a reschedule stays under that.
+const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(29 * 24 * 3600);
+
+/// What Cloud Tasks says about a pushed task, from its `X-CloudTasks-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRequest {
+    /// The queue the task came from (its short id, also when the full path was sent).
+    pub queue: QueueName,
+    /// The task's name.
+    pub name: TaskName,
+    /// How many times the task was retried: 0 on the first attempt.
+    pub retry_count: u32,
+    /// How many earlier attempts got a non-5xx answer (0 when absent).
+    pub execution_count: u32,
+    /// When this attempt was scheduled, if the header was present and readable.
+    pub eta: Option<Timestamp>,
+    /// The HTTP status of the previous attempt, on retries.
+    pub previous_response: Option<String>,
+    /// Why the task is being retried, on retries.
+    pub retry_reason: Option<String>,
+}
+
+impl TaskRequest {
+    /// Reads the headers; a missing or malformed queue name, task name or retry count is a 400
+    /// naming the header. The informational headers are read leniently.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let queue = required(headers, header::QUEUE_NAME)?;
+        let queue = QueueName::parse(queue).ok_or_else(|| {
+            ApiError::invalid_field(header::QUEUE_NAME, "not a Cloud Tasks queue id")
+        })?;
+        let name = required(headers, header::TASK_NAME)?;
+        let name = TaskName::parse(name).ok_or_else(|| {
+            ApiError::invalid_field(header::TASK_NAME, "not a Cloud Tasks task id")
+        })?;
+        let retry_count = required(headers, header::RETRY_COUNT)?
+            .parse()
+            .map_err(|_| {
+                ApiError::invalid_field(header::RETRY_COUNT, "must be a non-negative integer")
+            })?;
+        Ok(Self {
+            queue,
+            name,
+            retry_count,
+            execution_count: optional(headers, header::EXECUTION_COUNT)
+                .and_then(|count| count.parse().ok())
+                .unwrap_or(0),
+            eta: optional(headers, header::ETA).and_then(parse_eta),
+            previous_response: optional(headers, header::PREVIOUS_RESPONSE).map(str::to_owned),
+            retry_reason: optional(headers, header::RETRY_REASON).map(str::to_owned),
+        })
+    }
+
+    /// Whether this is the last attempt a queue allowing `max_attempts` makes.
+    pub fn is_last_attempt(&self, max_attempts: u32) -> bool {
+        self.retry_count.saturating_add(1) >= max_attempts
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TaskRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Self::from_headers(&parts.headers)
+    }
+}
+
+/// A present, non-empty, visible-ASCII header value.
+fn optional<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+}
+
+fn required<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, ApiError> {
+    optional(headers, name)
+        .ok_or_else(|| ApiError::invalid_field(name, format!("missing {name} header")))
+}
+
+/// `1700000000` or `1700000000.25`: seconds since the Unix epoch.
+fn parse_eta(raw: &str) -> Option<Timestamp> {
+    let seconds: f64 = raw.parse().ok()?;
+    let duration = SignedDuration::try_from_secs_f64(seconds).ok()?;
+    Timestamp::from_duration(duration).ok()
+}
+
+/// How a worker's attempt at a task went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The work is done (or was already done).
+    Done,
+    /// A retry may succeed (remote 5xx, timeout, connection error, 429 without a long wait).
+    Retry {
+        /// What went wrong, for the logs and the failure record.
+        reason: String,
+    },
+    /// A retry may succeed, but not before `after` (a remote 429 with `Retry-After`).
+    RetryAfter {
+        /// How long to wait.
+        after: Duration,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No retry can succeed (remote 4xx other than 401/408/409/429, invalid input, tenant gone).
+    Permanent {
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The task a worker is answering for.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskContext<'a> {
+    /// What Cloud Tasks said about the push.
+    pub request: &'a TaskRequest,
+    /// Which worker runs it (and so where a rescheduled copy goes).
+    pub direction: Direction,
+    /// The task's body.
+    pub envelope: &'a TaskEnvelope,
+    /// The settings of the queue it came from (attempts and backoff).
+    pub settings: &'a QueueSettings,
+}
+
+/// What [`settle`] did with an outcome; its [`IntoResponse`] is the answer to Cloud Tasks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// 200: the work is done.
+    Done,
+    /// 503: Cloud Tasks should retry with its backoff.
+    Retry {
+        /// What went wrong.
+        reason: String,
+    },
+    /// 200: a copy of the task was enqueued for later (or already had been).
+    Rescheduled {
+        /// The copy's name.
+        name: TaskName,
+        /// When it runs.
+        at: Timestamp,
+    },
+    /// 200: the failure was recorded for review; the task ends here.
+    Failed {
+        /// The failure record's id.
+        failure_id: String,
+    },
+    /// 503: recording the failure or rescheduling failed; Cloud Tasks should retry.
+    Unavailable(ApiError),
+}
+
+impl IntoResponse for Settled {
+    fn into_response(self) -> Response {
+        let status = |status: &str| Json(serde_json::json!({ "status": status }));
+        match self {
+            Self::Done => (StatusCode::OK, status("done")).into_response(),
+            Self::Rescheduled { .. } => (StatusCode::OK, status("rescheduled")).into_response(),
+            Self::Failed { .. } => (StatusCode::OK, status("failed")).into_response(),
+            Self::Retry { reason } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry_later", reason)
+                    .into_response()
+            }
+            Self::Unavailable(error) => error.into_response(),
+        }
+    }
+}
+
+/// Turns a worker's outcome into the answer Cloud Tasks acts on (product.md §8), recording a
+/// [`Failure`] for permanent outcomes and failed last attempts, and re-enqueueing a task whose
+/// `Retry-After` outlasts the queue's `max_backoff`.
+pub async fn settle(
+    outcome: Outcome,
+    task: &TaskContext<'_>,
+    store: &dyn Store,
+    queue: &dyn Queue,
+) -> Settled {
+    let request = task.request;
+    match outcome {
+        Outcome::Done => Settled::Done,
+        Outcome::RetryAfter { after, reason } if after > task.settings.max_backoff => {
+            reschedule(task, after, &reason, queue).await
+        }
+        Outcome::Retry { reason } | Outcome::RetryAfter { reason, .. }
+            if !request.is_last_attempt(task.settings.max_attempts) =>
+        {
+            tracing::info!(
+                queue = %request.queue,
+                task_name = %request.name,
+                retry_count = request.retry_count,
+                %reason,
+                "task attempt failed; Cloud Tasks will retry"
+            );
+            Settled::Retry { reason }
+        }
+        Outcome::Retry { reason } | Outcome::RetryAfter { reason, .. } => {
+            record_failure(task, &format!("last attempt failed: {reason}"), store).await
+        }
+        Outcome::Permanent { reason } => record_failure(task, &reason, store).await,
+    }
+}
+
+async fn reschedule(
+    task: &TaskContext<'_>,
+    after: Duration,
+    reason: &str,
+    queue: &dyn Queue,
+) -> Settled {
+    let request = task.request;
+    let wait = SignedDuration::try_from(after.min(MAX_SCHEDULE_AHEAD))
+        .expect("29 days fit a signed duration");
+    let at = Timestamp::now()
+        .saturating_add(wait)
+        .expect("a duration never fails to add");
+    // One name per attempt: a re-delivered attempt reschedules the same copy.
+    let name = TaskName::from_parts(&[
+        "rescheduled",
+        request.name.as_str(),
+        &request.retry_count.to_string(),
+    ]);
+    let copy = Task {
+        queue: request.queue.clone(),
+        direction: task.direction,
+        envelope: task.envelope.clone(),
+        name: name.clone(),
+        schedule_at: Some(at),
+    };
+    match queue.enqueue(&copy).await {
+        Ok(enqueued) => {
+            tracing::info!(
+                queue = %request.queue,
+                task_name = %request.name,
+                rescheduled_as = %name,
+                %at,
+                already_enqueued = enqueued == Enqueued::AlreadyExists,
+                %reason,
+                "task rescheduled after the remote's Retry-After"
+            );
+            Settled::Rescheduled { name, at }
+        }
+        Err(error) => Settled::Unavailable(error.into()),
+    }
+}
+
+async fn record_failure(task: &TaskContext<'_>, reason: &str, store: &dyn Store) -> Settled {
+    let request = task.request;
+    let failure = Failure {
+        id: format!("{}:{}", request.queue, request.name),
+        tenant: task.envelope.tenant.clone(),
+        queue: request.queue.to_string(),
+        task_kind: task.envelope.kind.clone(),
+        task_name: request.name.to_string(),
+        payload: task.envelope.payload.to_string(),
+        error: reason.to_owned(),
+        attempts: request.retry_count.saturating_add(1),
+        at: Timestamp::now(),
+    };
+    match store.record_failure(&failure).await {
+        // A conflict means an earlier delivery of this attempt recorded it already.
+        Ok(()) | Err(StoreError::Conflict { .. }) => {
+            tracing::warn!(
+                tenant = %failure.tenant,
+                queue = %failure.queue,
+                task_name = %failure.task_name,
+                task_kind = %failure.task_kind,
+                attempts = failure.attempts,
+                error = %failure.error,
+                "task failed for good; recorded for review"
+            );
+            Settled::Failed {
+                failure_id: failure.id,
+            }
+        }
+        Err(error) => Settled::Unavailable(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use axum::body::to_bytes;
+    use axum::http::{HeaderValue, Request};
+
+    use super::*;
+    use crate::domain::TenantId;
+    use crate::queue::QueueError;
+    use crate::store::{
+        Claim, IdempotencyKey, Install, Mutation, OAuthState, StoreResult, SyncState, Tenant,
+    };
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    fn first_attempt_headers() -> Vec<(&'static str, &'static str)> {
+        vec![
+            (header::QUEUE_NAME, "acme-klaviyo-outbound"),
+            (header::TASK_NAME, "abc123"),
+            (header::RETRY_COUNT, "0"),
+            (header::EXECUTION_COUNT, "0"),
+            (header::ETA, "1700000000.250000"),
+        ]
+    }
+
+    #[test]
+    fn headers_parse_into_a_task_request() {
+        let request = TaskRequest::from_headers(&headers(&first_attempt_headers())).unwrap();
+        assert_eq!(request.queue.as_str(), "acme-klaviyo-outbound");
+        assert_eq!(request.name.as_str(), "abc123");
+        assert_eq!(request.retry_count, 0);
+        assert_eq!(request.execution_count, 0);
+        assert_eq!(
+            request.eta,
+            Some(Timestamp::from_millisecond(1_700_000_000_250).unwrap())
+        );
+        assert_eq!(request.previous_response, None);
+        assert_eq!(request.retry_reason, None);
+
+        let retry = TaskRequest::from_headers(&headers(&[
+            (
+                header::QUEUE_NAME,
+                "projects/p/locations/l/queues/acme-klaviyo-outbound",
+            ),
+            (header::TASK_NAME, "abc123"),
+            (header::RETRY_COUNT, "3"),
+            (header::ETA, "1700000000"),
+            (header::PREVIOUS_RESPONSE, "503"),
+            (header::RETRY_REASON, "HTTP status code 503"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            retry.queue, request.queue,
+            "the full path gives its last segment"
+        );
+        assert_eq!(retry.retry_count, 3);
+        assert_eq!(
+            retry.execution_count, 0,
+            "absent execution count reads as 0"
+        );
+        assert_eq!(
+            retry.eta,
+            Some(Timestamp::from_second(1_700_000_000).unwrap())
+        );
+        assert_eq!(retry.previous_response.as_deref(), Some("503"));
+        assert_eq!(retry.retry_reason.as_deref(), Some("HTTP status code 503"));
+    }
+
+    #[test]
+    fn informational_headers_are_read_leniently() {
+        let mut pairs = first_attempt_headers();
+        pairs.retain(|(name, _)| *name != header::ETA && *name != header::EXECUTION_COUNT);
+        pairs.push((header::ETA, ""));
+        pairs.push((header::EXECUTION_COUNT, "many"));
+        let request = TaskRequest::from_headers(&headers(&pairs)).unwrap();
+        assert_eq!(request.eta, None);
+        assert_eq!(request.execution_count, 0);
+    }
+
+    #[test]
+    fn missing_or_malformed_required_headers_are_400s_naming_the_header() {
+        for required in [header::QUEUE_NAME, header::TASK_NAME, header::RETRY_COUNT] {
+            let mut pairs = first_attempt_headers();
+            pairs.retain(|(name, _)| *name != required);
+            let error = TaskRequest::from_headers(&headers(&pairs)).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+            assert_eq!(error.field.as_deref(), Some(required));
+            assert!(error.message.contains(required), "{}", error.message);
+        }
+        for (name, bad) in [
+            (header::QUEUE_NAME, "acme_outbound"),
+            (header::TASK_NAME, "a/b"),
+            (header::RETRY_COUNT, "-1"),
+            (header::RETRY_COUNT, "one"),
+        ] {
+            let mut pairs = first_attempt_headers();
+            pairs.retain(|(n, _)| *n != name);
+            pairs.push((name, bad));
+            let error = TaskRequest::from_headers(&headers(&pairs)).unwrap_err();
+            assert_eq!(error.field.as_deref(), Some(name), "{name}: {bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_extractor_answers_400_in_the_api_error_shape() {
+        let (mut parts, ()) = Request::builder()
+            .header(header::QUEUE_NAME, "q")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let error = TaskRequest::from_request_parts(&mut parts, &())
+            .await
+            .unwrap_err();
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: serde_json::Value =
+            serde_json::from_slice(&to_bytes(response.into_body(), 1 << 16).await.unwrap())
+                .unwrap();
+        assert_eq!(body["error"]["field"], header::TASK_NAME);
+    }
+
+    #[test]
+    fn the_last_attempt_is_the_one_numbered_max_attempts() {
+        let mut request = TaskRequest::from_headers(&headers(&first_attempt_headers())).unwrap();
+        assert!(!request.is_last_attempt(3));
+        request.retry_count = 1;
+        assert!(!request.is_last_attempt(3));
+        request.retry_count = 2;
+        assert!(request.is_last_attempt(3));
+        request.retry_count = 7;
+        assert!(request.is_last_attempt(3));
+        request.retry_count = 0;
+        assert!(request.is_last_attempt(1));
+        request.retry_count = u32::MAX;
+        assert!(request.is_last_attempt(u32::MAX));
+    }
+
+    /// A store that only records failures (the one thing `settle` writes); every other
+    /// operation is outside what these tests exercise and says so loudly.
+    #[derive(Default)]
+    struct FailureLog {
+        failures: Mutex<Vec<Failure>>,
+        answer: Mutex<Option<StoreError>>,
+    }
+
+    fn not_used_by_settle(operation: &str) -> ! {
+        panic!("settle does not call Store::{operation}")
+    }
+
+    #[async_trait]
+    impl Store for FailureLog {
+        async fn tenant(&self, _: &TenantId) -> StoreResult<Option<Tenant>> {
+            not_used_by_settle("tenant")
+        }
+        async fn create_tenant(&self, _: &Tenant) -> StoreResult<()> {
+            not_used_by_settle("create_tenant")
+        }
+        async fn update_tenant(
+            &self,
+            _: &TenantId,
+            _: Mutation<'_, Tenant>,
+        ) -> StoreResult<Tenant> {
+            not_used_by_settle("update_tenant")
+        }
+        async fn install(&self, _: &TenantId) -> StoreResult<Option<Install>> {
+            not_used_by_settle("install")
+        }
+        async fn update_install(
+            &self,
+            _: &TenantId,
+            _: Mutation<'_, Install>,
+        ) -> StoreResult<Install> {
+            not_used_by_settle("update_install")
+        }
+        async fn put_oauth_state(&self, _: &OAuthState) -> StoreResult<()> {
+            not_used_by_settle("put_oauth_state")
+        }
+        async fn take_oauth_state(&self, _: &str) -> StoreResult<Option<OAuthState>> {
+            not_used_by_settle("take_oauth_state")
+        }
+        async fn claim(&self, _: &IdempotencyKey, _: Duration) -> StoreResult<Claim> {
+            not_used_by_settle("claim")
+        }
+        async fn complete(&self, _: &IdempotencyKey, _: Duration) -> StoreResult<()> {
+            not_used_by_settle("complete")
+        }
+        async fn release(&self, _: &IdempotencyKey) -> StoreResult<()> {
+            not_used_by_settle("release")
+        }
+        async fn record_failure(&self, failure: &Failure) -> StoreResult<()> {
+            if let Some(error) = self.answer.lock().unwrap().take() {
+                return Err(error);
+            }
+            self.failures.lock().unwrap().push(failure.clone());
+            Ok(())
+        }
+        async fn failures(&self, _: &TenantId, _: usize) -> StoreResult<Vec<Failure>> {
+            not_used_by_settle("failures")
+        }
+        async fn sync_state(&self, _: &TenantId, _: &str) -> StoreResult<Option<SyncState>> {
+            not_used_by_settle("sync_state")
+        }
+        async fn put_sync_state(&self, _: &SyncState) -> StoreResult<()> {
+            not_used_by_settle("put_sync_state")
+        }
+        async fn delete_sync_state(&self, _: &TenantId, _: &str) -> StoreResult<()> {
+            not_used_by_settle("delete_sync_state")
+        }
+        async fn bind_klaviyo_account(&self, _: &str, _: &TenantId) -> StoreResult<TenantId> {
+            not_used_by_settle("bind_klaviyo_account")
+        }
+        async fn klaviyo_account_tenant(&self, _: &str) -> StoreResult<Option<TenantId>> {
+            not_used_by_settle("klaviyo_account_tenant")
+        }
+        async fn unbind_klaviyo_account(&self, _: &str, _: &TenantId) -> StoreResult<()> {
+            not_used_by_settle("unbind_klaviyo_account")
+        }
+    }
+
+    /// A queue that records what it is asked to enqueue and answers as told.
+    #[derive(Default)]
+    struct EnqueueLog {
+        tasks: Mutex<Vec<Task>>,
+        unavailable: bool,
+    }
+
+    #[async_trait]
+    impl Queue for EnqueueLog {
+        async fn enqueue(&self, task: &Task) -> Result<Enqueued, QueueError> {
+            if self.unavailable {
+                return Err(QueueError::Unavailable(anyhow::anyhow!(
+                    "connection refused"
+                )));
+            }
+            let mut tasks = self.tasks.lock().unwrap();
+            let seen = tasks.iter().any(|t| t.name == task.name);
+            tasks.push(task.clone());
+            Ok(if seen {
+                Enqueued::AlreadyExists
+            } else {
+                Enqueued::Created
+            })
+        }
+        async fn ensure_queue(&self, _: &QueueName, _: &QueueSettings) -> Result<(), QueueError> {
+            panic!("settle does not call Queue::ensure_queue")
+        }
+    }
+
+    struct Fixture {
+        request: TaskRequest,
+        envelope: TaskEnvelope,
+        settings: QueueSettings,
+        store: FailureLog,
+        queue: EnqueueLog,
+    }
+
+    impl Fixture {
+        fn at_retry(retry_count: u32) -> Self {
+            let mut request =
+                TaskRequest::from_headers(&headers(&first_attempt_headers())).unwrap();
+            request.retry_count = retry_count;
+            Self {
+                request,
+                envelope: TaskEnvelope {
+                    tenant: TenantId::parse("acme").unwrap(),
+                    kind: "sync_profile".into(),
+                    payload: serde_json::json!({"profile_id": "p-1", "tags": [["a"]]}),
+                },
+                settings: QueueSettings {
+                    max_attempts: 5,
+                    max_backoff: Duration::from_secs(300),
+                    ..QueueSettings::for_direction(Direction::Outbound)
+                },
+                store: FailureLog::default(),
+                queue: EnqueueLog::default(),
+            }
+        }
+
+        async fn settle(&self, outcome: Outcome) -> Settled {
+            let context = TaskContext {
+                request: &self.request,
+                direction: Direction::Outbound,
+                envelope: &self.envelope,
+                settings: &self.settings,
+            };
+            settle(outcome, &context, &self.store, &self.queue).await
+        }
+
+        fn failures(&self) -> Vec<Failure> {
+            self.store.failures.lock().unwrap().clone()
+        }
+
+        fn enqueued(&self) -> Vec<Task> {
+            self.queue.tasks.lock().unwrap().clone()
+        }
+    }
+
+    fn retry(reason: &str) -> Outcome {
+        Outcome::Retry {
+            reason: reason.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn done_answers_2xx_and_touches_nothing() {
+        let fixture = Fixture::at_retry(4);
+        let settled = fixture.settle(Outcome::Done).await;
+        assert_eq!(settled, Settled::Done);
+        assert_eq!(settled.into_response().status(), StatusCode::OK);
+        assert!(fixture.failures().is_empty() && fixture.enqueued().is_empty());
+    }
+
+    #[tokio::test]
+    async fn retryable_outcomes_answer_503_before_the_last_attempt() {
+        let fixture = Fixture::at_retry(3);
+        let settled = fixture.settle(retry("Klaviyo answered 502")).await;
+        assert_eq!(
+            settled,
+            Settled::Retry {
+                reason: "Klaviyo answered 502".into()
+            }
+        );
+        assert_eq!(
+            settled.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let short_wait = Outcome::RetryAfter {
+            after: Duration::from_secs(300),
+            reason: "429".into(),
+        };
+        assert!(matches!(
+            fixture.settle(short_wait).await,
+            Settled::Retry { .. }
+        ));
+        assert!(fixture.failures().is_empty() && fixture.enqueued().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failing_last_attempt_is_recorded_and_answered_2xx() {
+        let fixture = Fixture::at_retry(4);
+        let settled = fixture.settle(retry("Klaviyo answered 502")).await;
+        let Settled::Failed { failure_id } = &settled else {
+            panic!("expected a recorded failure, got {settled:?}");
+        };
+        assert_eq!(settled.clone().into_response().status(), StatusCode::OK);
+        let failures = fixture.failures();
+        assert_eq!(failures.len(), 1);
+        let failure = &failures[0];
+        assert_eq!(&failure.id, failure_id);
+        assert_eq!(failure.tenant.as_str(), "acme");
+        assert_eq!(failure.queue, "acme-klaviyo-outbound");
+        assert_eq!(failure.task_kind, "sync_profile");
+        assert_eq!(failure.task_name, "abc123");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&failure.payload).unwrap(),
+            fixture.envelope.payload
+        );
+        assert!(
+            failure.error.contains("Klaviyo answered 502"),
+            "{}",
+            failure.error
+        );
+        assert_eq!(failure.attempts, 5);
+
+        let short_wait = Outcome::RetryAfter {
+            after: Duration::from_secs(60),
+            reason: "429".into(),
+        };
+        assert!(matches!(
+            fixture.settle(short_wait).await,
+            Settled::Failed { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn permanent_outcomes_are_recorded_on_any_attempt() {
+        let fixture = Fixture::at_retry(0);
+        let settled = fixture
+            .settle(Outcome::Permanent {
+                reason: "Klaviyo answered 400: invalid email".into(),
+            })
+            .await;
+        assert!(matches!(settled, Settled::Failed { .. }));
+        assert_eq!(settled.into_response().status(), StatusCode::OK);
+        let failures = fixture.failures();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].error, "Klaviyo answered 400: invalid email");
+        assert_eq!(failures[0].attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failure_already_recorded_still_ends_the_task() {
+        let fixture = Fixture::at_retry(0);
+        *fixture.store.answer.lock().unwrap() = Some(StoreError::Conflict {
+            collection: "failures",
+            id: "x".into(),
+        });
+        let settled = fixture
+            .settle(Outcome::Permanent {
+                reason: "bad".into(),
+            })
+            .await;
+        assert!(matches!(settled, Settled::Failed { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_store_outage_while_recording_asks_for_a_retry() {
+        let fixture = Fixture::at_retry(4);
+        *fixture.store.answer.lock().unwrap() = Some(StoreError::Unavailable(anyhow::anyhow!(
+            "deadline exceeded"
+        )));
+        let settled = fixture.settle(retry("boom")).await;
+        assert!(matches!(settled, Settled::Unavailable(_)));
+        assert_eq!(
+            settled.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_beyond_the_backoff_reschedules_a_copy() {
+        let fixture = Fixture::at_retry(4);
+        let before = Timestamp::now();
+        let outcome = Outcome::RetryAfter {
+            after: Duration::from_secs(3600),
+            reason: "Klaviyo answered 429".into(),
+        };
+        let settled = fixture.settle(outcome.clone()).await;
+        let Settled::Rescheduled { name, at } = &settled else {
+            panic!("expected a reschedule, got {settled:?}");
+        };
+        assert_eq!(settled.clone().into_response().status(), StatusCode::OK);
+        let enqueued = fixture.enqueued();
+        assert_eq!(enqueued.len(), 1);
+        let copy = &enqueued[0];
+        assert_eq!(&copy.name, name);
+        assert_ne!(copy.name, fixture.request.name);
+        assert_eq!(copy.queue, fixture.request.queue);
+        assert_eq!(copy.direction, Direction::Outbound);
+        assert_eq!(copy.envelope, fixture.envelope);
+        assert_eq!(copy.schedule_at, Some(*at));
+        let wait = at.duration_since(before);
+        assert!(
+            wait >= SignedDuration::from_secs(3600) && wait < SignedDuration::from_secs(3660),
+            "{wait:?}"
+        );
+        assert!(fixture.failures().is_empty(), "even on the last attempt");
+
+        // The same attempt delivered again reschedules the same copy (de-duplicated).
+        let again = fixture.settle(outcome).await;
+        assert!(matches!(again, Settled::Rescheduled { name: n, .. } if &n == name));
+        assert_eq!(fixture.enqueued()[1].name, *name);
+    }
+
+    #[tokio::test]
+    async fn reschedules_stay_within_the_30_day_limit() {
+        let fixture = Fixture::at_retry(0);
+        let before = Timestamp::now();
+        let settled = fixture
+            .settle(Outcome::RetryAfter {
+                after: Duration::from_secs(90 * 24 * 3600),
+                reason: "429".into(),
+            })
+            .await;
+        let Settled::Rescheduled { at, .. } = settled else {
+            panic!("expected a reschedule, got {settled:?}");
+        };
+        assert!(at.duration_since(before) < SignedDuration::from_hours(30 * 24));
+    }
+
+    #[tokio::test]
+    async fn a_queue_outage_while_rescheduling_asks_for_a_retry() {
+        let mut fixture = Fixture::at_retry(0);
+        fixture.queue.unavailable = true;
+        let settled = fixture
+            .settle(Outcome::RetryAfter {
+                after: Duration::from_secs(3600),
+                reason: "429".into(),
+            })
+            .await;
+        assert!(matches!(settled, Settled::Unavailable(_)));
+        assert_eq!(
+            settled.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}
