@@ -6,4 +6,5 @@
 //! same bug in the fake.
 
 pub mod emulators;
+pub mod klaviyo;
 pub mod sim;
