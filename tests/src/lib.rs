@@ -6,5 +6,6 @@
 //! same bug in the fake.
 
 pub mod emulators;
+pub mod klaviyo;
 pub mod omneo;
 pub mod sim;

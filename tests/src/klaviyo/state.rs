@@ -1,0 +1,87 @@
+//! The simulated account's data, behind one lock (never held across an `.await`).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::Rng as _;
+use rand::distr::Alphanumeric;
+
+use super::KlaviyoSimOptions;
+use super::data_sources::{DataSource, DataSourceRecord};
+use super::deliveries::SystemEvent;
+use super::events::{DeletionJob, Event};
+use super::oauth::OAuthState;
+use super::profiles::Profile;
+use super::rate_limit::RateLimiter;
+use super::subscriptions::List;
+use super::webhooks::Webhook;
+
+/// Everything the account holds.
+pub(crate) struct State {
+    pub options: KlaviyoSimOptions,
+    pub oauth: OAuthState,
+    pub limiter: RateLimiter,
+    pub profiles: Vec<Profile>,
+    pub lists: Vec<List>,
+    pub events: Vec<Event>,
+    pub data_sources: Vec<DataSource>,
+    pub records: Vec<DataSourceRecord>,
+    pub webhooks: Vec<Webhook>,
+    pub deletion_jobs: Vec<DeletionJob>,
+    /// System events waiting to be delivered.
+    pub outbox: Vec<SystemEvent>,
+}
+
+impl State {
+    pub fn new(options: KlaviyoSimOptions) -> Self {
+        Self {
+            oauth: OAuthState::new(&options),
+            options,
+            limiter: RateLimiter::default(),
+            profiles: Vec::new(),
+            lists: Vec::new(),
+            events: Vec::new(),
+            data_sources: Vec::new(),
+            records: Vec::new(),
+            webhooks: Vec::new(),
+            deletion_jobs: Vec::new(),
+            outbox: Vec::new(),
+        }
+    }
+}
+
+/// What every handler holds: the state and an HTTP client for deliveries.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    state: Arc<Mutex<State>>,
+    pub http: reqwest::Client,
+}
+
+impl Ctx {
+    pub fn new(state: State, http: reqwest::Client) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(state)),
+            http,
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking handler must not take the whole simulator down with a poisoned lock.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A 26-character ULID, as Klaviyo uses for profiles, data sources, webhooks and events.
+pub(crate) fn ulid() -> String {
+    ulid::Ulid::new().to_string()
+}
+
+/// `len` random alphanumeric characters (list ids are 6, tokens longer).
+pub(crate) fn random_alphanumeric(len: usize) -> String {
+    rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
