@@ -23,8 +23,18 @@ pub struct App {
 
 impl App {
     /// State over explicit backends (tests and the local stack choose their own).
-    pub fn new(config: Config, store: Arc<dyn Store>, queue: Arc<dyn Queue>, http: reqwest::Client) -> Arc<Self> {
-        Arc::new(Self { config, store, queue, http })
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        http: reqwest::Client,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            store,
+            queue,
+            http,
+        })
     }
 
     /// Builds the backends the configuration names: memory or Firestore, local queue or Cloud Tasks.
@@ -32,7 +42,10 @@ impl App {
         let http = http_client()?;
         let store: Arc<dyn Store> = match &config.store {
             StoreConfig::Memory => Arc::new(MemoryStore::new()),
-            StoreConfig::Firestore { project, emulator_host } => Arc::new(
+            StoreConfig::Firestore {
+                project,
+                emulator_host,
+            } => Arc::new(
                 FirestoreStore::connect(project, emulator_host.as_deref())
                     .await
                     .context("cannot connect to Firestore")?,
@@ -41,7 +54,12 @@ impl App {
         let targets = task_targets(&config);
         let queue: Arc<dyn Queue> = match &config.queue {
             QueueConfig::Local => Arc::new(LocalQueue::new(targets, http.clone())),
-            QueueConfig::CloudTasks { project, location, emulator_host, invoker_service_account } => Arc::new(
+            QueueConfig::CloudTasks {
+                project,
+                location,
+                emulator_host,
+                invoker_service_account,
+            } => Arc::new(
                 CloudTasksQueue::connect(
                     project,
                     location,
@@ -59,7 +77,10 @@ impl App {
 
 /// Where tasks are pushed: the two task functions' public URLs.
 pub fn task_targets(config: &Config) -> TaskTargets {
-    TaskTargets { inbound: config.urls.inbound_task.clone(), outbound: config.urls.outbound_task.clone() }
+    TaskTargets {
+        inbound: config.urls.inbound_task.clone(),
+        outbound: config.urls.outbound_task.clone(),
+    }
 }
 
 /// The process-wide HTTP client: bounded connect time, rustls, no proxy discovery.
@@ -67,7 +88,10 @@ pub fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
-        .user_agent(concat!("omneo-klaviyo-extension/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!(
+            "omneo-klaviyo-extension/",
+            env!("CARGO_PKG_VERSION")
+        ))
         .build()
         .context("cannot build the HTTP client")
 }

@@ -30,10 +30,18 @@ const DEMO_PROFILES: u32 = 5;
 /// The Klaviyo OAuth app credentials the simulator and the functions share locally.
 const DEV_CLIENT_ID: &str = "omneo-local";
 const DEV_CLIENT_SECRET: &str = "omneo-local-secret";
-const KLAVIYO_URL_VARS: [&str; 4] = ["KLAVIYO_AUTH_URL", "KLAVIYO_TOKEN_URL", "KLAVIYO_REVOKE_URL", "KLAVIYO_API_URL"];
+const KLAVIYO_URL_VARS: [&str; 4] = [
+    "KLAVIYO_AUTH_URL",
+    "KLAVIYO_TOKEN_URL",
+    "KLAVIYO_REVOKE_URL",
+    "KLAVIYO_API_URL",
+];
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("local: cannot start the async runtime: {e}");
@@ -79,19 +87,33 @@ async fn run() -> anyhow::Result<()> {
         ("STORE", "memory".to_owned()),
         ("QUEUE", "local".to_owned()),
         ("LOG_FORMAT", "pretty".to_owned()),
-        ("ENCRYPTION_KEY", new_keyring_spec("local").expose_secret().to_owned()),
-        ("OPERATOR_TOKEN", random_secret(24).expose_secret().to_owned()),
+        (
+            "ENCRYPTION_KEY",
+            new_keyring_spec("local").expose_secret().to_owned(),
+        ),
+        (
+            "OPERATOR_TOKEN",
+            random_secret(24).expose_secret().to_owned(),
+        ),
         ("KLAVIYO_CLIENT_ID", DEV_CLIENT_ID.to_owned()),
         ("KLAVIYO_CLIENT_SECRET", DEV_CLIENT_SECRET.to_owned()),
     ]);
-    let simulators = start_simulators(port, &settings, &omneo_token, &omneo_signing_secret, &mut defaults).await?;
+    let simulators = start_simulators(
+        port,
+        &settings,
+        &omneo_token,
+        &omneo_signing_secret,
+        &mut defaults,
+    )
+    .await?;
     let env = LocalEnv(defaults);
     let config = Config::from_env(&env).map_err(|e| anyhow::anyhow!("{e}"))?;
     shared::runtime::telemetry::init(config.log_format, None)?;
 
     let app = App::from_config(config).await?;
     let tenant = TenantId::parse(DEMO_TENANT)?;
-    let admin_key = seed_demo_tenant(&app, &tenant, settings, &omneo_token, &omneo_signing_secret).await?;
+    let admin_key =
+        seed_demo_tenant(&app, &tenant, settings, &omneo_token, &omneo_signing_secret).await?;
     if let Some(omneo) = &simulators.omneo {
         omneo.seed_demo_profiles(DEMO_TENANT, DEMO_PROFILES)?;
     }
@@ -107,13 +129,22 @@ async fn start_simulators(
     omneo_signing_secret: &SecretString,
     defaults: &mut HashMap<&'static str, String>,
 ) -> anyhow::Result<Simulators> {
-    let klaviyo = if KLAVIYO_URL_VARS.iter().all(|name| ProcessEnv.var(name).is_none()) {
+    let klaviyo = if KLAVIYO_URL_VARS
+        .iter()
+        .all(|name| ProcessEnv.var(name).is_none())
+    {
         let options = KlaviyoSimOptions {
-            client_id: ProcessEnv.var("KLAVIYO_CLIENT_ID").unwrap_or_else(|| DEV_CLIENT_ID.into()),
-            client_secret: ProcessEnv.var("KLAVIYO_CLIENT_SECRET").unwrap_or_else(|| DEV_CLIENT_SECRET.into()),
+            client_id: ProcessEnv
+                .var("KLAVIYO_CLIENT_ID")
+                .unwrap_or_else(|| DEV_CLIENT_ID.into()),
+            client_secret: ProcessEnv
+                .var("KLAVIYO_CLIENT_SECRET")
+                .unwrap_or_else(|| DEV_CLIENT_SECRET.into()),
             ..KlaviyoSimOptions::default()
         };
-        let sim = KlaviyoSim::start_on(options, loopback(port.wrapping_add(1))).await.context("Klaviyo simulator")?;
+        let sim = KlaviyoSim::start_on(options, loopback(port.wrapping_add(1)))
+            .await
+            .context("Klaviyo simulator")?;
         defaults.insert("KLAVIYO_AUTH_URL", format!("{}/oauth/authorize", sim.url()));
         defaults.insert("KLAVIYO_TOKEN_URL", format!("{}/oauth/token", sim.url()));
         defaults.insert("KLAVIYO_REVOKE_URL", format!("{}/oauth/revoke", sim.url()));
@@ -129,7 +160,9 @@ async fn start_simulators(
             &settings.namespace,
             omneo_signing_secret.expose_secret(),
         );
-        let options = OmneoSimOptions::default().at(loopback(port.wrapping_add(2))).tenant(demo);
+        let options = OmneoSimOptions::default()
+            .at(loopback(port.wrapping_add(2)))
+            .tenant(demo);
         let sim = OmneoSim::start(options).await.context("Omneo simulator")?;
         defaults.insert("OMNEO_API_URL_TEMPLATE", sim.api_url_template());
         Some(sim)
@@ -155,7 +188,10 @@ async fn seed_demo_tenant(
     let keyring = &app.config.keyring;
     let admin_key = random_secret(32);
     let now = jiff::Timestamp::now();
-    let queue_prefix = settings.task_queue_name.clone().unwrap_or_else(|| tenant.to_string());
+    let queue_prefix = settings
+        .task_queue_name
+        .clone()
+        .unwrap_or_else(|| tenant.to_string());
     let namespace = settings.namespace.clone();
     let record = Tenant {
         id: tenant.clone(),
@@ -169,12 +205,20 @@ async fn seed_demo_tenant(
         created_at: now,
         updated_at: now,
     };
-    app.store.create_tenant(&record).await.context("seeding the demo tenant")?;
+    app.store
+        .create_tenant(&record)
+        .await
+        .context("seeding the demo tenant")?;
     let pending = Install::pending(tenant.clone(), now);
-    app.store.update_install(tenant, &|_| Ok(pending.clone())).await.context("seeding the demo install")?;
+    app.store
+        .update_install(tenant, &|_| Ok(pending.clone()))
+        .await
+        .context("seeding the demo install")?;
     for direction in [Direction::Inbound, Direction::Outbound] {
         let queue = QueueName::new(&queue_prefix, &namespace, direction);
-        app.queue.ensure_queue(&queue, &QueueSettings::for_direction(direction)).await?;
+        app.queue
+            .ensure_queue(&queue, &QueueSettings::for_direction(direction))
+            .await?;
     }
     Ok(admin_key)
 }
@@ -184,7 +228,12 @@ fn print_guide(config: &Config, env: &LocalEnv, simulators: &Simulators, admin_k
     let operator = env.var("OPERATOR_TOKEN").unwrap_or_default();
     let klaviyo = simulators.klaviyo.as_ref().map_or_else(
         || format!("{} (configured)", config.klaviyo.api_url),
-        |sim| format!("{} (simulator: OAuth consent page, /api/*, /_sim/requests, /_sim/faults)", sim.url()),
+        |sim| {
+            format!(
+                "{} (simulator: OAuth consent page, /api/*, /_sim/requests, /_sim/faults)",
+                sim.url()
+            )
+        },
     );
     let omneo = simulators.omneo.as_ref().map_or_else(
         || format!("{} (configured)", config.omneo_api_url_template),
