@@ -1,10 +1,13 @@
 //! The state every handler receives: configuration plus the store and queue backends it selects.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::Config;
-use crate::queue::Queue;
-use crate::store::Store;
+use anyhow::Context as _;
+
+use crate::config::{Config, QueueConfig, StoreConfig};
+use crate::queue::{CloudTasksQueue, LocalQueue, Queue, TaskTargets};
+use crate::store::{FirestoreStore, MemoryStore, Store};
 
 /// Shared application state, cheap to clone behind an [`Arc`].
 pub struct App {
@@ -14,15 +17,81 @@ pub struct App {
     pub store: Arc<dyn Store>,
     /// Task queues.
     pub queue: Arc<dyn Queue>,
+    /// The HTTP client for remote APIs (one connection pool per process).
+    pub http: reqwest::Client,
 }
 
 impl App {
     /// State over explicit backends (tests and the local stack choose their own).
-    pub fn new(config: Config, store: Arc<dyn Store>, queue: Arc<dyn Queue>) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        queue: Arc<dyn Queue>,
+        http: reqwest::Client,
+    ) -> Arc<Self> {
         Arc::new(Self {
             config,
             store,
             queue,
+            http,
         })
     }
+
+    /// Builds the backends the configuration names: memory or Firestore, local queue or Cloud Tasks.
+    pub async fn from_config(config: Config) -> anyhow::Result<Arc<Self>> {
+        let http = http_client()?;
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Memory => Arc::new(MemoryStore::new()),
+            StoreConfig::Firestore {
+                project,
+                emulator_host,
+            } => Arc::new(
+                FirestoreStore::connect(project, emulator_host.as_deref())
+                    .await
+                    .context("cannot connect to Firestore")?,
+            ),
+        };
+        let targets = task_targets(&config);
+        let queue: Arc<dyn Queue> = match &config.queue {
+            QueueConfig::Local => Arc::new(LocalQueue::new(targets, http.clone())),
+            QueueConfig::CloudTasks {
+                project,
+                location,
+                emulator_host,
+                invoker_service_account,
+            } => Arc::new(
+                CloudTasksQueue::connect(
+                    project,
+                    location,
+                    emulator_host.as_deref(),
+                    invoker_service_account.clone(),
+                    targets,
+                )
+                .await
+                .context("cannot connect to Cloud Tasks")?,
+            ),
+        };
+        Ok(Self::new(config, store, queue, http))
+    }
+}
+
+/// Where tasks are pushed: the two task functions' public URLs.
+pub fn task_targets(config: &Config) -> TaskTargets {
+    TaskTargets {
+        inbound: config.urls.inbound_task.clone(),
+        outbound: config.urls.outbound_task.clone(),
+    }
+}
+
+/// The process-wide HTTP client: bounded connect time, rustls, no proxy discovery.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!(
+            "omneo-klaviyo-extension/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+        .context("cannot build the HTTP client")
 }

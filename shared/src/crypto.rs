@@ -8,12 +8,14 @@
 
 use std::fmt;
 
+use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 const NONCE_LEN: usize = 12;
 
@@ -162,6 +164,24 @@ impl Keyring {
     }
 }
 
+/// A fresh `ENCRYPTION_KEY` value holding one random key with id `id`.
+pub fn new_keyring_spec(id: &str) -> SecretString {
+    let key = Aes256Gcm::generate_key(OsRng);
+    SecretString::from(format!("{id}:{}", STANDARD.encode(key)))
+}
+
+/// A fresh random secret of `bytes` random bytes, base64url-encoded (admin keys, webhook secrets).
+pub fn random_secret(bytes: usize) -> SecretString {
+    let mut buf = vec![0u8; bytes];
+    OsRng.fill_bytes(&mut buf);
+    SecretString::from(URL_SAFE_NO_PAD.encode(buf))
+}
+
+/// SHA-256 of a secret, lowercase hex: how keys are stored when only a check is needed.
+pub fn digest_hex(secret: &SecretString) -> String {
+    hex::encode(Sha256::digest(secret.expose_secret().as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +242,20 @@ mod tests {
         assert_eq!(
             ring.open(&Sealed("k1".into())).unwrap_err(),
             CryptoError::Corrupt
+        );
+    }
+
+    #[test]
+    fn random_secrets_are_long_distinct_and_hash_stably() {
+        let a = random_secret(32);
+        let b = random_secret(32);
+        assert_eq!(a.expose_secret().len(), 43);
+        assert_ne!(a.expose_secret(), b.expose_secret());
+        assert_eq!(digest_hex(&a), digest_hex(&a));
+        assert_ne!(digest_hex(&a), digest_hex(&b));
+        assert_eq!(
+            digest_hex(&secret("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 

@@ -50,11 +50,7 @@ pub fn run_function(name: &'static str, router: fn(Arc<App>) -> Router) -> ExitC
         }
     };
     runtime.block_on(async move {
-        // MERGE (lead): replace the two lines below with
-        // let app = App::from_config(config).await;
-        drop(config);
-        let app: anyhow::Result<Arc<App>> =
-            Err(anyhow::anyhow!("App::from_config is not merged yet"));
+        let app = App::from_config(config).await;
         let result = match app {
             Ok(app) => serve_app(name, app, router).await,
             Err(e) => Err(e.context("cannot build the application")),

@@ -1,1 +1,399 @@
-//! SKELETON STUB — replaced by the store work.
+//! [`FirestoreStore`]: the production store, one Firestore document per record (product.md §3).
+//!
+//! Reads and plain writes are single calls. Every read-then-write reads its one document inside a
+//! Firestore transaction, decides with the same step functions as [`super::MemoryStore`], and
+//! commits the change in that transaction; when Firestore aborts it for contention, the whole
+//! transaction (read and decision included) runs again.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use async_trait::async_trait;
+use firestore::errors::FirestoreError;
+use firestore::{
+    FirestoreConsistencySelector, FirestoreDb, FirestoreDbOptions, FirestoreTransaction,
+    FirestoreWritePrecondition,
+};
+use gcloud_sdk::google_cloud_auth::credentials::anonymous;
+use jiff::Timestamp;
+use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+
+use super::{
+    AccountBinding, Change, Claim, FAILURES, Failure, INSTALLS, IdempotencyKey, Install,
+    KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, SYNC_STATE, Step,
+    Store, StoreError, StoreResult, SyncState, TENANTS, Tenant, decode, sync_state_id,
+    take_state_step, update_step,
+};
+use crate::domain::TenantId;
+
+/// How many times a transaction runs before contention is reported as unavailability.
+const TRANSACTION_ATTEMPTS: u32 = 12;
+/// The first pause after an aborted transaction; it doubles (with jitter) up to the cap below.
+const RETRY_BASE: Duration = Duration::from_millis(20);
+/// The longest pause between two attempts of a transaction.
+const RETRY_CAP: Duration = Duration::from_secs(1);
+
+/// A [`Store`] on Google Cloud Firestore (native mode, default database).
+#[derive(Clone)]
+pub struct FirestoreStore {
+    db: FirestoreDb,
+}
+
+impl FirestoreStore {
+    /// A store on `project_id`'s Firestore. With `emulator_host` (`host:port`, no scheme) it talks
+    /// plain HTTP/2 to that emulator and looks up no credentials; without, it uses the Application
+    /// Default Credentials (on Cloud Run: the service account). The channel opens lazily, so an
+    /// unreachable backend shows as [`StoreError::Unavailable`] on the first call.
+    pub async fn connect(project_id: &str, emulator_host: Option<&str>) -> anyhow::Result<Self> {
+        let options = FirestoreDbOptions::new(project_id.to_owned());
+        let db = match emulator_host {
+            Some(host) => {
+                let options = options.with_firebase_api_url(format!("http://{host}"));
+                FirestoreDb::with_options_auth(options, anonymous::Builder::new().build())
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "connecting to the Firestore emulator at {host} (project {project_id})"
+                        )
+                    })?
+            }
+            None => FirestoreDb::with_options(options)
+                .await
+                .with_context(|| format!("connecting to Firestore (project {project_id})"))?,
+        };
+        Ok(Self { db })
+    }
+
+    /// The document, decoded, if it exists.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        collection: &'static str,
+        id: &str,
+    ) -> StoreResult<Option<T>> {
+        let id = doc_id(id);
+        let doc = self
+            .db
+            .fluent()
+            .select()
+            .by_id_in(collection)
+            .one(id.as_ref())
+            .await
+            .map_err(|err| unavailable(err, "reading", collection, &id))?;
+        doc.map(|doc| decode(collection, &id, &doc)).transpose()
+    }
+
+    /// Writes the whole document, under `precondition` if any.
+    async fn put<T: Serialize + DeserializeOwned + Send + Sync>(
+        &self,
+        collection: &'static str,
+        id: &str,
+        value: &T,
+        precondition: Option<FirestoreWritePrecondition>,
+    ) -> StoreResult<()> {
+        let id = doc_id(id);
+        let update = self.db.fluent().update().in_col(collection);
+        let update = match precondition {
+            Some(precondition) => update.precondition(precondition),
+            None => update,
+        };
+        update
+            .document_id(id.as_ref())
+            .object(value)
+            .execute::<IgnoredAny>()
+            .await
+            .map(drop)
+            .map_err(|err| match err {
+                FirestoreError::DataConflictError(_) => StoreError::Conflict {
+                    collection,
+                    id: id.clone().into_owned(),
+                },
+                err => unavailable(err, "writing", collection, &id),
+            })
+    }
+
+    /// Writes the document if there is none with that id, else [`StoreError::Conflict`].
+    async fn create<T: Serialize + DeserializeOwned + Send + Sync>(
+        &self,
+        collection: &'static str,
+        id: &str,
+        value: &T,
+    ) -> StoreResult<()> {
+        let absent = FirestoreWritePrecondition::Exists(false);
+        self.put(collection, id, value, Some(absent)).await
+    }
+
+    /// Deletes the document; an absent one is fine.
+    async fn delete(&self, collection: &'static str, id: &str) -> StoreResult<()> {
+        let id = doc_id(id);
+        self.db
+            .fluent()
+            .delete()
+            .from(collection)
+            .document_id(id.as_ref())
+            .execute()
+            .await
+            .map_err(|err| unavailable(err, "deleting", collection, &id))
+    }
+
+    /// Reads one document in a transaction, lets `decide` choose the change, and commits it;
+    /// re-runs everything while Firestore aborts the transaction for contention.
+    async fn read_modify_write<T, R>(
+        &self,
+        collection: &'static str,
+        id: &str,
+        decide: impl Fn(Option<T>) -> Step<T, R> + Send + Sync,
+    ) -> StoreResult<R>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync,
+        R: Send,
+    {
+        let id = doc_id(id);
+        let mut pause = RETRY_BASE;
+        let mut attempt = 1;
+        loop {
+            match self.transaction_attempt(collection, &id, &decide).await {
+                Ok(outcome) => return outcome,
+                Err(err) if is_contention(&err) && attempt < TRANSACTION_ATTEMPTS => {
+                    // Jitter, so racing writers do not retry in lockstep.
+                    tokio::time::sleep(pause.mul_f64(rand::random_range(0.5..1.5))).await;
+                    pause = (pause * 2).min(RETRY_CAP);
+                    attempt += 1;
+                }
+                Err(err) => return Err(unavailable(err, "updating", collection, &id)),
+            }
+        }
+    }
+
+    /// One run of [`Self::read_modify_write`]. The outer error is Firestore's (the transaction
+    /// is rolled back); the inner result is the store's answer (committed when `Ok`).
+    async fn transaction_attempt<T, R>(
+        &self,
+        collection: &'static str,
+        id: &str,
+        decide: &(impl Fn(Option<T>) -> Step<T, R> + Send + Sync),
+    ) -> Result<StoreResult<R>, FirestoreError>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync,
+        R: Send,
+    {
+        let mut transaction = self.db.begin_transaction().await?;
+        let in_transaction =
+            self.db
+                .clone_with_consistency_selector(FirestoreConsistencySelector::Transaction(
+                    transaction.transaction_id().clone(),
+                ));
+        let staged = stage(&in_transaction, &mut transaction, collection, id, decide).await;
+        match staged {
+            Ok(Ok(answer)) => {
+                transaction.commit().await?;
+                Ok(Ok(answer))
+            }
+            refused_or_failed => {
+                // Releases the read lock now rather than when the transaction times out; a
+                // failed rollback changes nothing for the caller.
+                transaction.rollback().await.ok();
+                refused_or_failed
+            }
+        }
+    }
+}
+
+/// Reads the document through `db` (bound to `transaction`), decides, and queues the change.
+async fn stage<T, R>(
+    db: &FirestoreDb,
+    transaction: &mut FirestoreTransaction<'_>,
+    collection: &'static str,
+    id: &str,
+    decide: &(impl Fn(Option<T>) -> Step<T, R> + Send + Sync),
+) -> Result<StoreResult<R>, FirestoreError>
+where
+    T: Serialize + DeserializeOwned + Send + Sync,
+{
+    let doc = db.fluent().select().by_id_in(collection).one(id).await?;
+    let current = match doc.map(|doc| decode(collection, id, &doc)).transpose() {
+        Ok(current) => current,
+        Err(corrupt) => return Ok(Err(corrupt)),
+    };
+    let (change, answer) = match decide(current) {
+        Ok(decided) => decided,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    match change {
+        Change::Keep => {}
+        Change::Put(value) => {
+            db.fluent()
+                .update()
+                .in_col(collection)
+                .document_id(id)
+                .object(&value)
+                .add_to_transaction(transaction)?;
+        }
+        Change::Delete => {
+            db.fluent()
+                .delete()
+                .from(collection)
+                .document_id(id)
+                .add_to_transaction(transaction)?;
+        }
+    }
+    Ok(Ok(answer))
+}
+
+/// Firestore aborted the transaction because another one touched the same document.
+fn is_contention(err: &FirestoreError) -> bool {
+    matches!(err, FirestoreError::DatabaseError(db_err) if db_err.public.code == "Aborted")
+}
+
+/// A document id for `raw`: `/` would split the path, so it (and `%`, to stay unambiguous) is
+/// percent-escaped. Ids of our own making (tenant ids, hashes) pass unchanged.
+fn doc_id(raw: &str) -> Cow<'_, str> {
+    if raw.contains(['/', '%']) {
+        Cow::Owned(raw.replace('%', "%25").replace('/', "%2F"))
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
+/// A backend or transport failure while `doing` something to `collection/id`.
+fn unavailable(err: FirestoreError, doing: &str, collection: &str, id: &str) -> StoreError {
+    StoreError::Unavailable(anyhow!(err).context(format!("{doing} {collection}/{id} in Firestore")))
+}
+
+#[async_trait]
+impl Store for FirestoreStore {
+    async fn tenant(&self, id: &TenantId) -> StoreResult<Option<Tenant>> {
+        self.get(TENANTS, id.as_str()).await
+    }
+
+    async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()> {
+        self.create(TENANTS, tenant.id.as_str(), tenant).await
+    }
+
+    async fn update_tenant(
+        &self,
+        id: &TenantId,
+        mutate: Mutation<'_, Tenant>,
+    ) -> StoreResult<Tenant> {
+        self.read_modify_write(TENANTS, id.as_str(), |current| update_step(mutate, current))
+            .await
+    }
+
+    async fn install(&self, tenant: &TenantId) -> StoreResult<Option<Install>> {
+        self.get(INSTALLS, tenant.as_str()).await
+    }
+
+    async fn update_install(
+        &self,
+        tenant: &TenantId,
+        mutate: Mutation<'_, Install>,
+    ) -> StoreResult<Install> {
+        self.read_modify_write(INSTALLS, tenant.as_str(), |current| {
+            update_step(mutate, current)
+        })
+        .await
+    }
+
+    async fn put_oauth_state(&self, state: &OAuthState) -> StoreResult<()> {
+        self.create(OAUTH_STATES, &state.state, state).await
+    }
+
+    async fn take_oauth_state(&self, state: &str) -> StoreResult<Option<OAuthState>> {
+        self.read_modify_write(OAUTH_STATES, state, |current| {
+            take_state_step(current, Timestamp::now())
+        })
+        .await
+    }
+
+    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> StoreResult<Claim> {
+        self.read_modify_write(PROCESSED, key.as_str(), |current| {
+            Marker::claim_step(current, Timestamp::now(), lease)
+        })
+        .await
+    }
+
+    async fn complete(&self, key: &IdempotencyKey, retain: Duration) -> StoreResult<()> {
+        let marker = Marker::done(Timestamp::now(), retain);
+        self.put(PROCESSED, key.as_str(), &marker, None).await
+    }
+
+    async fn release(&self, key: &IdempotencyKey) -> StoreResult<()> {
+        self.read_modify_write(PROCESSED, key.as_str(), Marker::release_step)
+            .await
+    }
+
+    async fn record_failure(&self, failure: &Failure) -> StoreResult<()> {
+        self.put(FAILURES, &failure.id, failure, None).await
+    }
+
+    async fn failures(&self, tenant: &TenantId, limit: usize) -> StoreResult<Vec<Failure>> {
+        if limit == 0 {
+            // A zero limit would mean "no limit" to Firestore.
+            return Ok(Vec::new());
+        }
+        let docs = self
+            .db
+            .fluent()
+            .select()
+            .from(FAILURES)
+            .filter(|q| q.for_all([q.field("tenant").eq(tenant.as_str())]))
+            .order(|o| o.fields([o.field("at").desc()]))
+            .limit(u32::try_from(limit).unwrap_or(u32::MAX))
+            .query()
+            .await
+            .map_err(|err| unavailable(err, "querying", FAILURES, &format!("?tenant={tenant}")))?;
+        docs.iter()
+            .map(|doc| {
+                let id = doc.name.rsplit('/').next().unwrap_or_default();
+                decode(FAILURES, id, doc)
+            })
+            .collect()
+    }
+
+    async fn sync_state(
+        &self,
+        tenant: &TenantId,
+        omneo_profile_id: &str,
+    ) -> StoreResult<Option<SyncState>> {
+        self.get(SYNC_STATE, &sync_state_id(tenant, omneo_profile_id))
+            .await
+    }
+
+    async fn put_sync_state(&self, state: &SyncState) -> StoreResult<()> {
+        let id = sync_state_id(&state.tenant, &state.omneo_profile_id);
+        self.put(SYNC_STATE, &id, state, None).await
+    }
+
+    async fn delete_sync_state(
+        &self,
+        tenant: &TenantId,
+        omneo_profile_id: &str,
+    ) -> StoreResult<()> {
+        self.delete(SYNC_STATE, &sync_state_id(tenant, omneo_profile_id))
+            .await
+    }
+
+    async fn bind_klaviyo_account(
+        &self,
+        account_id: &str,
+        tenant: &TenantId,
+    ) -> StoreResult<TenantId> {
+        self.read_modify_write(KLAVIYO_ACCOUNTS, account_id, |current| {
+            AccountBinding::bind_step(current, tenant)
+        })
+        .await
+    }
+
+    async fn klaviyo_account_tenant(&self, account_id: &str) -> StoreResult<Option<TenantId>> {
+        let binding: Option<AccountBinding> = self.get(KLAVIYO_ACCOUNTS, account_id).await?;
+        Ok(binding.map(|binding| binding.tenant))
+    }
+
+    async fn unbind_klaviyo_account(&self, account_id: &str, tenant: &TenantId) -> StoreResult<()> {
+        self.read_modify_write(KLAVIYO_ACCOUNTS, account_id, |current| {
+            AccountBinding::unbind_step(current, tenant)
+        })
+        .await
+    }
+}

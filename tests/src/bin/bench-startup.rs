@@ -10,12 +10,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BINARIES: [&str; 6] = ["hello-baseline", "oauth-callback", "klaviyo-webhook", "omneo-webhook", "inbound-task", "outbound-task"];
+const BINARIES: [&str; 6] = [
+    "hello-baseline",
+    "oauth-callback",
+    "klaviyo-webhook",
+    "omneo-webhook",
+    "inbound-task",
+    "outbound-task",
+];
 const ROUNDS: usize = 15;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn main() -> anyhow::Result<()> {
-    let dir = std::env::current_exe()?.parent().map(Path::to_path_buf).ok_or_else(|| anyhow::anyhow!("no exe dir"))?;
+    let dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("no exe dir"))?;
     let mut starts: Vec<Vec<Duration>> = vec![Vec::new(); BINARIES.len()];
     let mut rss: Vec<Vec<u64>> = vec![Vec::new(); BINARIES.len()];
     for _ in 0..ROUNDS {
@@ -25,7 +35,9 @@ fn main() -> anyhow::Result<()> {
             rss[i].push(kib);
         }
     }
-    println!("cold start = exec → first 200 on GET /health; idle RSS after 300 ms; {ROUNDS} rounds, interleaved\n");
+    println!(
+        "cold start = exec → first 200 on GET /health; idle RSS after 300 ms; {ROUNDS} rounds, interleaved\n"
+    );
     println!("| binary | start median | start p90 | start min | idle RSS median |");
     println!("|---|---|---|---|---|");
     for (i, name) in BINARIES.iter().enumerate() {
@@ -59,7 +71,10 @@ fn measure(binary: &PathBuf) -> anyhow::Result<(Duration, u64)> {
         }
         if began.elapsed() > START_TIMEOUT {
             child.kill()?;
-            anyhow::bail!("{} did not answer /health within {START_TIMEOUT:?}", binary.display());
+            anyhow::bail!(
+                "{} did not answer /health within {START_TIMEOUT:?}",
+                binary.display()
+            );
         }
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("{} exited with {status} before answering", binary.display());
@@ -82,7 +97,10 @@ fn spawn(binary: &PathBuf, port: u16) -> anyhow::Result<Child> {
         .env("KLAVIYO_CLIENT_SECRET", "bench-secret")
         .env("STORE", "memory")
         .env("QUEUE", "local")
-        .env("ENCRYPTION_KEY", "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        .env(
+            "ENCRYPTION_KEY",
+            "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        )
         .env("OPERATOR_TOKEN", "bench-operator-token")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -92,7 +110,9 @@ fn spawn(binary: &PathBuf, port: u16) -> anyhow::Result<Child> {
 }
 
 fn health_ok(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let request = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     if stream.write_all(request).is_err() {
         return false;
@@ -103,6 +123,9 @@ fn health_ok(port: u16) -> bool {
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
