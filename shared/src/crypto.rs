@@ -164,6 +164,12 @@ impl Keyring {
     }
 }
 
+/// Compares two byte strings in time that depends only on their lengths (signatures, keys).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
 /// A fresh `ENCRYPTION_KEY` value holding one random key with id `id`.
 pub fn new_keyring_spec(id: &str) -> SecretString {
     let key = Aes256Gcm::generate_key(OsRng);

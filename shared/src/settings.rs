@@ -1,6 +1,7 @@
 //! A tenant's settings (product.md §4), stored on the tenant record.
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// What to do in Klaviyo when an Omneo profile is deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,7 +28,7 @@ pub struct Mapping {
 /// The tenant settings. Secrets (`webhook_secret`, `omneo_signing_secret`) live sealed on the
 /// tenant record, not here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Omneo identity handle under which the Klaviyo profile id is stored.
     pub identity_handle: String,
@@ -66,4 +67,81 @@ impl Default for Settings {
             coalesce_seconds: 5,
         }
     }
+}
+
+/// A setting that failed validation: the field (a dot path below `settings`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidSetting {
+    /// The field, e.g. `mappings[2].target`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl InvalidSetting {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Parses a settings object (missing fields take their defaults, unknown fields are refused)
+    /// and validates it.
+    pub fn from_json(value: &Value) -> Result<Self, InvalidSetting> {
+        let settings: Self = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.inner().to_string();
+            let field = unknown_field(&message).map_or(path, str::to_owned);
+            InvalidSetting::new(field, message)
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what can be checked without calling Klaviyo.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        for (field, value) in [
+            ("identity_handle", &self.identity_handle),
+            ("namespace", &self.namespace),
+        ] {
+            if !is_slug(value) {
+                return Err(InvalidSetting::new(
+                    field,
+                    "must be 1-63 characters of a-z, 0-9, '-' or '_'",
+                ));
+            }
+        }
+        if let Some(prefix) = &self.task_queue_name {
+            if !is_slug(prefix) {
+                return Err(InvalidSetting::new(
+                    "task_queue_name",
+                    "must be 1-63 characters of a-z, 0-9, '-' or '_'",
+                ));
+            }
+        }
+        if !(1..=300).contains(&self.coalesce_seconds) {
+            return Err(InvalidSetting::new(
+                "coalesce_seconds",
+                "must be between 1 and 300",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `unknown field `x`, expected …` → `x`.
+fn unknown_field(message: &str) -> Option<&str> {
+    message.strip_prefix("unknown field `")?.split('`').next()
+}
+
+fn is_slug(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }

@@ -1,0 +1,1 @@
+//! SKELETON STUB — replaced by the install work.
