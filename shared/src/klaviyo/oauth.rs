@@ -4,15 +4,19 @@
 //! The crate's own reqwest integration pins another reqwest major version, so requests go through
 //! the process-wide [`reqwest::Client`] via a small adapter instead.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use oauth2::basic::{
     BasicClient, BasicErrorResponseType, BasicRequestTokenError, BasicTokenResponse,
 };
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
-    EndpointSet, HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RevocationUrl, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
+    AsyncHttpClient, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier,
+    RedirectUrl, RefreshToken, Scope, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -75,13 +79,16 @@ pub fn new_pkce_verifier() -> SecretString {
     SecretString::from(verifier.secret().clone())
 }
 
-type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointSet, EndpointSet>;
+type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
 /// The Klaviyo OAuth app: builds authorize URLs, exchanges codes, refreshes and revokes tokens.
 #[derive(Clone)]
 pub struct KlaviyoOAuth {
     client: Client,
-    http: reqwest::Client,
+    http: Http,
+    /// Revocation is sent by hand (see [`KlaviyoOAuth::revoke`]), so it needs these two.
+    client_secret: SecretString,
+    revoke_url: Url,
 }
 
 impl std::fmt::Debug for KlaviyoOAuth {
@@ -101,10 +108,14 @@ impl KlaviyoOAuth {
             ))
             .set_auth_uri(AuthUrl::from_url(config.auth_url.clone()))
             .set_token_uri(TokenUrl::from_url(config.token_url.clone()))
-            .set_revocation_url(RevocationUrl::from_url(config.revoke_url.clone()))
             .set_redirect_uri(RedirectUrl::from_url(redirect_uri.clone()))
             .set_auth_type(AuthType::BasicAuth);
-        Self { client, http }
+        Self {
+            client,
+            http: Http(http),
+            client_secret: config.client_secret.clone(),
+            revoke_url: config.revoke_url.clone(),
+        }
     }
 
     /// The browser URL of Klaviyo's consent page for `state`, with the scopes and the S256
@@ -131,7 +142,7 @@ impl KlaviyoOAuth {
             .client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()))
-            .request_async(&|request| send(&self.http, request))
+            .request_async(&self.http)
             .await
             .map_err(classify)?;
         Ok(grant(&response))
@@ -143,33 +154,58 @@ impl KlaviyoOAuth {
         let response = self
             .client
             .exchange_refresh_token(&token)
-            .request_async(&|request| send(&self.http, request))
+            .request_async(&self.http)
             .await
             .map_err(classify)?;
         Ok(grant(&response))
     }
 
-    /// Revokes a refresh token (how the app uninstalls itself). Klaviyo answers 200 even for a
-    /// token it no longer knows, so revoking twice is fine.
+    /// Revokes a refresh token (how the app uninstalls itself; RFC 7009 with Basic client auth).
+    /// Klaviyo answers 200 even for a token it no longer knows, so revoking twice is fine.
+    ///
+    /// Sent by hand rather than through the `oauth2` crate, which refuses any revocation URL that
+    /// is not https — and the simulator (tests, `make dev`) serves http on loopback.
     pub async fn revoke(&self, refresh_token: &SecretString) -> Result<(), OAuthError> {
-        let token = StandardRevocableToken::RefreshToken(RefreshToken::new(
-            refresh_token.expose_secret().to_owned(),
+        // RFC 6749 §2.3.1: id and secret are form-encoded before the Basic encoding.
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let credentials = STANDARD.encode(format!(
+            "{}:{}",
+            encode(self.client.client_id().as_str()),
+            encode(self.client_secret.expose_secret())
         ));
-        self.client
-            .revoke_token(token)
-            .map_err(|e| OAuthError::Rejected {
-                code: "configuration".into(),
-                description: e.to_string(),
-            })?
-            .request_async(&|request| send(&self.http, request))
+        let response = self
+            .http
+            .0
+            .post(self.revoke_url.clone())
+            .header(http::header::AUTHORIZATION, format!("Basic {credentials}"))
+            .form(&[
+                ("token", refresh_token.expose_secret()),
+                ("token_type_hint", "refresh_token"),
+            ])
+            .timeout(Duration::from_secs(30))
+            .send()
             .await
-            .map_err(|e| match e {
-                oauth2::RequestTokenError::ServerResponse(response) => OAuthError::Rejected {
-                    code: response.error().to_string(),
-                    description: response.error_description().cloned().unwrap_or_default(),
-                },
-                other => OAuthError::Unavailable(other.to_string()),
-            })
+            .map_err(|e| OAuthError::Unavailable(e.without_url().to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        #[derive(serde::Deserialize)]
+        struct ErrorBody {
+            error: String,
+            #[serde(default)]
+            error_description: String,
+        }
+        match response.json::<ErrorBody>().await {
+            Ok(body) if status.is_client_error() => Err(OAuthError::Rejected {
+                code: body.error,
+                description: body.error_description,
+            }),
+            _ => Err(OAuthError::Unavailable(format!(
+                "the revocation endpoint answered {status}"
+            ))),
+        }
     }
 }
 
@@ -206,6 +242,22 @@ fn classify(error: BasicRequestTokenError<reqwest::Error>) -> OAuthError {
             OAuthError::Unavailable(format!("unreadable token response: {e}"))
         }
         oauth2::RequestTokenError::Other(e) => OAuthError::Unavailable(e),
+    }
+}
+
+/// Our reqwest client as the crate's async HTTP client. Its futures own a clone of the client
+/// (one `Arc`), so they are `Send` for any borrow: a closure adapter borrowing the client makes the
+/// futures of the OAuth calls non-`Send` under higher-ranked lifetimes, and axum handlers need `Send`.
+#[derive(Clone)]
+struct Http(reqwest::Client);
+
+impl<'c> AsyncHttpClient<'c> for Http {
+    type Error = reqwest::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, reqwest::Error>> + Send + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        let http = self.0.clone();
+        Box::pin(async move { send(&http, request).await })
     }
 }
 
