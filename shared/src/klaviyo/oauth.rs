@@ -131,7 +131,7 @@ impl KlaviyoOAuth {
             .client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()))
-            .request_async(&|request| send(&self.http, request))
+            .request_async(&|request| send(self.http.clone(), request))
             .await
             .map_err(classify)?;
         Ok(grant(&response))
@@ -143,7 +143,7 @@ impl KlaviyoOAuth {
         let response = self
             .client
             .exchange_refresh_token(&token)
-            .request_async(&|request| send(&self.http, request))
+            .request_async(&|request| send(self.http.clone(), request))
             .await
             .map_err(classify)?;
         Ok(grant(&response))
@@ -161,7 +161,7 @@ impl KlaviyoOAuth {
                 code: "configuration".into(),
                 description: e.to_string(),
             })?
-            .request_async(&|request| send(&self.http, request))
+            .request_async(&|request| send(self.http.clone(), request))
             .await
             .map_err(|e| match e {
                 oauth2::RequestTokenError::ServerResponse(response) => OAuthError::Rejected {
@@ -210,10 +210,10 @@ fn classify(error: BasicRequestTokenError<reqwest::Error>) -> OAuthError {
 }
 
 /// Sends one OAuth request through our reqwest client (the crate's adapter pins another reqwest).
-async fn send(
-    http: &reqwest::Client,
-    request: HttpRequest,
-) -> Result<HttpResponse, reqwest::Error> {
+/// The client is taken by value (a cheap handle): a future borrowing it is `Send` only for the
+/// closure's own lifetime, which makes every caller's future non-`Send` in an axum handler
+/// ("implementation of `Send` is not general enough").
+async fn send(http: reqwest::Client, request: HttpRequest) -> Result<HttpResponse, reqwest::Error> {
     let (parts, body) = request.into_parts();
     let response = http
         .request(parts.method, parts.uri.to_string())
