@@ -3,13 +3,16 @@
 //! Access tokens last about an hour. [`TokenProvider::access_token`] refreshes ahead of expiry
 //! (at least [`REFRESH_MARGIN`] before), [`TokenProvider::call`] refreshes once more when Klaviyo
 //! answers 401 anyway. Only one refresh per tenant runs at a time across every instance: the
-//! refresher takes a lease on the install document in a store transaction, and everyone else
-//! waits for the new token instead of spending the refresh token a second time (with rotation on,
-//! a second refresh would kill the first one's token). The refresh token Klaviyo returns is always
-//! stored. `invalid_grant` means the customer uninstalled or the token died: the install moves to
-//! `reauthorization_required` and every later call fails fast with
-//! [`TokenError::ReauthorizationRequired`], so workers park their tasks instead of calling Klaviyo.
+//! refresher takes a lease on the install document in a store transaction (each attempt is its
+//! own lease holder), and everyone else waits for the new token instead of spending the refresh
+//! token a second time (with rotation on, a second refresh would kill the first one's token).
+//! Within one instance, callers first queue on a per-tenant lock, so they do not all contend for
+//! the lease. The refresh token Klaviyo returns is always stored. `invalid_grant` means the
+//! customer uninstalled or the token died: the install moves to `reauthorization_required` and
+//! every later call fails fast with [`TokenError::ReauthorizationRequired`], so workers park their
+//! tasks instead of calling Klaviyo.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,7 +96,10 @@ pub struct TokenProvider {
     keyring: Keyring,
     oauth: KlaviyoOAuth,
     /// Identifies this instance in leases.
-    holder: String,
+    instance: String,
+    /// One lock per tenant: callers of this instance queue here instead of all racing for the
+    /// store lease, and the ones behind the refresher then find the fresh token.
+    local: Arc<std::sync::Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// A token as handed out: the plaintext, plus the sealed form that identifies it in the store.
@@ -109,7 +115,8 @@ impl TokenProvider {
             store,
             keyring,
             oauth,
-            holder: uuid::Uuid::new_v4().to_string(),
+            instance: uuid::Uuid::new_v4().to_string(),
+            local: Arc::default(),
         }
     }
 
@@ -153,11 +160,18 @@ impl TokenProvider {
         tenant: &TenantId,
         stale: Option<&Sealed>,
     ) -> Result<Issued, TokenError> {
+        let local = self.local_lock(tenant);
+        let _queued = local.lock().await;
+        // Every attempt is its own lease holder: callers in one instance must exclude each other
+        // too (with rotation, a second refresh with the same token gets `invalid_grant`).
+        let holder = format!("{}/{}", self.instance, uuid::Uuid::new_v4());
         let deadline = tokio::time::Instant::now() + LEASE + REFRESH_MARGIN;
         loop {
-            match self.take_lease(tenant, stale).await? {
+            match self.take_lease(tenant, stale, &holder).await? {
                 LeaseOutcome::Acquired(refresh_token) => {
-                    return self.refresh_holding_lease(tenant, &refresh_token).await;
+                    return self
+                        .refresh_holding_lease(tenant, &refresh_token, &holder)
+                        .await;
                 }
                 LeaseOutcome::AlreadyRefreshed(access) => return self.issue(&access),
                 LeaseOutcome::Busy if tokio::time::Instant::now() < deadline => {
@@ -178,9 +192,9 @@ impl TokenProvider {
         &self,
         tenant: &TenantId,
         stale: Option<&Sealed>,
+        holder: &str,
     ) -> Result<LeaseOutcome, TokenError> {
         let now = Timestamp::now();
-        let holder = self.holder.clone();
         let until = now + SignedDuration::try_from(LEASE).unwrap_or(SignedDuration::from_secs(30));
         let result = self
             .store
@@ -202,7 +216,7 @@ impl TokenProvider {
                     return Err(Abort(BUSY.into()));
                 }
                 install.refresh_lease = Some(Lease {
-                    holder: holder.clone(),
+                    holder: holder.to_owned(),
                     until,
                 });
                 Ok(install)
@@ -237,6 +251,7 @@ impl TokenProvider {
         &self,
         tenant: &TenantId,
         refresh_token: &Sealed,
+        holder: &str,
     ) -> Result<Issued, TokenError> {
         let plaintext = self.keyring.open(refresh_token).map_err(|e| {
             TokenError::Unavailable(format!("cannot open the stored refresh token: {e}"))
@@ -245,12 +260,11 @@ impl TokenProvider {
             Ok(grant) => {
                 let tokens = self.seal_grant(&grant, refresh_token);
                 let access = tokens.access_token.clone();
-                let holder = self.holder.clone();
                 self.store
                     .update_install(tenant, &|install| {
                         let mut install = install.ok_or_else(|| Abort(NOT_INSTALLED.into()))?;
                         install.tokens = Some(tokens.clone());
-                        release_if_held(&mut install, &holder);
+                        release_if_held(&mut install, holder);
                         Ok(install)
                     })
                     .await?;
@@ -262,11 +276,10 @@ impl TokenProvider {
             }
             Err(OAuthError::InvalidGrant(description)) => {
                 tracing::warn!(%tenant, %description, "Klaviyo refused the refresh token; reauthorization required");
-                let holder = self.holder.clone();
                 self.store
                     .update_install(tenant, &|install| {
                         let mut install = install.ok_or_else(|| Abort(NOT_INSTALLED.into()))?;
-                        release_if_held(&mut install, &holder);
+                        release_if_held(&mut install, holder);
                         let reason =
                             Some("Klaviyo refused the refresh token (invalid_grant)".to_owned());
                         install.transition(
@@ -280,7 +293,7 @@ impl TokenProvider {
                 Err(TokenError::ReauthorizationRequired(tenant.clone()))
             }
             Err(other) => {
-                self.release(tenant).await;
+                self.release(tenant, holder).await;
                 Err(match other {
                     OAuthError::Rejected { code, description } => {
                         TokenError::Rejected(format!("{code}: {description}"))
@@ -292,19 +305,27 @@ impl TokenProvider {
     }
 
     /// Gives the lease back after a failed refresh (best effort: it lapses by itself anyway).
-    async fn release(&self, tenant: &TenantId) {
-        let holder = self.holder.clone();
+    async fn release(&self, tenant: &TenantId, holder: &str) {
         let released = self
             .store
             .update_install(tenant, &|install| {
                 let mut install = install.ok_or_else(|| Abort(NOT_INSTALLED.into()))?;
-                release_if_held(&mut install, &holder);
+                release_if_held(&mut install, holder);
                 Ok(install)
             })
             .await;
         if let Err(error) = released {
             tracing::warn!(%tenant, error = %error, "could not release the refresh lease; it lapses by itself");
         }
+    }
+
+    /// This instance's refresh lock of the tenant.
+    fn local_lock(&self, tenant: &TenantId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(tenant.clone()).or_default().clone()
     }
 
     /// Seals a grant, keeping the old refresh token when Klaviyo did not return one.
