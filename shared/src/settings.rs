@@ -115,13 +115,13 @@ impl Settings {
                 ));
             }
         }
-        if let Some(prefix) = &self.task_queue_name {
-            if !is_slug(prefix) {
-                return Err(InvalidSetting::new(
-                    "task_queue_name",
-                    "must be 1-63 characters of a-z, 0-9, '-' or '_'",
-                ));
-            }
+        if let Some(prefix) = &self.task_queue_name
+            && !is_slug(prefix)
+        {
+            return Err(InvalidSetting::new(
+                "task_queue_name",
+                "must be 1-63 characters of a-z, 0-9, '-' or '_'",
+            ));
         }
         if !(1..=300).contains(&self.coalesce_seconds) {
             return Err(InvalidSetting::new(

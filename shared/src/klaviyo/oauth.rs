@@ -12,7 +12,7 @@ use oauth2::basic::{
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
     EndpointSet, HttpRequest, HttpResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RefreshToken, RevocationUrl, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
+    RefreshToken, Scope, TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -75,12 +75,15 @@ pub fn new_pkce_verifier() -> SecretString {
     SecretString::from(verifier.secret().clone())
 }
 
-type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointSet, EndpointSet>;
+type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
 /// The Klaviyo OAuth app: builds authorize URLs, exchanges codes, refreshes and revokes tokens.
 #[derive(Clone)]
 pub struct KlaviyoOAuth {
     client: Client,
+    /// For revocation, which is done by hand (see [`KlaviyoOAuth::revoke`]).
+    client_secret: SecretString,
+    revoke_url: Url,
     http: reqwest::Client,
 }
 
@@ -101,10 +104,14 @@ impl KlaviyoOAuth {
             ))
             .set_auth_uri(AuthUrl::from_url(config.auth_url.clone()))
             .set_token_uri(TokenUrl::from_url(config.token_url.clone()))
-            .set_revocation_url(RevocationUrl::from_url(config.revoke_url.clone()))
             .set_redirect_uri(RedirectUrl::from_url(redirect_uri.clone()))
             .set_auth_type(AuthType::BasicAuth);
-        Self { client, http }
+        Self {
+            client,
+            client_secret: config.client_secret.clone(),
+            revoke_url: config.revoke_url.clone(),
+            http,
+        }
     }
 
     /// The browser URL of Klaviyo's consent page for `state`, with the scopes and the S256
@@ -131,7 +138,7 @@ impl KlaviyoOAuth {
             .client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.expose_secret().to_owned()))
-            .request_async(&|request| send(&self.http, request))
+            .request_async(&|request| send(self.http.clone(), request))
             .await
             .map_err(classify)?;
         Ok(grant(&response))
@@ -143,33 +150,78 @@ impl KlaviyoOAuth {
         let response = self
             .client
             .exchange_refresh_token(&token)
-            .request_async(&|request| send(&self.http, request))
+            .request_async(&|request| send(self.http.clone(), request))
             .await
             .map_err(classify)?;
         Ok(grant(&response))
     }
 
-    /// Revokes a refresh token (how the app uninstalls itself). Klaviyo answers 200 even for a
-    /// token it no longer knows, so revoking twice is fine.
+    /// Revokes a refresh token (how the app uninstalls itself): RFC 7009 `token` +
+    /// `token_type_hint=refresh_token`, HTTP Basic client authentication (each part
+    /// form-urlencoded, RFC 6749 §2.3.1). Klaviyo answers 200 even for a token it no longer knows,
+    /// so revoking twice is fine.
+    ///
+    /// Done by hand rather than through the `oauth2` crate, which refuses any non-`https`
+    /// revocation URL — also the loopback `http://` of the simulator. The same rule holds here
+    /// except for loopback hosts.
     pub async fn revoke(&self, refresh_token: &SecretString) -> Result<(), OAuthError> {
-        let token = StandardRevocableToken::RefreshToken(RefreshToken::new(
-            refresh_token.expose_secret().to_owned(),
-        ));
-        self.client
-            .revoke_token(token)
-            .map_err(|e| OAuthError::Rejected {
+        let loopback = match self.revoke_url.host() {
+            Some(url::Host::Domain(host)) => host == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        };
+        if self.revoke_url.scheme() != "https" && !loopback {
+            return Err(OAuthError::Rejected {
                 code: "configuration".into(),
-                description: e.to_string(),
-            })?
-            .request_async(&|request| send(&self.http, request))
+                description: "KLAVIYO_REVOKE_URL must be an https URL".into(),
+            });
+        }
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("token", refresh_token.expose_secret())
+            .append_pair("token_type_hint", "refresh_token")
+            .finish();
+        let response = self
+            .http
+            .post(self.revoke_url.clone())
+            .basic_auth(
+                encode(self.client.client_id().as_str()),
+                Some(encode(self.client_secret.expose_secret())),
+            )
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(30))
+            .send()
             .await
-            .map_err(|e| match e {
-                oauth2::RequestTokenError::ServerResponse(response) => OAuthError::Rejected {
-                    code: response.error().to_string(),
-                    description: response.error_description().cloned().unwrap_or_default(),
-                },
-                other => OAuthError::Unavailable(other.to_string()),
-            })
+            .map_err(|e| OAuthError::Unavailable(e.without_url().to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        let error: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        let field = |name: &str| {
+            error
+                .as_ref()
+                .and_then(|e| e.get(name))
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        match field("error") {
+            Some(code) if status.is_client_error() => Err(OAuthError::Rejected {
+                code,
+                description: field("error_description").unwrap_or_default(),
+            }),
+            _ => Err(OAuthError::Unavailable(format!(
+                "the revocation endpoint answered {status}"
+            ))),
+        }
     }
 }
 
@@ -210,10 +262,11 @@ fn classify(error: BasicRequestTokenError<reqwest::Error>) -> OAuthError {
 }
 
 /// Sends one OAuth request through our reqwest client (the crate's adapter pins another reqwest).
-async fn send(
-    http: &reqwest::Client,
-    request: HttpRequest,
-) -> Result<HttpResponse, reqwest::Error> {
+///
+/// The client is taken by value (a cheap handle) so the future borrows nothing: a future borrowing
+/// through the closure trips rustc's higher-ranked `Send` check in every async caller that must be
+/// `Send` (axum handlers, spawned tasks).
+async fn send(http: reqwest::Client, request: HttpRequest) -> Result<HttpResponse, reqwest::Error> {
     let (parts, body) = request.into_parts();
     let response = http
         .request(parts.method, parts.uri.to_string())
