@@ -31,7 +31,6 @@ use super::admin::AdminTenant;
 use super::pages::{self, Page};
 use super::{link, provision, tokens};
 use crate::app::App;
-use crate::config::join;
 use crate::crypto::random_secret;
 use crate::domain::TenantId;
 use crate::klaviyo::oauth::{OAuthError, TokenGrant, new_pkce_verifier};
@@ -58,10 +57,7 @@ pub fn routes() -> Router<Arc<App>> {
 async fn issue_link(State(app): State<Arc<App>>, admin: AdminTenant) -> Json<Value> {
     let tenant = &admin.tenant.id;
     let link = link::issue(&app.config.keyring, tenant, Timestamp::now());
-    let mut url = join(&app.config.urls.oauth_callback, "/oauth/install");
-    url.query_pairs_mut()
-        .append_pair("tenant", tenant.as_str())
-        .append_pair("link", &link.token);
+    let url = link.url(&app.config.urls.oauth_callback, tenant);
     tracing::info!(%tenant, expires_at = %link.expires_at, "issued an install link");
     Json(json!({ "url": url.as_str(), "expires_at": link.expires_at.to_string() }))
 }
@@ -146,14 +142,23 @@ async fn callback(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Pag
         Ok(()) => {}
         Err(page) => return page,
     }
-    match provision::provision(&app, &tenant).await {
-        Ok(_) => {
+    // Spawned, so a browser that gives up waiting does not abandon provisioning half-way.
+    let run = {
+        let (app, tenant) = (app.clone(), tenant.clone());
+        tokio::spawn(async move { provision::provision(&app, &tenant).await })
+    };
+    match run.await {
+        Ok(Ok(_)) => {
             tracing::info!(%tenant, "install complete");
             pages::installed()
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             tracing::warn!(%tenant, step = %error.step, message = %error.message, "provisioning stopped");
             pages::provisioning_failed(&error.step)
+        }
+        Err(panicked) => {
+            tracing::error!(%tenant, error = %panicked, "provisioning panicked");
+            pages::our_side_unavailable()
         }
     }
 }

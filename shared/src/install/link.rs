@@ -33,6 +33,17 @@ pub struct InstallLink {
     pub expires_at: Timestamp,
 }
 
+impl InstallLink {
+    /// The browser URL: `{OAUTH_CALLBACK_URL}/oauth/install?tenant=T&link=L`.
+    pub fn url(&self, oauth_callback: &url::Url, tenant: &TenantId) -> url::Url {
+        let mut url = crate::config::join(oauth_callback, "/oauth/install");
+        url.query_pairs_mut()
+            .append_pair("tenant", tenant.as_str())
+            .append_pair("link", &self.token);
+        url
+    }
+}
+
 /// Why a link is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {

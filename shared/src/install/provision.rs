@@ -47,11 +47,11 @@ use axum::routing::post;
 use axum::{Json, Router};
 use jiff::Timestamp;
 use secrecy::SecretString;
-use serde_json::{Value, json};
 use tokio::time::Instant;
 use url::Url;
 
 use super::admin::AdminTenant;
+use super::status::InstallView;
 use super::tokens::{KlaviyoCallError, TokenError};
 use crate::api_error::ApiError;
 use crate::app::App;
@@ -821,37 +821,16 @@ impl InstallLease {
     }
 }
 
-/// The install as the admin API summarises it after reprovision and uninstall.
-pub(crate) fn summary(install: &Install) -> Value {
-    json!({
-        "tenant": install.tenant,
-        "status": install.status,
-        "klaviyo_account_id": install.klaviyo_account_id,
-        "resources": {
-            "data_sources": install.resources.data_sources,
-            "klaviyo_webhook_id": install.resources.klaviyo_webhook_id,
-            "omneo_webhooks": install.resources.omneo_webhooks,
-            "queues": install.resources.queues,
-        },
-        "last_error": install.last_error.as_ref().map(|e| json!({
-            "step": e.step,
-            "message": e.message,
-            "at": e.at.to_string(),
-        })),
-        "updated_at": install.updated_at.to_string(),
-    })
-}
-
 /// `POST /{tenant}/api/v1/install/reprovision`.
 async fn reprovision(
     State(app): State<Arc<App>>,
     AdminTenant { tenant, .. }: AdminTenant,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InstallView>, ApiError> {
     let id = tenant.id;
     // Spawned, so a client hanging up does not abandon the run half-way.
     let run = tokio::spawn(async move { provision(&app, &id).await });
     match run.await {
-        Ok(Ok(install)) => Ok(Json(summary(&install))),
+        Ok(Ok(install)) => Ok(Json(InstallView::of(install))),
         Ok(Err(error)) => Err(error.into()),
         Err(panicked) => Err(ApiError::internal(&panicked)),
     }

@@ -21,24 +21,39 @@ use super::admin::OperatorTenant;
 use crate::api_error::ApiError;
 use crate::app::App;
 use crate::crypto::{digest_hex, random_secret};
+use crate::domain::TenantId;
 use crate::settings::Settings;
 use crate::store::{Abort, StoreError, Tenant};
 
 /// The route this module serves.
 pub fn routes() -> Router<Arc<App>> {
-    Router::new().route("/{tenant}/api/v1/tenant", put(register))
+    Router::new().route("/{tenant}/api/v1/tenant", put(put_tenant))
 }
 
-/// The request body.
-#[derive(Debug, Deserialize)]
+/// The request body of `PUT /{tenant}/api/v1/tenant`.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Registration {
-    omneo_api_token: Option<String>,
-    omneo_signing_secret: Option<String>,
-    omneo_api_url: Option<String>,
-    settings: Option<Value>,
+pub struct Registration {
+    /// The Omneo API token (required to create).
+    pub omneo_api_token: Option<String>,
+    /// The key of Omneo's webhook signatures (required to create).
+    pub omneo_signing_secret: Option<String>,
+    /// The Omneo API base URL (default: from `OMNEO_API_URL_TEMPLATE`).
+    pub omneo_api_url: Option<String>,
+    /// Settings (product.md §4); replaces the stored ones when given.
+    pub settings: Option<Value>,
+    /// Issue a new admin key (updates only).
     #[serde(default)]
-    rotate_admin_key: bool,
+    pub rotate_admin_key: bool,
+}
+
+/// What a registration did.
+#[derive(Debug)]
+pub struct Registered {
+    /// A new tenant (else an update).
+    pub created: bool,
+    /// The admin key, when one was issued (creation or rotation): shown once, stored hashed.
+    pub admin_key: Option<SecretString>,
 }
 
 /// What the body asks to change, validated and with secrets sealed.
@@ -49,17 +64,36 @@ struct Changes {
     settings: Option<Settings>,
 }
 
-async fn register(
+async fn put_tenant(
     State(app): State<Arc<App>>,
     OperatorTenant { tenant }: OperatorTenant,
     body: Result<Json<Registration>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body?;
+    let registered = register(&app, &tenant, body).await?;
+    let status = if registered.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = match registered.admin_key {
+        Some(key) => json!({"tenant": tenant, "admin_key": key.expose_secret()}),
+        None => json!({"tenant": tenant}),
+    };
+    Ok((status, Json(body)))
+}
+
+/// Registers `tenant`, or updates it when it exists; validates everything before storing anything.
+pub async fn register(
+    app: &App,
+    tenant: &TenantId,
+    body: Registration,
+) -> Result<Registered, ApiError> {
     let changes = validate(&body)?;
     let keyring = &app.config.keyring;
     let now = Timestamp::now();
 
-    if app.store.tenant(&tenant).await?.is_none() {
+    if app.store.tenant(tenant).await?.is_none() {
         let token = changes
             .omneo_api_token
             .as_ref()
@@ -74,7 +108,7 @@ async fn register(
             omneo_api_url: changes
                 .omneo_api_url
                 .clone()
-                .unwrap_or_else(|| app.config.omneo_api_url(&tenant)),
+                .unwrap_or_else(|| app.config.omneo_api_url(tenant)),
             omneo_api_token: keyring.seal(token),
             omneo_signing_secret: keyring.seal(secret),
             webhook_secret: keyring.seal(&random_secret(32)),
@@ -87,8 +121,10 @@ async fn register(
         match app.store.create_tenant(&record).await {
             Ok(()) => {
                 tracing::info!(%tenant, "tenant registered");
-                let body = json!({"tenant": tenant, "admin_key": admin_key.expose_secret()});
-                return Ok((StatusCode::CREATED, Json(body)));
+                return Ok(Registered {
+                    created: true,
+                    admin_key: Some(admin_key),
+                });
             }
             // Registered concurrently: fall through and apply this call as an update.
             Err(StoreError::Conflict { .. }) => {}
@@ -104,7 +140,7 @@ async fn register(
         .map(|s| keyring.seal(s));
     let admin_key_hash = admin_key.as_ref().map(digest_hex);
     app.store
-        .update_tenant(&tenant, &|current| {
+        .update_tenant(tenant, &|current| {
             let mut record = current.ok_or_else(|| Abort("tenant vanished".into()))?;
             if let Some(token) = &sealed_token {
                 record.omneo_api_token = token.clone();
@@ -126,11 +162,10 @@ async fn register(
         })
         .await?;
     tracing::info!(%tenant, rotated_admin_key = admin_key.is_some(), "tenant updated");
-    let body = match admin_key {
-        Some(key) => json!({"tenant": tenant, "admin_key": key.expose_secret()}),
-        None => json!({"tenant": tenant}),
-    };
-    Ok((StatusCode::OK, Json(body)))
+    Ok(Registered {
+        created: false,
+        admin_key,
+    })
 }
 
 fn required(field: &str) -> ApiError {

@@ -25,13 +25,12 @@ use axum::http::StatusCode;
 use axum::routing::delete;
 use axum::{Json, Router};
 use jiff::Timestamp;
-use serde_json::Value;
 
 use super::admin::AdminTenant;
 use super::provision::{
     Class, InstallLease, LeaseError, OMNEO_TRIGGERS, Pacer, find_klaviyo_webhooks, klaviyo_call,
-    summary,
 };
+use super::status::InstallView;
 use super::tokens::{KlaviyoCallError, TokenError};
 use crate::api_error::ApiError;
 use crate::app::App;
@@ -259,12 +258,12 @@ async fn disable_omneo_webhooks(
 async fn uninstall_route(
     State(app): State<Arc<App>>,
     AdminTenant { tenant, .. }: AdminTenant,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InstallView>, ApiError> {
     let id = tenant.id;
     // Spawned, so a client hanging up does not abandon the uninstall half-way.
     let run = tokio::spawn(async move { uninstall(&app, &id).await });
     match run.await {
-        Ok(Ok(install)) => Ok(Json(summary(&install))),
+        Ok(Ok(install)) => Ok(Json(InstallView::of(install))),
         Ok(Err(error)) => Err(error.into()),
         Err(panicked) => Err(ApiError::internal(&panicked)),
     }
