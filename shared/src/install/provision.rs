@@ -28,7 +28,7 @@
 //! racing creates. The lease lapses by itself after [`InstallLease::DURATION`] if an instance
 //! dies mid-run.
 //!
-//! **Reprovision** answers synchronously: `200` with the install summary when every step
+//! **Reprovision** answers synchronously: `200` with the install status document (as `GET …/install`) when every step
 //! succeeded; `502 provisioning_failed` naming the step when one failed (the record says the
 //! same); `409 not_installed` for a tenant without Klaviyo tokens (never installed or
 //! uninstalled), `409 reauthorization_required` when Klaviyo refused the refresh token (install

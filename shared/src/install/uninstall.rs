@@ -11,7 +11,7 @@
 //!    move to `uninstalled`.
 //!
 //! Data sources stay (they hold customer data), as do the queues and the disabled Omneo webhooks'
-//! ids. Answers: `200` with the install summary (status `uninstalled`); again → `200`, with no
+//! ids. Answers: `200` with the install status document (status `uninstalled`); again → `200`, with no
 //! remote call; a tenant that never installed (`pending`, no install record) → `409 not_installed`
 //! (there is nothing to uninstall, and CX Manager's view is wrong); a remote failure → `502
 //! uninstall_failed` naming the step, nothing changed locally, safe to retry; `409
