@@ -4,14 +4,14 @@ VENV ?= .venv
 CARGO ?= cargo
 TASKS_EMULATOR_VERSION := 0.6.2
 
-.PHONY: dev test bench lint fmt build venv clean-venv
+.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop
 
 ## dev: run all five functions, both simulators and a demo tenant on http://localhost:$${PORT:-8080}
 dev:
 	$(CARGO) run -p local
 
 ## test: start the Firestore and Cloud Tasks emulators, then run every test of the workspace
-test: venv
+test: venv oauth-interop
 	$(CARGO) build --workspace --bins
 	tests/emulators.sh $(CARGO) nextest run --workspace --no-fail-fast
 
@@ -39,6 +39,13 @@ venv: $(VENV)/.installed-$(TASKS_EMULATOR_VERSION)
 $(VENV)/.installed-$(TASKS_EMULATOR_VERSION):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check gcloud-tasks-emulator==$(TASKS_EMULATOR_VERSION)
+	touch $@
+
+## oauth-interop: the third-party OAuth 2.0 server of the interop test (npm oauth2-mock-server, pinned by its lock file)
+oauth-interop: tests/oauth-interop/node_modules/.package-lock.json
+
+tests/oauth-interop/node_modules/.package-lock.json: tests/oauth-interop/package-lock.json
+	cd tests/oauth-interop && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 clean-venv:

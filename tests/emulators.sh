@@ -3,6 +3,8 @@
 # and stops the emulators whatever happens:
 #   - Google's Firestore emulator (a JVM from the machine image) → FIRESTORE_EMULATOR_HOST
 #   - gcloud-tasks-emulator (PyPI, in the repo's .venv)          → CLOUD_TASKS_EMULATOR_HOST
+#   - oauth2-mock-server (npm, tests/oauth-interop), a third-party OAuth 2.0 server for the
+#     KlaviyoOAuth interop test                                  → OAUTH_INTEROP_URL (+ _CLIENT_ID, _CLIENT_SECRET)
 # Usage: tests/emulators.sh cargo nextest run --workspace
 set -euo pipefail
 
@@ -20,6 +22,12 @@ fi
 command -v java >/dev/null || { echo "error: java (17+) is needed by the Firestore emulator" >&2; exit 1; }
 if [ ! -x "$venv/bin/gcloud-tasks-emulator" ]; then
   echo "error: $venv/bin/gcloud-tasks-emulator missing: run 'make venv' first" >&2
+  exit 1
+fi
+interop="$root/tests/oauth-interop"
+command -v node >/dev/null || { echo "error: node is needed by the OAuth interop server (apt install nodejs npm)" >&2; exit 1; }
+if [ ! -d "$interop/node_modules/oauth2-mock-server" ]; then
+  echo "error: $interop/node_modules missing: run 'make oauth-interop' first" >&2
   exit 1
 fi
 
@@ -58,10 +66,19 @@ tasks_port=$(free_port)
 pids+=($!)
 tasks_pid=$!
 
+export OAUTH_INTEROP_CLIENT_ID=interop-client
+export OAUTH_INTEROP_CLIENT_SECRET=interop-secret
+interop_port=$(free_port)
+PORT="$interop_port" node "$interop/server.mjs" >"$logs/oauth-interop.log" 2>&1 &
+pids+=($!)
+interop_pid=$!
+
 wait_for_port "Firestore emulator" "$fs_port" "$fs_pid" "$logs/firestore.log"
 wait_for_port "Cloud Tasks emulator" "$tasks_port" "$tasks_pid" "$logs/cloud-tasks.log"
+wait_for_port "OAuth interop server" "$interop_port" "$interop_pid" "$logs/oauth-interop.log"
 export FIRESTORE_EMULATOR_HOST="127.0.0.1:$fs_port"
 export CLOUD_TASKS_EMULATOR_HOST="127.0.0.1:$tasks_port"
-echo "emulators: Firestore $FIRESTORE_EMULATOR_HOST, Cloud Tasks $CLOUD_TASKS_EMULATOR_HOST (logs in $logs)" >&2
+export OAUTH_INTEROP_URL="http://127.0.0.1:$interop_port"
+echo "emulators: Firestore $FIRESTORE_EMULATOR_HOST, Cloud Tasks $CLOUD_TASKS_EMULATOR_HOST, OAuth interop $OAUTH_INTEROP_URL (logs in $logs)" >&2
 
 "$@"

@@ -153,33 +153,43 @@ impl From<QueueError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        let status = rejection.status();
-        let (code, field) = match &rejection {
-            JsonRejection::MissingJsonContentType(_) => {
-                ("unsupported_media_type", Some("content-type"))
+        let message = rejection.body_text();
+        match &rejection {
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                message,
+            )
+            .with_field("content-type"),
+            JsonRejection::JsonSyntaxError(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
             }
-            JsonRejection::JsonSyntaxError(_) => ("invalid_json", None),
-            JsonRejection::JsonDataError(_) => ("invalid_field", None),
-            _ if status == StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", None),
-            _ => ("invalid_body", None),
-        };
-        let mut error = Self::new(status, code, rejection.body_text());
-        error.field = field
-            .map(str::to_owned)
-            .or_else(|| json_data_error_path(&rejection));
-        error
+            JsonRejection::JsonDataError(_) => {
+                let mut error =
+                    Self::new(StatusCode::BAD_REQUEST, "invalid_field", message.clone());
+                error.field = json_data_error_field(&message);
+                error
+            }
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
+            _ => Self::new(rejection.status(), "invalid_body", message),
+        }
     }
 }
 
-/// serde_path_to_error's path from a JSON data error (`data.amount: invalid type …`).
-fn json_data_error_path(rejection: &JsonRejection) -> Option<String> {
-    let JsonRejection::JsonDataError(_) = rejection else {
-        return None;
-    };
-    let text = rejection.body_text();
-    let detail = text.split_once(": ").map(|(_, rest)| rest)?;
+/// The field a JSON data error is about: the unknown field's name, or serde's path to the bad
+/// value (`Failed to deserialize …: data.amount: invalid type …` → `data.amount`).
+fn json_data_error_field(message: &str) -> Option<String> {
+    if let Some((_, rest)) = message.split_once("unknown field `") {
+        return rest.split('`').next().map(str::to_owned);
+    }
+    if let Some((_, rest)) = message.split_once("missing field `") {
+        return rest.split('`').next().map(str::to_owned);
+    }
+    let detail = message.split_once(": ").map(|(_, rest)| rest)?;
     let (path, _) = detail.split_once(": ")?;
-    (!path.contains(' ')).then(|| path.to_owned())
+    (!path.contains(' ') && path != ".").then(|| path.to_owned())
 }
 
 impl From<QueryRejection> for ApiError {

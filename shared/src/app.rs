@@ -6,8 +6,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::{Config, QueueConfig, StoreConfig};
+use crate::install::tokens::TokenProvider;
+use crate::klaviyo::KlaviyoClient;
+use crate::klaviyo::oauth::KlaviyoOAuth;
+use crate::omneo::OmneoClient;
 use crate::queue::{CloudTasksQueue, LocalQueue, Queue, TaskTargets};
-use crate::store::{FirestoreStore, MemoryStore, Store};
+use crate::remote::RetryPolicy;
+use crate::store::{FirestoreStore, MemoryStore, Store, Tenant};
 
 /// Shared application state, cheap to clone behind an [`Arc`].
 pub struct App {
@@ -19,6 +24,12 @@ pub struct App {
     pub queue: Arc<dyn Queue>,
     /// The HTTP client for remote APIs (one connection pool per process).
     pub http: reqwest::Client,
+    /// The Klaviyo OAuth app.
+    pub oauth: KlaviyoOAuth,
+    /// Klaviyo access tokens per tenant.
+    pub tokens: TokenProvider,
+    /// The Klaviyo REST client (tokens are passed per call).
+    pub klaviyo: KlaviyoClient,
 }
 
 impl App {
@@ -29,12 +40,39 @@ impl App {
         queue: Arc<dyn Queue>,
         http: reqwest::Client,
     ) -> Arc<Self> {
+        let oauth = KlaviyoOAuth::new(&config.klaviyo, &config.redirect_uri(), http.clone());
+        let tokens = TokenProvider::new(store.clone(), config.keyring.clone(), oauth.clone());
+        let klaviyo = KlaviyoClient::new(
+            http.clone(),
+            config.klaviyo.api_url.clone(),
+            config.klaviyo.revision.clone(),
+            RetryPolicy::default(),
+        );
         Arc::new(Self {
             config,
             store,
             queue,
             http,
+            oauth,
+            tokens,
+            klaviyo,
         })
+    }
+
+    /// An Omneo client for the tenant (its base URL and its sealed API token).
+    pub fn omneo(&self, tenant: &Tenant) -> anyhow::Result<OmneoClient> {
+        let token = self
+            .config
+            .keyring
+            .open(&tenant.omneo_api_token)
+            .context("cannot open the tenant's Omneo API token")?;
+        let base = url::Url::parse(&tenant.omneo_api_url).context("the tenant's Omneo API URL")?;
+        Ok(OmneoClient::new(
+            self.http.clone(),
+            base,
+            token,
+            RetryPolicy::default(),
+        ))
     }
 
     /// Builds the backends the configuration names: memory or Firestore, local queue or Cloud Tasks.

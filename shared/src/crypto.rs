@@ -60,6 +60,8 @@ pub enum CryptoError {
 #[derive(Clone)]
 pub struct Keyring {
     keys: Vec<(String, Aes256Gcm)>,
+    /// The active key's bytes, the root of [`Keyring::derive_key`].
+    active_root: [u8; 32],
 }
 
 impl fmt::Debug for Keyring {
@@ -73,6 +75,7 @@ impl Keyring {
     /// Parses `id:base64key[,id:base64key…]`; the first key is the active one.
     pub fn parse(spec: &str) -> Result<Self, CryptoError> {
         let mut keys = Vec::new();
+        let mut active_root = None;
         for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let (id, key_b64) = entry.split_once(':').ok_or_else(|| {
                 CryptoError::MalformedKeyring("each key must be `id:base64`".into())
@@ -105,11 +108,16 @@ impl Keyring {
                 id.to_owned(),
                 Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
             ));
+            if active_root.is_none() {
+                let mut root = [0u8; 32];
+                root.copy_from_slice(&bytes);
+                active_root = Some(root);
+            }
         }
-        if keys.is_empty() {
+        let Some(active_root) = active_root else {
             return Err(CryptoError::MalformedKeyring("no key given".into()));
-        }
-        Ok(Self { keys })
+        };
+        Ok(Self { keys, active_root })
     }
 
     /// A keyring with one freshly generated key, for local runs and tests.
@@ -158,10 +166,29 @@ impl Keyring {
         Ok(SecretString::from(text))
     }
 
+    /// A 32-byte key for one `purpose` (e.g. `install-link`), derived from the active key as
+    /// HMAC-SHA256(active key, "omneo-klaviyo-ext/derive/" ‖ purpose): distinct purposes get
+    /// independent keys, and the encryption key itself never signs anything. Rotating the active
+    /// key changes every derived key (values signed before then stop verifying).
+    pub fn derive_key(&self, purpose: &str) -> [u8; 32] {
+        use hmac::{KeyInit as _, Mac as _};
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.active_root)
+            .expect("HMAC accepts a key of any length");
+        mac.update(b"omneo-klaviyo-ext/derive/");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// True when the value is sealed under a retired key and should be re-sealed.
     pub fn needs_reseal(&self, sealed: &Sealed) -> bool {
         sealed.key_id() != self.active_key_id()
     }
+}
+
+/// Compares two byte strings in time that depends only on their lengths (signatures, keys).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// A fresh `ENCRYPTION_KEY` value holding one random key with id `id`.
@@ -256,6 +283,37 @@ mod tests {
         assert_eq!(
             digest_hex(&secret("abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn derived_keys_are_stable_per_purpose_and_follow_the_active_key() {
+        let k1 = format!("k1:{}", STANDARD.encode([7u8; 32]));
+        let ring = Keyring::parse(&k1).unwrap();
+        let again = Keyring::parse(&k1).unwrap();
+        assert_eq!(
+            ring.derive_key("install-link"),
+            again.derive_key("install-link")
+        );
+        assert_ne!(ring.derive_key("install-link"), ring.derive_key("other"));
+        assert_ne!(ring.derive_key("install-link"), [7u8; 32]);
+        // Computed independently: `printf %s 'omneo-klaviyo-ext/derive/install-link' |
+        // openssl dgst -sha256 -mac HMAC -macopt hexkey:0707…07 (32 bytes)`.
+        assert_eq!(
+            hex::encode(ring.derive_key("install-link")),
+            "05a79d691cdc7c18e8b0c0566e5fe5bbee7ecb67b2ed5c17e2da66866716a123"
+        );
+        // The active (first) key is the root; retired keys do not matter.
+        let rotated = Keyring::parse(&format!("k2:{},{k1}", STANDARD.encode([9u8; 32]))).unwrap();
+        assert_ne!(
+            rotated.derive_key("install-link"),
+            ring.derive_key("install-link")
+        );
+        let with_retired =
+            Keyring::parse(&format!("{k1},k0:{}", STANDARD.encode([1u8; 32]))).unwrap();
+        assert_eq!(
+            with_retired.derive_key("install-link"),
+            ring.derive_key("install-link")
         );
     }
 

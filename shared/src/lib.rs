@@ -15,6 +15,7 @@
 //! | [`remote`] | what both clients share: the one retry policy, error classification, sending |
 //! | [`klaviyo`], [`omneo`] | typed clients of the two remote APIs |
 //! | [`settings`] | a tenant's settings (product.md §4) |
+//! | [`install`] | registration, admin API, OAuth, provisioning, settings, uninstall, tokens |
 //! | [`app`] | the shared state handlers receive, built from the configuration |
 //! | [`functions`] | one router per Cloud Run function |
 
@@ -24,6 +25,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod functions;
+pub mod install;
 pub mod klaviyo;
 pub mod omneo;
 pub mod queue;

@@ -1,8 +1,10 @@
 //! The integration tests: one binary, one module per area.
 
 mod clients;
+mod install;
 mod klaviyo_sim;
 mod omneo_sim;
 mod queue;
 mod runtime;
 mod store;
+mod support;

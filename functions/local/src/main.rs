@@ -17,11 +17,11 @@ use harness::omneo::{OmneoSim, OmneoSimOptions, TenantSpec};
 use secrecy::{ExposeSecret, SecretString};
 use shared::app::App;
 use shared::config::{Config, Env, ProcessEnv};
-use shared::crypto::{digest_hex, new_keyring_spec, random_secret};
+use shared::crypto::{new_keyring_spec, random_secret};
 use shared::domain::TenantId;
-use shared::queue::{Direction, QueueName, QueueSettings};
+use shared::install::link::{self, InstallLink};
+use shared::install::registration::{self, Registration};
 use shared::settings::Settings;
-use shared::store::{Install, Tenant};
 
 /// The demo tenant seeded on both sides.
 const DEMO_TENANT: &str = "demo";
@@ -112,12 +112,12 @@ async fn run() -> anyhow::Result<()> {
 
     let app = App::from_config(config).await?;
     let tenant = TenantId::parse(DEMO_TENANT)?;
-    let admin_key =
-        seed_demo_tenant(&app, &tenant, settings, &omneo_token, &omneo_signing_secret).await?;
+    let admin_key = seed_demo_tenant(&app, &tenant, &omneo_token, &omneo_signing_secret).await?;
+    let install_link = link::issue(&app.config.keyring, &tenant, jiff::Timestamp::now());
     if let Some(omneo) = &simulators.omneo {
         omneo.seed_demo_profiles(DEMO_TENANT, DEMO_PROFILES)?;
     }
-    print_guide(&app.config, &env, &simulators, &admin_key);
+    print_guide(&app.config, &env, &simulators, &admin_key, &install_link);
     shared::runtime::serve_app("local", app, shared::functions::all).await
 }
 
@@ -176,54 +176,34 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// Registers the demo tenant (sealed secrets, hashed admin key) with a pending install and its two
-/// queues, and returns the admin key (shown once, like registration does).
+/// Registers the demo tenant through the same code as `PUT /{tenant}/api/v1/tenant` and returns
+/// its admin key (shown once, like registration does).
 async fn seed_demo_tenant(
     app: &Arc<App>,
     tenant: &TenantId,
-    settings: Settings,
     omneo_token: &SecretString,
     omneo_signing_secret: &SecretString,
 ) -> anyhow::Result<SecretString> {
-    let keyring = &app.config.keyring;
-    let admin_key = random_secret(32);
-    let now = jiff::Timestamp::now();
-    let queue_prefix = settings
-        .task_queue_name
-        .clone()
-        .unwrap_or_else(|| tenant.to_string());
-    let namespace = settings.namespace.clone();
-    let record = Tenant {
-        id: tenant.clone(),
-        omneo_api_url: app.config.omneo_api_url(tenant),
-        omneo_api_token: keyring.seal(omneo_token),
-        omneo_signing_secret: keyring.seal(omneo_signing_secret),
-        webhook_secret: keyring.seal(&random_secret(24)),
-        previous_webhook_secret: None,
-        admin_key_hash: digest_hex(&admin_key),
-        settings,
-        created_at: now,
-        updated_at: now,
+    let request = Registration {
+        omneo_api_token: Some(omneo_token.expose_secret().to_owned()),
+        omneo_signing_secret: Some(omneo_signing_secret.expose_secret().to_owned()),
+        ..Registration::default()
     };
-    app.store
-        .create_tenant(&record)
+    let registered = registration::register(app, tenant, request)
         .await
-        .context("seeding the demo tenant")?;
-    let pending = Install::pending(tenant.clone(), now);
-    app.store
-        .update_install(tenant, &|_| Ok(pending.clone()))
-        .await
-        .context("seeding the demo install")?;
-    for direction in [Direction::Inbound, Direction::Outbound] {
-        let queue = QueueName::new(&queue_prefix, &namespace, direction);
-        app.queue
-            .ensure_queue(&queue, &QueueSettings::for_direction(direction))
-            .await?;
-    }
-    Ok(admin_key)
+        .map_err(|e| anyhow::anyhow!("seeding the demo tenant: {e}"))?;
+    registered
+        .admin_key
+        .context("a new tenant always gets an admin key")
 }
 
-fn print_guide(config: &Config, env: &LocalEnv, simulators: &Simulators, admin_key: &SecretString) {
+fn print_guide(
+    config: &Config,
+    env: &LocalEnv,
+    simulators: &Simulators,
+    admin_key: &SecretString,
+    install_link: &InstallLink,
+) {
     let base = format!("http://localhost:{}", config.port);
     let operator = env.var("OPERATOR_TOKEN").unwrap_or_default();
     let klaviyo = simulators.klaviyo.as_ref().map_or_else(
@@ -245,17 +225,27 @@ Omneo ⇄ Klaviyo extension — local stack
   functions    {base}  (oauth-callback, klaviyo-webhook, omneo-webhook, inbound-task, outbound-task)
   Klaviyo      {klaviyo}
   Omneo        {omneo}
-  demo tenant  `{DEMO_TENANT}` with {DEMO_PROFILES} Omneo customers, install status pending
+  demo tenant  `{DEMO_TENANT}` with {DEMO_PROFILES} Omneo customers, registered, not installed yet
   admin key    {admin}   (shown once; the store keeps only its hash)
   operator     {operator}
 
-Next:
+Install the demo tenant as CX Manager would — open this link (valid until {expires}) in a browser,
+click Allow on the simulated Klaviyo consent page, and watch provisioning finish:
+  {install_url}
+A fresh link:     curl -X POST -H 'Authorization: Bearer {admin}' {base}/{DEMO_TENANT}/api/v1/install/link
+Install status:   curl -H 'Authorization: Bearer {admin}' {base}/{DEMO_TENANT}/api/v1/install
+Settings:         curl -H 'Authorization: Bearer {admin}' {base}/{DEMO_TENANT}/api/v1/settings
+Uninstall:        curl -X DELETE -H 'Authorization: Bearer {admin}' {base}/{DEMO_TENANT}/api/v1/install
+
+Watch and poke the simulators:
   curl {base}/health
   curl {omneo_requests}/_sim/requests          # every call the extension made to the simulated Omneo
   curl {klaviyo_requests}/_sim/requests        # … and to the simulated Klaviyo
   curl -X POST {klaviyo_requests}/_sim/faults -d '{{\"path\":\"/api/profile-import\",\"status\":429,\"retry_after\":2,\"count\":3}}' -H 'content-type: application/json'
 ",
         admin = admin_key.expose_secret(),
+        expires = install_link.expires_at,
+        install_url = install_link.url(&config.urls.oauth_callback, &TenantId::parse(DEMO_TENANT).expect("demo tenant id")),
         omneo_requests = simulators.omneo.as_ref().map_or("<omneo>", |s| s.url()),
         klaviyo_requests = simulators.klaviyo.as_ref().map_or("<klaviyo>", |s| s.url()),
     );

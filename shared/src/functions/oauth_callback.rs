@@ -1,4 +1,5 @@
-//! The `oauth-callback` function's routes (product.md §2).
+//! The `oauth-callback` function's routes (product.md §2): install start and OAuth callback,
+//! provisioning, install status, settings, uninstall and tenant registration.
 
 use std::sync::Arc;
 
@@ -8,5 +9,5 @@ use crate::app::App;
 
 /// The routes `oauth-callback` serves.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new().with_state(app)
+    crate::install::routes().with_state(app)
 }

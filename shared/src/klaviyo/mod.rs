@@ -2,5 +2,6 @@
 
 mod client;
 pub mod models;
+pub mod oauth;
 
 pub use client::KlaviyoClient;

@@ -1,0 +1,270 @@
+//! Uninstall (product.md §5.7): `DELETE /{tenant}/api/v1/install` (admin).
+//!
+//! In order, remote side first so that a failure leaves the tokens in place for a retry:
+//! 1. delete the Klaviyo system webhook(s) named `Omneo {tenant}` and the recorded webhook id
+//!    (404 = already gone) — skipped when Klaviyo already refused the refresh token
+//!    (`reauthorization_required`: the app is gone from the account and with it its webhooks);
+//! 2. disable (never delete) the tenant's Omneo webhooks — those of our triggers in the tenant's
+//!    namespace, plus the recorded ids — with `PUT {"is_active": false}`;
+//! 3. revoke the refresh token at Klaviyo's revocation endpoint;
+//! 4. unbind the Klaviyo account from the tenant, drop the stored tokens and the webhook id, and
+//!    move to `uninstalled`.
+//!
+//! Data sources stay (they hold customer data), as do the queues and the disabled Omneo webhooks'
+//! ids. Answers: `200` with the install status document (status `uninstalled`); again → `200`, with no
+//! remote call; a tenant that never installed (`pending`, no install record) → `409 not_installed`
+//! (there is nothing to uninstall, and CX Manager's view is wrong); a remote failure → `502
+//! uninstall_failed` naming the step, nothing changed locally, safe to retry; `409
+//! provisioning_in_progress` while a provisioning run holds the tenant's lease.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::delete;
+use axum::{Json, Router};
+use jiff::Timestamp;
+
+use super::admin::AdminTenant;
+use super::provision::{
+    Class, InstallLease, LeaseError, OMNEO_TRIGGERS, Pacer, find_klaviyo_webhooks, klaviyo_call,
+};
+use super::status::InstallView;
+use super::tokens::{KlaviyoCallError, TokenError};
+use crate::api_error::ApiError;
+use crate::app::App;
+use crate::domain::TenantId;
+use crate::omneo::models::WebhookUpdate;
+use crate::store::{Abort, Install, InstallStatus, StoreError};
+
+/// The routes of this module.
+pub fn routes() -> Router<Arc<App>> {
+    Router::new().route("/{tenant}/api/v1/install", delete(uninstall_route))
+}
+
+/// Why an uninstall did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum UninstallError {
+    /// The tenant never installed: nothing to uninstall.
+    #[error("tenant {0} was never installed")]
+    NeverInstalled(TenantId),
+    /// A provisioning run (or another uninstall) holds the tenant's lease.
+    #[error("a provisioning or uninstall of tenant {0} is running; retry later")]
+    Busy(TenantId),
+    /// A remote step failed; nothing was changed locally, so calling again retries it.
+    #[error("uninstall failed at {step}: {message}")]
+    Step {
+        /// `klaviyo_webhook`, `omneo_webhooks` or `revoke`.
+        step: &'static str,
+        /// What went wrong (never a secret).
+        message: String,
+    },
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<UninstallError> for ApiError {
+    fn from(error: UninstallError) -> Self {
+        match &error {
+            UninstallError::NeverInstalled(_) => Self::new(
+                StatusCode::CONFLICT,
+                "not_installed",
+                format!("{error}: there is nothing to uninstall"),
+            ),
+            UninstallError::Busy(_) => Self::new(
+                StatusCode::CONFLICT,
+                "provisioning_in_progress",
+                error.to_string(),
+            ),
+            UninstallError::Step { .. } => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "uninstall_failed",
+                format!("{error}; nothing was changed, call again to retry"),
+            ),
+            UninstallError::Store(StoreError::Unavailable(_)) => Self::unavailable(&error),
+            UninstallError::Store(_) => Self::internal(&error),
+        }
+    }
+}
+
+/// Uninstalls the tenant (see the module docs); an uninstalled tenant is returned as it is.
+pub async fn uninstall(app: &App, tenant: &TenantId) -> Result<Install, UninstallError> {
+    let install = app
+        .store
+        .install(tenant)
+        .await?
+        .ok_or_else(|| UninstallError::NeverInstalled(tenant.clone()))?;
+    match install.status {
+        InstallStatus::Pending => return Err(UninstallError::NeverInstalled(tenant.clone())),
+        InstallStatus::Uninstalled => return Ok(install),
+        _ => {}
+    }
+    let lease = InstallLease::acquire(app, tenant)
+        .await
+        .map_err(|e| match e {
+            LeaseError::Busy => UninstallError::Busy(tenant.clone()),
+            LeaseError::Store(store) => UninstallError::Store(store),
+        })?;
+    let result = run(app, tenant).await;
+    lease.release(app).await;
+    result
+}
+
+/// The uninstall, holding the lease.
+async fn run(app: &App, tenant: &TenantId) -> Result<Install, UninstallError> {
+    // Re-read: the install may have changed before the lease was taken.
+    let install = app
+        .store
+        .install(tenant)
+        .await?
+        .ok_or_else(|| UninstallError::NeverInstalled(tenant.clone()))?;
+    match install.status {
+        InstallStatus::Pending => return Err(UninstallError::NeverInstalled(tenant.clone())),
+        InstallStatus::Uninstalled => return Ok(install),
+        _ => {}
+    }
+    if install.status == InstallStatus::ReauthorizationRequired {
+        tracing::info!(%tenant, "Klaviyo refused the refresh token already; not deleting the Klaviyo webhook");
+    } else {
+        delete_klaviyo_webhooks(app, tenant, &install).await?;
+    }
+    disable_omneo_webhooks(app, tenant, &install).await?;
+    if let Some(tokens) = &install.tokens {
+        let refresh_token = app
+            .config
+            .keyring
+            .open(&tokens.refresh_token)
+            .map_err(|e| {
+                step(
+                    "revoke",
+                    format!("cannot open the stored refresh token: {e}"),
+                )
+            })?;
+        app.oauth
+            .revoke(&refresh_token)
+            .await
+            .map_err(|e| step("revoke", e.to_string()))?;
+    }
+    if let Some(account) = &install.klaviyo_account_id {
+        app.store.unbind_klaviyo_account(account, tenant).await?;
+    }
+    let now = Timestamp::now();
+    let done = app
+        .store
+        .update_install(tenant, &|current| {
+            let mut install = current.ok_or_else(|| Abort("install vanished".into()))?;
+            install.tokens = None;
+            install.refresh_lease = None;
+            install.klaviyo_account_id = None;
+            install.resources.klaviyo_webhook_id = None;
+            install.last_error = None;
+            install.transition(
+                InstallStatus::Uninstalled,
+                Some("uninstalled through the admin API".into()),
+                now,
+            );
+            Ok(install)
+        })
+        .await?;
+    tracing::info!(%tenant, "uninstalled");
+    Ok(done)
+}
+
+fn step(step: &'static str, message: String) -> UninstallError {
+    UninstallError::Step { step, message }
+}
+
+/// Deletes every webhook named `Omneo {tenant}` and the recorded one.
+async fn delete_klaviyo_webhooks(
+    app: &App,
+    tenant: &TenantId,
+    install: &Install,
+) -> Result<(), UninstallError> {
+    let pacer = Pacer::default();
+    let failed = |e: KlaviyoCallError| step("klaviyo_webhook", e.to_string());
+    let found = match find_klaviyo_webhooks(app, tenant, &pacer).await {
+        Ok(found) => found,
+        Err(KlaviyoCallError::Token(TokenError::ReauthorizationRequired(_))) => {
+            tracing::info!(%tenant, "Klaviyo refused the refresh token; not deleting the Klaviyo webhook");
+            return Ok(());
+        }
+        Err(other) => return Err(failed(other)),
+    };
+    let ids: BTreeSet<String> = found
+        .into_iter()
+        .chain(install.resources.klaviyo_webhook_id.clone())
+        .collect();
+    for id in &ids {
+        klaviyo_call(app, tenant, &pacer, Class::Webhooks, |k, t| {
+            let id = id.clone();
+            async move { k.delete_webhook(&t, &id).await }
+        })
+        .await
+        .map_err(failed)?;
+        tracing::info!(%tenant, webhook = id, "deleted the Klaviyo system webhook");
+    }
+    Ok(())
+}
+
+/// Turns off the tenant's active Omneo webhooks (ours by trigger in the namespace, or recorded).
+async fn disable_omneo_webhooks(
+    app: &App,
+    tenant: &TenantId,
+    install: &Install,
+) -> Result<(), UninstallError> {
+    let failed = |message: String| step("omneo_webhooks", message);
+    let record = app
+        .store
+        .tenant(tenant)
+        .await?
+        .ok_or_else(|| failed(format!("tenant {tenant} is not registered")))?;
+    let client = app.omneo(&record).map_err(|e| failed(format!("{e:#}")))?;
+    let namespace = record.settings.namespace.as_str();
+    let recorded: BTreeSet<&str> = install
+        .resources
+        .omneo_webhooks
+        .values()
+        .map(String::as_str)
+        .collect();
+    let webhooks = client
+        .webhooks(namespace)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let off = WebhookUpdate {
+        url: None,
+        is_active: Some(false),
+    };
+    for webhook in webhooks.iter().filter(|w| w.is_active) {
+        let ours = recorded.contains(webhook.id.as_str())
+            || (OMNEO_TRIGGERS.contains(&webhook.trigger.as_str())
+                && webhook
+                    .namespace
+                    .as_deref()
+                    .is_none_or(|ns| ns == namespace));
+        if ours {
+            client
+                .update_webhook(&webhook.id, &off)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            tracing::info!(%tenant, webhook = %webhook.id, trigger = %webhook.trigger, "disabled an Omneo webhook");
+        }
+    }
+    Ok(())
+}
+
+/// `DELETE /{tenant}/api/v1/install`.
+async fn uninstall_route(
+    State(app): State<Arc<App>>,
+    AdminTenant { tenant, .. }: AdminTenant,
+) -> Result<Json<InstallView>, ApiError> {
+    let id = tenant.id;
+    // Spawned, so a client hanging up does not abandon the uninstall half-way.
+    let run = tokio::spawn(async move { uninstall(&app, &id).await });
+    match run.await {
+        Ok(Ok(install)) => Ok(Json(InstallView::of(install))),
+        Ok(Err(error)) => Err(error.into()),
+        Err(panicked) => Err(ApiError::internal(&panicked)),
+    }
+}

@@ -1,0 +1,9 @@
+//! The install capability over real sockets against the simulators (product.md §2–§5).
+
+mod admin;
+mod oauth;
+mod provision;
+mod registration;
+mod settings;
+mod tokens;
+mod uninstall;

@@ -1,0 +1,600 @@
+//! `GET`/`PUT`/`PATCH /{tenant}/api/v1/settings` (product.md §2, §4): masking, merge vs replace,
+//! validation that names the field and stores nothing, the master list check against Klaviyo, and
+//! `webhook_secret` rotation (Klaviyo webhook updated, old secret kept for 10 minutes).
+
+use std::time::Duration;
+
+use harness::sim::FaultRule;
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use shared::domain::TenantId;
+use shared::install::settings_api::{MASK, PREVIOUS_SECRET_GRACE};
+use shared::klaviyo::models::NewWebhook;
+use shared::store::{InstallStatus, Tenant};
+
+use crate::support::{TestApp, TestAppOptions};
+
+const PATH: &str = "/acme/api/v1/settings";
+
+fn acme() -> TenantId {
+    TenantId::parse("acme").unwrap()
+}
+
+async fn stored(t: &TestApp) -> Tenant {
+    t.app.store.tenant(&acme()).await.unwrap().expect("tenant")
+}
+
+fn open(t: &TestApp, sealed: &shared::crypto::Sealed) -> String {
+    t.app
+        .config
+        .keyring
+        .open(sealed)
+        .unwrap()
+        .expose_secret()
+        .to_owned()
+}
+
+async fn call(t: &TestApp, method: Method, key: &str, body: Option<&Value>) -> (u16, Value) {
+    let mut request = t.request(method, PATH, Some(key));
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("settings request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+/// A Klaviyo system webhook made through the app's client, recorded as the install's webhook.
+async fn seed_webhook(t: &TestApp, secret: &str) -> String {
+    let token = t.app.tokens.access_token(&acme()).await.unwrap();
+    let webhook = t
+        .app
+        .klaviyo
+        .create_webhook(
+            &token,
+            &NewWebhook {
+                name: "Omneo acme".into(),
+                endpoint_url: format!("{}/acme/api/v1/webhooks/klaviyo/system", t.url)
+                    .parse()
+                    .unwrap(),
+                secret_key: SecretString::from(secret.to_owned()),
+                description: None,
+                topics: vec!["event:klaviyo.bounced_email".into()],
+            },
+        )
+        .await
+        .expect("create webhook");
+    let id = webhook.id.clone();
+    t.app
+        .store
+        .update_install(&acme(), &|install| {
+            let mut install = install.expect("install");
+            install.resources.klaviyo_webhook_id = Some(id.clone());
+            Ok(install)
+        })
+        .await
+        .unwrap();
+    webhook.id
+}
+
+fn sim_webhook_secret(t: &TestApp, id: &str) -> String {
+    t.klaviyo
+        .webhooks()
+        .into_iter()
+        .find(|w| w.id == id)
+        .expect("webhook in the simulator")
+        .secret_key
+}
+
+#[tokio::test]
+async fn get_shows_the_settings_with_the_secrets_masked() {
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    let registered = t.register("acme").await;
+    let webhook_secret = open(&t, &stored(&t).await.webhook_secret);
+
+    let response = t
+        .request(Method::GET, PATH, Some(&registered.admin_key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(!text.contains(&webhook_secret), "webhook_secret leaked");
+    assert!(
+        !text.contains(&registered.omneo_signing_secret),
+        "omneo_signing_secret leaked"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let tail = |s: &str| s[s.len() - 4..].to_owned();
+    assert_eq!(
+        body,
+        json!({
+            "identity_handle": "klaviyo",
+            "namespace": "klaviyo",
+            "task_queue_name": null,
+            "default_region": null,
+            "phone_default_country": "AU",
+            "master_list_id": null,
+            "mappings": [],
+            "exclude_logic": null,
+            "on_profile_deleted": "unsubscribe",
+            "coalesce_seconds": 5,
+            "webhook_secret": format!("{MASK}{}", tail(&webhook_secret)),
+            "omneo_signing_secret": format!("{MASK}{}", tail(&registered.omneo_signing_secret)),
+        })
+    );
+}
+
+#[tokio::test]
+async fn bad_settings_name_the_field_and_store_nothing() {
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    let key = t.register("acme").await.admin_key;
+    t.seed_tokens("acme", InstallStatus::Installed).await;
+    let old_secret = open(&t, &stored(&t).await.webhook_secret);
+    let webhook_id = seed_webhook(&t, &old_secret).await;
+    let list = t.klaviyo.create_list("Everyone");
+    // Some settings to keep, so "unchanged" means more than "still the defaults".
+    let (status, _) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"namespace": "loyalty", "master_list_id": list,
+            "mappings": [{"source": "tier.name", "target": "properties.tier"}]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let before = stored(&t).await;
+    t.klaviyo.recorder().clear();
+
+    let good_mapping = json!({"source": "tier.name", "target": "properties.tier"});
+    let cases: Vec<(Method, Value, Option<&str>)> = vec![
+        (
+            Method::PATCH,
+            json!({"exclude_logic": {"no_such_operator": [1, 2]}}),
+            Some("exclude_logic"),
+        ),
+        (
+            Method::PATCH,
+            json!({"exclude_logic": "{\"==\": [1"}),
+            Some("exclude_logic"),
+        ),
+        (
+            Method::PATCH,
+            json!({"exclude_logic": {"==": [1, 1], "!=": [1, 2]}}),
+            Some("exclude_logic"),
+        ),
+        (
+            Method::PUT,
+            json!({"mappings": [good_mapping, {"source": "email", "target": "email"}]}),
+            Some("mappings[1].target"),
+        ),
+        (
+            Method::PATCH,
+            json!({"mappings": [{"source": "a", "target": "location.street"}]}),
+            Some("mappings[0].target"),
+        ),
+        (
+            Method::PATCH,
+            json!({"mappings": [{"source": "a", "target": "properties."}]}),
+            Some("mappings[0].target"),
+        ),
+        (
+            Method::PATCH,
+            json!({"mappings": [good_mapping, {"source": "", "target": "first_name"}]}),
+            Some("mappings[1].source"),
+        ),
+        (
+            Method::PATCH,
+            json!({"mappings": [{"source": "tier..name", "target": "first_name"}]}),
+            Some("mappings[0].source"),
+        ),
+        (
+            Method::PATCH,
+            json!({"mappings": [{"source": "a", "target": "title"}, {"source": "b", "target": "title"}]}),
+            Some("mappings[1].target"),
+        ),
+        (
+            Method::PATCH,
+            json!({"mappings": [{"source": "a"}]}),
+            Some("mappings[0].target"),
+        ),
+        (
+            Method::PATCH,
+            json!({"phone_default_country": "XX"}),
+            Some("phone_default_country"),
+        ),
+        (
+            Method::PATCH,
+            json!({"phone_default_country": "Australia"}),
+            Some("phone_default_country"),
+        ),
+        (
+            Method::PATCH,
+            json!({"master_list_id": "Nope42"}),
+            Some("master_list_id"),
+        ),
+        (
+            Method::PATCH,
+            json!({"master_list_id": "../lists"}),
+            Some("master_list_id"),
+        ),
+        (
+            Method::PATCH,
+            json!({"coalesce_seconds": 0}),
+            Some("coalesce_seconds"),
+        ),
+        (
+            Method::PATCH,
+            json!({"coalesce_seconds": "five"}),
+            Some("coalesce_seconds"),
+        ),
+        (
+            Method::PATCH,
+            json!({"namespace": "Bad NS"}),
+            Some("namespace"),
+        ),
+        (
+            Method::PATCH,
+            json!({"on_profile_deleted": "explode"}),
+            Some("on_profile_deleted"),
+        ),
+        (Method::PUT, json!({"colour": "red"}), Some("colour")),
+        (
+            Method::PATCH,
+            json!({"webhook_secret": "too-short"}),
+            Some("webhook_secret"),
+        ),
+        (
+            Method::PATCH,
+            json!({"webhook_secret": null}),
+            Some("webhook_secret"),
+        ),
+        (
+            Method::PATCH,
+            json!({"webhook_secret": format!("{MASK}abcd")}),
+            Some("webhook_secret"),
+        ),
+        (
+            Method::PATCH,
+            json!({"omneo_signing_secret": "   "}),
+            Some("omneo_signing_secret"),
+        ),
+        // A valid new secret does not survive an invalid field elsewhere (nor reach Klaviyo).
+        (
+            Method::PATCH,
+            json!({"webhook_secret": "a-perfectly-good-new-secret-0123456789",
+                "mappings": [{"source": "a", "target": "nope"}]}),
+            Some("mappings[0].target"),
+        ),
+        (Method::PUT, json!([1, 2, 3]), None),
+    ];
+    assert!(cases.len() >= 10);
+    for (method, body, field) in cases {
+        let (status, error) = call(&t, method.clone(), &key, Some(&body)).await;
+        assert_eq!(status, 400, "{method} {body}: {error}");
+        assert_eq!(
+            error["error"]["field"].as_str(),
+            field,
+            "{method} {body}: {error}"
+        );
+        assert_eq!(
+            stored(&t).await,
+            before,
+            "{method} {body} changed the tenant"
+        );
+    }
+    assert!(
+        t.klaviyo
+            .recorder()
+            .matching("PATCH", "/api/webhooks")
+            .is_empty(),
+        "a refused write reached the Klaviyo webhook"
+    );
+    assert_eq!(sim_webhook_secret(&t, &webhook_id), old_secret);
+}
+
+#[tokio::test]
+async fn patch_merges_and_put_replaces() {
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    let key = t.register("acme").await.admin_key;
+    let before = stored(&t).await;
+    let mappings = json!([
+        {"source": "tier.name", "target": "properties.tier"},
+        {"source": "attributes.appearance.size_top", "target": "location.timezone"},
+        {"source": "custom_attributes.prefs.colour", "target": "first_name"}
+    ]);
+    let rule = json!({"in": ["staff", {"var": "tags"}]});
+    let (status, body) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(
+            &json!({"namespace": "loyalty", "mappings": mappings, "exclude_logic": rule,
+            "phone_default_country": "NZ", "default_region": "12"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["namespace"], "loyalty");
+    assert_eq!(body["exclude_logic"], rule);
+
+    // A second PATCH keeps everything it does not name.
+    let (status, body) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"coalesce_seconds": 30})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["coalesce_seconds"], 30);
+    assert_eq!(body["namespace"], "loyalty");
+    assert_eq!(body["mappings"], mappings);
+    assert_eq!(body["phone_default_country"], "NZ");
+    let settings = stored(&t).await.settings;
+    assert_eq!(
+        settings.exclude_logic.as_deref(),
+        Some(rule.to_string().as_str())
+    );
+
+    // A patched expression replaces the old one whole (no key-wise merge of operators);
+    // `null` restores a default or unsets an option.
+    let other_rule = json!({"==": [{"var": "email"}, "x@y.com"]});
+    let (status, body) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"exclude_logic": other_rule, "namespace": null, "default_region": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["exclude_logic"], other_rule);
+    assert_eq!(body["namespace"], "klaviyo");
+    assert_eq!(body["default_region"], Value::Null);
+    assert_eq!(body["coalesce_seconds"], 30);
+
+    // GET → PUT of the same document (masked secrets included) changes nothing.
+    let (status, shown) = call(&t, Method::GET, &key, None).await;
+    assert_eq!(status, 200);
+    let record = stored(&t).await;
+    let (status, body) = call(&t, Method::PUT, &key, Some(&shown)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, shown);
+    let after = stored(&t).await;
+    assert_eq!(after.settings, record.settings);
+    assert_eq!(after.webhook_secret, before.webhook_secret);
+    assert_eq!(after.omneo_signing_secret, before.omneo_signing_secret);
+    assert_eq!(after.previous_webhook_secret, None);
+
+    // PUT replaces: what it leaves out goes back to the defaults; the secrets stay.
+    let (status, body) = call(
+        &t,
+        Method::PUT,
+        &key,
+        Some(&json!({"coalesce_seconds": 10})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let settings = stored(&t).await.settings;
+    assert_eq!(
+        settings,
+        shared::settings::Settings {
+            coalesce_seconds: 10,
+            ..Default::default()
+        }
+    );
+    assert_eq!(body["webhook_secret"], shown["webhook_secret"]);
+
+    // A new signing secret is stored sealed and never shown.
+    let new_signing = "omneo-signing-secret-rotated-0001";
+    let (status, body) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"omneo_signing_secret": new_signing})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_string().contains(new_signing));
+    assert_eq!(body["omneo_signing_secret"], format!("{MASK}0001"));
+    let record = stored(&t).await;
+    assert_eq!(open(&t, &record.omneo_signing_secret), new_signing);
+    assert!(
+        !serde_json::to_string(&record)
+            .unwrap()
+            .contains(new_signing)
+    );
+}
+
+#[tokio::test]
+async fn master_list_must_exist_in_klaviyo() {
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    let key = t.register("acme").await.admin_key;
+
+    // Not installed yet: the list cannot be checked, so it is refused.
+    let list = t.klaviyo.create_list("Master");
+    let (status, error) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"master_list_id": list})),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["field"], "master_list_id");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("install"),
+        "{error}"
+    );
+    assert_eq!(stored(&t).await.settings.master_list_id, None);
+
+    t.seed_tokens("acme", InstallStatus::Installed).await;
+    let (status, body) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"master_list_id": list})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["master_list_id"], list.as_str());
+    assert_eq!(
+        stored(&t).await.settings.master_list_id.as_deref(),
+        Some(list.as_str())
+    );
+    assert_eq!(
+        t.klaviyo
+            .recorder()
+            .matching("GET", &format!("/api/lists/{list}"))
+            .len(),
+        1
+    );
+
+    let (status, error) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"master_list_id": "XyZ123"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["field"], "master_list_id");
+    assert_eq!(
+        stored(&t).await.settings.master_list_id.as_deref(),
+        Some(list.as_str())
+    );
+
+    // Klaviyo down: 503, nothing stored.
+    let second = t.klaviyo.create_list("Second");
+    t.klaviyo
+        .faults()
+        .inject(FaultRule::status(&format!("/api/lists/{second}"), 503, 10));
+    let (status, error) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"master_list_id": second})),
+    )
+    .await;
+    assert_eq!(status, 503, "{error}");
+    assert_eq!(
+        stored(&t).await.settings.master_list_id.as_deref(),
+        Some(list.as_str())
+    );
+}
+
+#[tokio::test]
+async fn changing_the_webhook_secret_updates_klaviyo_and_keeps_the_old_one_for_ten_minutes() {
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    let key = t.register("acme").await.admin_key;
+    t.seed_tokens("acme", InstallStatus::Installed).await;
+    let before = stored(&t).await;
+    let old_secret = open(&t, &before.webhook_secret);
+    let webhook_id = seed_webhook(&t, &old_secret).await;
+
+    // Klaviyo refuses the update: 502, nothing stored.
+    let new_secret = "the-new-webhook-secret-2f9c1d7e5a";
+    t.klaviyo
+        .faults()
+        .inject(FaultRule::status(&format!("/api/webhooks/{webhook_id}"), 400, 1).method("PATCH"));
+    let (status, error) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"webhook_secret": new_secret})),
+    )
+    .await;
+    assert_eq!(status, 502, "{error}");
+    assert!(!error.to_string().contains(new_secret));
+    assert_eq!(stored(&t).await, before);
+    assert_eq!(sim_webhook_secret(&t, &webhook_id), old_secret);
+
+    // Klaviyo unavailable (every retry): 503, nothing stored.
+    t.klaviyo
+        .faults()
+        .inject(FaultRule::status(&format!("/api/webhooks/{webhook_id}"), 503, 10).method("PATCH"));
+    let (status, error) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"webhook_secret": new_secret})),
+    )
+    .await;
+    assert_eq!(status, 503, "{error}");
+    assert_eq!(stored(&t).await, before);
+    t.klaviyo.faults().clear();
+
+    let (status, body) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"webhook_secret": new_secret})),
+    )
+    .await;
+    let changed_at = jiff::Timestamp::now();
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_string().contains(new_secret));
+    assert_eq!(body["webhook_secret"], format!("{MASK}7e5a"));
+    assert_eq!(sim_webhook_secret(&t, &webhook_id), new_secret);
+
+    let after = stored(&t).await;
+    assert_eq!(open(&t, &after.webhook_secret), new_secret);
+    let document = serde_json::to_string(&after).unwrap();
+    assert!(!document.contains(new_secret) && !document.contains(&old_secret));
+    let previous = after.previous_webhook_secret.expect("previous secret kept");
+    assert_eq!(open(&t, &previous.secret), old_secret);
+    let grace = jiff::SignedDuration::try_from(PREVIOUS_SECRET_GRACE).unwrap();
+    let slack = jiff::SignedDuration::from_secs(30);
+    assert!(
+        previous.accepted_until > changed_at + grace - slack
+            && previous.accepted_until <= changed_at + grace,
+        "accepted until {}",
+        previous.accepted_until
+    );
+    assert_eq!(PREVIOUS_SECRET_GRACE, Duration::from_secs(600));
+
+    // Sending the masked value back changes nothing and does not call Klaviyo.
+    t.klaviyo.recorder().clear();
+    let (status, _) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"webhook_secret": body["webhook_secret"]})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        t.klaviyo
+            .recorder()
+            .matching("PATCH", "/api/webhooks")
+            .is_empty()
+    );
+    assert_eq!(stored(&t).await.webhook_secret, after.webhook_secret);
+}
+
+#[tokio::test]
+async fn a_webhook_secret_change_before_install_only_changes_the_stored_secret() {
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    let key = t.register("acme").await.admin_key;
+    let old = open(&t, &stored(&t).await.webhook_secret);
+    let new_secret = "pre-install-webhook-secret-000000";
+    let (status, body) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"webhook_secret": new_secret})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let record = stored(&t).await;
+    assert_eq!(open(&t, &record.webhook_secret), new_secret);
+    assert_eq!(
+        open(&t, &record.previous_webhook_secret.unwrap().secret),
+        old
+    );
+    assert!(t.klaviyo.recorder().requests().is_empty());
+}

@@ -1,0 +1,234 @@
+//! `TestApp`: the real extension on a loopback socket, wired to fresh Klaviyo and Omneo
+//! simulators, with the memory store or the Firestore emulator (a unique project per app).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions};
+use harness::omneo::{OmneoSim, OmneoSimOptions, TenantSpec};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use shared::app::App;
+use shared::config::Config;
+use shared::crypto::{new_keyring_spec, random_secret};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Which store the app runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `MemoryStore`.
+    Memory,
+    /// `FirestoreStore` on the emulator of this test run.
+    Firestore,
+}
+
+/// How to start a [`TestApp`].
+pub struct TestAppOptions {
+    /// The store backend.
+    pub store: StoreKind,
+    /// The Klaviyo simulator's behaviour (rate limits off by default here; turn them on per test).
+    pub klaviyo: KlaviyoSimOptions,
+}
+
+impl Default for TestAppOptions {
+    fn default() -> Self {
+        Self {
+            store: StoreKind::Memory,
+            klaviyo: KlaviyoSimOptions::default().without_rate_limits(),
+        }
+    }
+}
+
+/// A running extension (all five routers on one port) plus its simulators.
+pub struct TestApp {
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// The app state (store, queue, token provider…), for assertions and seeding.
+    pub app: Arc<App>,
+    /// The simulated Klaviyo.
+    pub klaviyo: KlaviyoSim,
+    /// The simulated Omneo.
+    pub omneo: OmneoSim,
+    /// The operator token the app accepts.
+    pub operator_token: String,
+    /// A plain HTTP client that does not follow redirects.
+    pub http: reqwest::Client,
+    server: JoinHandle<()>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// What `register` returns.
+pub struct Registered {
+    /// The tenant's admin key.
+    pub admin_key: String,
+    /// The Omneo API token the tenant was registered with (also known to the Omneo simulator).
+    pub omneo_token: String,
+    /// The Omneo signing secret.
+    pub omneo_signing_secret: String,
+}
+
+impl TestApp {
+    /// Starts the simulators and the app.
+    pub async fn spawn(options: TestAppOptions) -> Self {
+        let klaviyo = KlaviyoSim::start(options.klaviyo)
+            .await
+            .expect("Klaviyo simulator");
+        let omneo = OmneoSim::start(OmneoSimOptions::default())
+            .await
+            .expect("Omneo simulator");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let operator_token = random_secret(24).expose_secret().to_owned();
+        let sim = klaviyo.options();
+        let mut vars: HashMap<&str, String> = HashMap::from([
+            ("PUBLIC_URL", url.clone()),
+            ("KLAVIYO_CLIENT_ID", sim.client_id.clone()),
+            ("KLAVIYO_CLIENT_SECRET", sim.client_secret.clone()),
+            (
+                "KLAVIYO_AUTH_URL",
+                format!("{}/oauth/authorize", klaviyo.url()),
+            ),
+            (
+                "KLAVIYO_TOKEN_URL",
+                format!("{}/oauth/token", klaviyo.url()),
+            ),
+            (
+                "KLAVIYO_REVOKE_URL",
+                format!("{}/oauth/revoke", klaviyo.url()),
+            ),
+            ("KLAVIYO_API_URL", klaviyo.url().to_owned()),
+            ("OMNEO_API_URL_TEMPLATE", omneo.api_url_template()),
+            ("QUEUE", "local".to_owned()),
+            (
+                "ENCRYPTION_KEY",
+                new_keyring_spec("test").expose_secret().to_owned(),
+            ),
+            ("OPERATOR_TOKEN", operator_token.clone()),
+        ]);
+        match options.store {
+            StoreKind::Memory => {
+                vars.insert("STORE", "memory".into());
+            }
+            StoreKind::Firestore => {
+                vars.insert("STORE", "firestore".into());
+                vars.insert(
+                    "GOOGLE_CLOUD_PROJECT",
+                    harness::emulators::firestore::unique_project_id(),
+                );
+                vars.insert(
+                    "FIRESTORE_EMULATOR_HOST",
+                    harness::emulators::firestore::emulator_host(),
+                );
+            }
+        }
+        let config =
+            Config::from_env(&|name: &str| vars.get(name).cloned()).expect("test configuration");
+        let app = App::from_config(config).await.expect("app");
+        let router = shared::runtime::http::wrap("test", shared::functions::all(app.clone()));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router).await.expect("test server");
+        });
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Self {
+            url,
+            app,
+            klaviyo,
+            omneo,
+            operator_token,
+            http,
+            server,
+        }
+    }
+
+    /// Registers `tenant` through the admin API (and on the Omneo simulator, with the same token).
+    pub async fn register(&self, tenant: &str) -> Registered {
+        let omneo_token = random_secret(18).expose_secret().to_owned();
+        let omneo_signing_secret = random_secret(18).expose_secret().to_owned();
+        self.omneo.add_tenant(TenantSpec::new(
+            tenant,
+            &omneo_token,
+            "klaviyo",
+            &omneo_signing_secret,
+        ));
+        let response = self
+            .put_tenant(tenant, &json!({"omneo_api_token": omneo_token, "omneo_signing_secret": omneo_signing_secret}))
+            .await;
+        assert_eq!(response.status(), 201, "registering {tenant}");
+        let body: Value = response.json().await.expect("registration body");
+        let admin_key = body["admin_key"].as_str().expect("admin_key").to_owned();
+        Registered {
+            admin_key,
+            omneo_token,
+            omneo_signing_secret,
+        }
+    }
+
+    /// `PUT /{tenant}/api/v1/tenant` with the operator token.
+    pub async fn put_tenant(&self, tenant: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .put(format!("{}/{tenant}/api/v1/tenant", self.url))
+            .bearer_auth(&self.operator_token)
+            .json(body)
+            .send()
+            .await
+            .expect("PUT tenant")
+    }
+
+    /// A request to `path` on the app with `bearer` (none when `None`).
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.url));
+        match bearer {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+}
+
+impl TestApp {
+    /// Gives `tenant` (registered) Klaviyo tokens straight from the simulator, as if the OAuth
+    /// callback had just stored them, with the install in `status` and no resources yet.
+    pub async fn seed_tokens(&self, tenant: &str, status: shared::store::InstallStatus) {
+        let granted = self.klaviyo.grant_tokens();
+        let keyring = &self.app.config.keyring;
+        let now = jiff::Timestamp::now();
+        let tokens = shared::store::OAuthTokens {
+            access_token: keyring.seal(&secrecy::SecretString::from(granted.access_token.clone())),
+            refresh_token: keyring
+                .seal(&secrecy::SecretString::from(granted.refresh_token.clone())),
+            expires_at: shared::install::tokens::expiry(
+                now,
+                std::time::Duration::from_secs(granted.expires_in),
+            ),
+            scopes: granted.scope.split(' ').map(str::to_owned).collect(),
+            last_refreshed_at: None,
+        };
+        let tenant_id = shared::domain::TenantId::parse(tenant).expect("tenant id");
+        let account = self.klaviyo.options().account_id;
+        self.app
+            .store
+            .update_install(&tenant_id, &|current| {
+                let mut install = current
+                    .unwrap_or_else(|| shared::store::Install::pending(tenant_id.clone(), now));
+                install.tokens = Some(tokens.clone());
+                install.klaviyo_account_id = Some(account.clone());
+                install.transition(status, Some("seeded by the test".into()), now);
+                Ok(install)
+            })
+            .await
+            .expect("seeding tokens");
+    }
+}
