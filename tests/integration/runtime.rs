@@ -6,11 +6,10 @@
 //! `RUNTIME_TEST_CHILD` naming what the child does.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -27,8 +26,9 @@ use shared::runtime::{serve_function, telemetry};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::support::LogBuffer;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
 
 /// Generous bound for anything that should happen "soon" on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -37,48 +37,6 @@ const TRACE: &str = "105445aa7843bc8bf206b12000100000";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Log output captured in memory.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl LogBuffer {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-
-    /// Every line, each of which must be one JSON object.
-    fn json_lines(&self) -> Vec<Value> {
-        self.text()
-            .lines()
-            .map(|line| {
-                let value: Value = serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-                assert!(value.is_object(), "{line}");
-                value
-            })
-            .collect()
-    }
-}
 
 /// Captures this thread's log output (the tests run on a current-thread runtime, so the server's
 /// tasks log here too) at `filter`, until the guard drops.

@@ -2,7 +2,8 @@
 //! simulators, with the memory store or the Firestore emulator (a unique project per app).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions};
 use harness::omneo::{OmneoSim, OmneoSimOptions, TenantSpec};
@@ -13,6 +14,7 @@ use shared::config::Config;
 use shared::crypto::{new_keyring_spec, random_secret};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// Which store the app runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,5 +232,48 @@ impl TestApp {
             })
             .await
             .expect("seeding tokens");
+    }
+}
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl LogBuffer {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// Every line, each of which must be one JSON object.
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|line| {
+                let value: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                assert!(value.is_object(), "{line}");
+                value
+            })
+            .collect()
     }
 }

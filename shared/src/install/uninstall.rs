@@ -91,15 +91,8 @@ impl From<UninstallError> for ApiError {
 
 /// Uninstalls the tenant (see the module docs); an uninstalled tenant is returned as it is.
 pub async fn uninstall(app: &App, tenant: &TenantId) -> Result<Install, UninstallError> {
-    let install = app
-        .store
-        .install(tenant)
-        .await?
-        .ok_or_else(|| UninstallError::NeverInstalled(tenant.clone()))?;
-    match install.status {
-        InstallStatus::Pending => return Err(UninstallError::NeverInstalled(tenant.clone())),
-        InstallStatus::Uninstalled => return Ok(install),
-        _ => {}
+    if let Current::AlreadyUninstalled(install) = current(app, tenant).await? {
+        return Ok(install);
     }
     let lease = InstallLease::acquire(app, tenant)
         .await
@@ -112,19 +105,34 @@ pub async fn uninstall(app: &App, tenant: &TenantId) -> Result<Install, Uninstal
     result
 }
 
+/// Where the tenant's install stands before uninstalling.
+enum Current {
+    /// Something to uninstall.
+    Installed(Install),
+    /// Nothing left to do.
+    AlreadyUninstalled(Install),
+}
+
+/// Reads the install; never installed (no record, or `pending`) is an error.
+async fn current(app: &App, tenant: &TenantId) -> Result<Current, UninstallError> {
+    let install = app.store.install(tenant).await?;
+    match install {
+        None => Err(UninstallError::NeverInstalled(tenant.clone())),
+        Some(install) => match install.status {
+            InstallStatus::Pending => Err(UninstallError::NeverInstalled(tenant.clone())),
+            InstallStatus::Uninstalled => Ok(Current::AlreadyUninstalled(install)),
+            _ => Ok(Current::Installed(install)),
+        },
+    }
+}
+
 /// The uninstall, holding the lease.
 async fn run(app: &App, tenant: &TenantId) -> Result<Install, UninstallError> {
     // Re-read: the install may have changed before the lease was taken.
-    let install = app
-        .store
-        .install(tenant)
-        .await?
-        .ok_or_else(|| UninstallError::NeverInstalled(tenant.clone()))?;
-    match install.status {
-        InstallStatus::Pending => return Err(UninstallError::NeverInstalled(tenant.clone())),
-        InstallStatus::Uninstalled => return Ok(install),
-        _ => {}
-    }
+    let install = match current(app, tenant).await? {
+        Current::AlreadyUninstalled(install) => return Ok(install),
+        Current::Installed(install) => install,
+    };
     if install.status == InstallStatus::ReauthorizationRequired {
         tracing::info!(%tenant, "Klaviyo refused the refresh token already; not deleting the Klaviyo webhook");
     } else {

@@ -4,9 +4,7 @@
 //! `reauthorization_required` with fail-fast afterwards, and no plaintext token in the store or
 //! the logs.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::firestore::{FirestoreDb, FirestoreDbOptions};
@@ -23,9 +21,8 @@ use shared::runtime::telemetry;
 use shared::store::{Install, InstallStatus};
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
 
-use crate::support::{StoreKind, TestApp, TestAppOptions};
+use crate::support::{LogBuffer, StoreKind, TestApp, TestAppOptions};
 
 fn acme() -> TenantId {
     TenantId::parse("acme").unwrap()
@@ -375,35 +372,6 @@ async fn invalid_grant_requires_reauthorization_and_later_calls_fail_fast() {
 
 // ---------------------------------------------------------------------------------------------
 // No plaintext token in the store or the logs.
-
-/// Log output captured in memory.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl LogBuffer {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
-}
 
 /// Refreshes proactively, on a 401, and into `invalid_grant`, with every log line captured;
 /// returns every token plaintext seen along the way and the logs.
