@@ -3,6 +3,7 @@
 mod clients;
 mod install;
 mod klaviyo_sim;
+mod local_stack;
 mod omneo_sim;
 mod queue;
 mod runtime;

@@ -1,11 +1,12 @@
 //! `TestApp`: the real extension on a loopback socket, wired to fresh Klaviyo and Omneo
-//! simulators, with the memory store or the Firestore emulator (a unique project per app).
+//! simulators (through the same `start_simulators` as the local stack), with the memory store or
+//! the Firestore emulator (a unique project per app).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions};
+use harness::local_stack::{SimulatorOptions, loopback, start_simulators};
 use harness::omneo::{OmneoSim, OmneoSimOptions, TenantSpec};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -78,34 +79,24 @@ pub struct Registered {
 impl TestApp {
     /// Starts the simulators and the app.
     pub async fn spawn(options: TestAppOptions) -> Self {
-        let klaviyo = KlaviyoSim::start(options.klaviyo)
-            .await
-            .expect("Klaviyo simulator");
-        let omneo = OmneoSim::start(OmneoSimOptions::default())
-            .await
-            .expect("Omneo simulator");
+        let simulators = start_simulators(
+            &|_: &str| None::<String>,
+            SimulatorOptions {
+                klaviyo: options.klaviyo,
+                klaviyo_addr: loopback(0),
+                omneo: OmneoSimOptions::default(),
+            },
+        )
+        .await
+        .expect("simulators");
+        let klaviyo = simulators.klaviyo.expect("no Klaviyo URL is set");
+        let omneo = simulators.omneo.expect("no Omneo URL is set");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let operator_token = random_secret(24).expose_secret().to_owned();
-        let sim = klaviyo.options();
-        let mut vars: HashMap<&str, String> = HashMap::from([
+        let mut vars = simulators.vars;
+        vars.extend([
             ("PUBLIC_URL", url.clone()),
-            ("KLAVIYO_CLIENT_ID", sim.client_id.clone()),
-            ("KLAVIYO_CLIENT_SECRET", sim.client_secret.clone()),
-            (
-                "KLAVIYO_AUTH_URL",
-                format!("{}/oauth/authorize", klaviyo.url()),
-            ),
-            (
-                "KLAVIYO_TOKEN_URL",
-                format!("{}/oauth/token", klaviyo.url()),
-            ),
-            (
-                "KLAVIYO_REVOKE_URL",
-                format!("{}/oauth/revoke", klaviyo.url()),
-            ),
-            ("KLAVIYO_API_URL", klaviyo.url().to_owned()),
-            ("OMNEO_API_URL_TEMPLATE", omneo.api_url_template()),
             ("QUEUE", "local".to_owned()),
             (
                 "ENCRYPTION_KEY",

@@ -1,11 +1,13 @@
-//! Test harness: simulators of Klaviyo and Omneo (also run by `make dev`), launchers for the
-//! Firestore and Cloud Tasks emulators, and helpers the integration tests share.
+//! Test harness: simulators of Klaviyo and Omneo, the local stack of `make dev` (built on them),
+//! launchers for the Firestore and Cloud Tasks emulators, and helpers the integration tests share.
 //!
-//! The simulators are independent implementations of the wire formats in `klaviyo.md` and
-//! `omneo.md`: they do not use the `shared` crate, so a bug in our clients cannot hide behind the
-//! same bug in the fake.
+//! The simulators (`klaviyo`, `omneo`, `sim`) are independent implementations of the wire formats
+//! in `klaviyo.md` and `omneo.md`: they do not use the `shared` crate, so a bug in our clients
+//! cannot hide behind the same bug in the fake. `local_stack` runs the real app (`shared`) against
+//! them, and holds the simulator wiring the integration tests' `TestApp` uses too.
 
 pub mod emulators;
 pub mod klaviyo;
+pub mod local_stack;
 pub mod omneo;
 pub mod sim;

@@ -1,0 +1,344 @@
+//! The local stack of `make dev` (`harness::local_stack`): a simulator starts only for the URLs
+//! left unset, the demo tenant is registered and installs through its printed link, and the guide
+//! never echoes a secret that came from the environment. Every stack runs with `PORT=0` (free
+//! ports for the app and the simulators), so these tests run in parallel.
+
+use std::collections::HashMap;
+
+use harness::local_stack::{DEMO_PROFILES, DEMO_TENANT, DEV_CLIENT_ID, LocalStack};
+use reqwest::Method;
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use shared::config::Config;
+use shared::crypto::new_keyring_spec;
+use shared::domain::TenantId;
+
+/// Starts a stack from `vars` (plus `PORT=0`), as `make dev` starts it from the environment.
+async fn start(vars: &[(&str, &str)]) -> LocalStack {
+    let vars: HashMap<String, String> = [("PORT", "0")]
+        .iter()
+        .chain(vars)
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    LocalStack::start(&|name: &str| vars.get(name).cloned(), |_| Ok(()))
+        .await
+        .expect("local stack")
+}
+
+/// A client that does not follow redirects, like the browser step by step.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Opens the demo tenant's install link; returns the authorize URL it redirects to (asserting 302).
+async fn follow_install_link(stack: &LocalStack) -> String {
+    let response = http()
+        .get(stack.install_link.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302, "install link → 302");
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// The app's Klaviyo URLs, in the order of `ELSEWHERE`: authorize, token, revoke, API.
+fn klaviyo_urls(config: &Config) -> [String; 4] {
+    let k = &config.klaviyo;
+    [&k.auth_url, &k.token_url, &k.revoke_url, &k.api_url].map(|url| url.to_string())
+}
+
+/// Klaviyo endpoints somewhere else (nothing listens there: the stack must not call them at start).
+const ELSEWHERE: [(&str, &str); 4] = [
+    (
+        "KLAVIYO_AUTH_URL",
+        "http://127.0.0.1:9/klaviyo/oauth/authorize",
+    ),
+    (
+        "KLAVIYO_TOKEN_URL",
+        "http://127.0.0.1:9/klaviyo/oauth/token",
+    ),
+    (
+        "KLAVIYO_REVOKE_URL",
+        "http://127.0.0.1:9/klaviyo/oauth/revoke",
+    ),
+    ("KLAVIYO_API_URL", "http://127.0.0.1:9/klaviyo"),
+];
+/// The client credentials of that other Klaviyo.
+const CREDENTIALS: [(&str, &str); 2] = [
+    ("KLAVIYO_CLIENT_ID", "elsewhere-client"),
+    ("KLAVIYO_CLIENT_SECRET", "elsewhere-secret-0123456789"),
+];
+
+#[tokio::test]
+async fn with_nothing_set_both_simulators_run_and_the_app_points_at_them() {
+    let stack = start(&[]).await;
+    let klaviyo = stack.klaviyo.as_ref().expect("a Klaviyo simulator");
+    let omneo = stack.omneo.as_ref().expect("an Omneo simulator");
+    let config = &stack.app.config;
+
+    let sim = klaviyo.url();
+    assert_eq!(
+        klaviyo_urls(config),
+        [
+            format!("{sim}/oauth/authorize"),
+            format!("{sim}/oauth/token"),
+            format!("{sim}/oauth/revoke"),
+            format!("{sim}/"),
+        ]
+    );
+    assert_eq!(config.klaviyo.client_id, DEV_CLIENT_ID);
+    assert_eq!(config.klaviyo.client_id, klaviyo.options().client_id);
+    assert_eq!(
+        config.klaviyo.client_secret.expose_secret(),
+        klaviyo.options().client_secret
+    );
+    assert_eq!(config.omneo_api_url_template, omneo.api_url_template());
+
+    // PORT=0: the app's port is the one bound, and the simulators are on free ports of their own.
+    let port = config.port;
+    assert_ne!(port, 0);
+    assert_eq!(stack.url, format!("http://localhost:{port}"));
+    assert_eq!(
+        config.urls.oauth_callback.as_str(),
+        format!("{}/", stack.url)
+    );
+    assert_ne!(klaviyo.addr().port(), omneo.addr().port());
+    let health = http()
+        .get(format!("{}/health", stack.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        stack
+            .guide
+            .contains(&format!("Klaviyo      {} (simulator", klaviyo.url()))
+    );
+    assert!(
+        stack
+            .guide
+            .contains(&format!("Omneo        {}/demo (simulator", omneo.url()))
+    );
+}
+
+#[tokio::test]
+async fn klaviyo_urls_set_elsewhere_start_no_klaviyo_simulator() {
+    let vars: Vec<_> = ELSEWHERE.iter().chain(&CREDENTIALS).copied().collect();
+    let stack = start(&vars).await;
+    let config = &stack.app.config;
+
+    assert!(stack.klaviyo.is_none(), "no Klaviyo simulator");
+    assert_eq!(
+        klaviyo_urls(config),
+        ELSEWHERE.map(|(_, url)| url.to_owned())
+    );
+    assert_eq!(config.klaviyo.client_id, "elsewhere-client");
+    let omneo = stack
+        .omneo
+        .as_ref()
+        .expect("the Omneo simulator still runs");
+    assert_eq!(config.omneo_api_url_template, omneo.api_url_template());
+    assert!(
+        stack
+            .guide
+            .contains("Klaviyo      http://127.0.0.1:9/klaviyo (configured)"),
+        "{}",
+        stack.guide
+    );
+    assert!(
+        !stack.guide.contains("/_sim/faults"),
+        "no simulated Klaviyo to poke"
+    );
+
+    // The install link leads to the configured authorize page.
+    let authorize = follow_install_link(&stack).await;
+    assert!(
+        authorize.starts_with(&format!("{}?", ELSEWHERE[0].1)),
+        "{authorize}"
+    );
+}
+
+#[tokio::test]
+async fn any_one_klaviyo_url_set_means_no_klaviyo_simulator() {
+    for (name, value) in ELSEWHERE {
+        let stack = start(&[(name, value), CREDENTIALS[0], CREDENTIALS[1]]).await;
+        assert!(stack.klaviyo.is_none(), "{name} set");
+        assert!(stack.omneo.is_some(), "{name} set");
+    }
+}
+
+#[tokio::test]
+async fn without_a_simulator_the_klaviyo_credentials_must_be_configured() {
+    let error = LocalStack::start(
+        &|name: &str| match name {
+            "PORT" => Some("0".to_owned()),
+            "KLAVIYO_API_URL" => Some(ELSEWHERE[3].1.to_owned()),
+            _ => None,
+        },
+        |_| Ok(()),
+    )
+    .await
+    .err()
+    .expect("no client id");
+    assert_eq!(
+        error.to_string(),
+        "missing required environment variable KLAVIYO_CLIENT_ID"
+    );
+}
+
+#[tokio::test]
+async fn an_omneo_template_set_starts_no_omneo_simulator() {
+    let template = "http://127.0.0.1:9/omneo/{tenant}";
+    let stack = start(&[("OMNEO_API_URL_TEMPLATE", template)]).await;
+
+    assert!(stack.omneo.is_none(), "no Omneo simulator");
+    assert_eq!(stack.app.config.omneo_api_url_template, template);
+    let klaviyo = stack
+        .klaviyo
+        .as_ref()
+        .expect("the Klaviyo simulator still runs");
+    assert_eq!(
+        stack.app.config.klaviyo.api_url.as_str(),
+        format!("{}/", klaviyo.url())
+    );
+    let demo = stack
+        .app
+        .store
+        .tenant(&TenantId::parse(DEMO_TENANT).unwrap())
+        .await
+        .unwrap()
+        .expect("the demo tenant is registered all the same");
+    assert_eq!(demo.omneo_api_url, "http://127.0.0.1:9/omneo/demo");
+    assert!(
+        stack
+            .guide
+            .contains(&format!("Omneo        {template} (configured)")),
+        "{}",
+        stack.guide
+    );
+}
+
+#[tokio::test]
+async fn the_demo_tenant_installs_through_the_printed_link() {
+    let stack = start(&[]).await;
+    let klaviyo = stack.klaviyo.as_ref().unwrap();
+    let omneo = stack.omneo.as_ref().unwrap();
+    let admin_key = stack.admin_key.expose_secret();
+    let status_url = format!("{}/{DEMO_TENANT}/api/v1/install", stack.url);
+    let status = |bearer: &str| {
+        http()
+            .request(Method::GET, &status_url)
+            .bearer_auth(bearer)
+            .send()
+    };
+
+    // Registered, not installed, with its customers in the simulated Omneo.
+    let response = status(admin_key).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "pending", "{body}");
+    assert_eq!(status("not-the-admin-key").await.unwrap().status(), 401);
+    assert_eq!(omneo.profiles(DEMO_TENANT).len(), DEMO_PROFILES as usize);
+
+    // The printed link → Klaviyo's consent page → Allow → the callback page → installed.
+    assert!(stack.guide.contains(stack.install_link.as_str()));
+    assert!(stack.guide.contains(admin_key));
+    assert!(
+        stack.install_link.as_str().starts_with(&format!(
+            "{}/oauth/install?tenant={DEMO_TENANT}&link=",
+            stack.url
+        )),
+        "{}",
+        stack.install_link
+    );
+    let authorize = follow_install_link(&stack).await;
+    assert!(
+        authorize.starts_with(&format!("{}/oauth/authorize?", klaviyo.url())),
+        "{authorize}"
+    );
+    let consent = http().get(&authorize).send().await.unwrap();
+    assert_eq!(consent.status(), 200, "the simulated consent page");
+    let callback = klaviyo.approve(&authorize).await.unwrap();
+    let page = http().get(callback.as_str()).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Klaviyo is connected"), "{page}");
+    let body: Value = status(admin_key).await.unwrap().json().await.unwrap();
+    assert_eq!(body["status"], "installed", "{body}");
+    assert!(
+        !klaviyo.webhooks().is_empty(),
+        "provisioned on the simulated Klaviyo"
+    );
+}
+
+#[tokio::test]
+async fn a_generated_operator_token_is_printed() {
+    let stack = start(&[]).await;
+    let token = stack.app.config.operator_token.expose_secret();
+    assert!(
+        stack.guide.contains(&format!("operator     {token}")),
+        "{}",
+        stack.guide
+    );
+    let response = http()
+        .get(format!("{}/{DEMO_TENANT}/api/v1/install", stack.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "the printed token is the operator's"
+    );
+}
+
+#[tokio::test]
+async fn secrets_from_the_environment_are_never_printed() {
+    let operator_token = "operator-token-from-the-environment";
+    let keyring = new_keyring_spec("env");
+    let keyring = keyring.expose_secret();
+    let client_secret = "client-secret-from-the-environment";
+    let stack = start(&[
+        ("OPERATOR_TOKEN", operator_token),
+        ("ENCRYPTION_KEY", keyring),
+        ("KLAVIYO_CLIENT_SECRET", client_secret),
+    ])
+    .await;
+
+    // They are in use …
+    assert_eq!(
+        stack.app.config.operator_token.expose_secret(),
+        operator_token
+    );
+    assert_eq!(stack.app.config.keyring.active_key_id(), "env");
+    let klaviyo = stack.klaviyo.as_ref().unwrap();
+    assert_eq!(
+        klaviyo.options().client_secret,
+        client_secret,
+        "the simulator accepts it"
+    );
+    // … and nowhere in the guide, which says where the operator token comes from instead.
+    let key = keyring.split_once(':').unwrap().1;
+    for secret in [operator_token, keyring, key, client_secret] {
+        assert!(
+            !stack.guide.contains(secret),
+            "{secret} printed:\n{}",
+            stack.guide
+        );
+    }
+    assert!(
+        stack
+            .guide
+            .contains("operator     from OPERATOR_TOKEN (not shown)"),
+        "{}",
+        stack.guide
+    );
+    assert!(
+        stack.guide.contains(stack.admin_key.expose_secret()),
+        "the generated admin key is still shown"
+    );
+}

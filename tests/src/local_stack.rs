@@ -1,0 +1,435 @@
+//! The local stack behind `make dev`, and the simulator wiring it shares with the integration
+//! tests' `TestApp`.
+//!
+//! [`start_simulators`] is the one rule both follow: a Klaviyo simulator starts only when none of
+//! `KLAVIYO_AUTH_URL`, `KLAVIYO_TOKEN_URL`, `KLAVIYO_REVOKE_URL`, `KLAVIYO_API_URL` is set, an
+//! Omneo simulator only when `OMNEO_API_URL_TEMPLATE` is not, and the variables it returns point
+//! the app at the simulators it started.
+//!
+//! [`LocalStack`] is the whole system in one process: the five routers on one port, the memory
+//! store, the in-process Cloud Tasks look-alike, those simulators, and a demo tenant registered
+//! through the same code as `PUT /{tenant}/api/v1/tenant`. Unlike the simulators, this module uses
+//! the `shared` crate: it runs the real app.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use secrecy::{ExposeSecret, SecretString};
+use shared::app::App;
+use shared::config::{Config, Env};
+use shared::crypto::{new_keyring_spec, random_secret};
+use shared::domain::TenantId;
+use shared::install::link;
+use shared::install::registration::{self, Registration};
+use shared::runtime::http;
+use shared::settings::Settings;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use url::Url;
+
+use crate::klaviyo::{KlaviyoSim, KlaviyoSimOptions};
+use crate::omneo::{OmneoSim, OmneoSimOptions, TenantSpec};
+
+/// The demo tenant the local stack registers.
+pub const DEMO_TENANT: &str = "demo";
+/// How many customers the simulated Omneo starts with for the demo tenant.
+pub const DEMO_PROFILES: u32 = 5;
+/// The Klaviyo OAuth client id the local stack's simulator and app share (unless
+/// `KLAVIYO_CLIENT_ID` is set).
+pub const DEV_CLIENT_ID: &str = "omneo-local";
+/// The Klaviyo OAuth client secret the local stack's simulator and app share (unless
+/// `KLAVIYO_CLIENT_SECRET` is set).
+const DEV_CLIENT_SECRET: &str = "omneo-local-secret";
+/// The variables that point the app at Klaviyo; setting any of them means "no Klaviyo simulator".
+const KLAVIYO_URL_VARS: [&str; 4] = [
+    "KLAVIYO_AUTH_URL",
+    "KLAVIYO_TOKEN_URL",
+    "KLAVIYO_REVOKE_URL",
+    "KLAVIYO_API_URL",
+];
+/// The variable that points the app at Omneo; setting it means "no Omneo simulator".
+const OMNEO_URL_VAR: &str = "OMNEO_API_URL_TEMPLATE";
+
+/// How to start the simulators [`start_simulators`] finds needed.
+pub struct SimulatorOptions {
+    /// The Klaviyo simulator's behaviour. `KLAVIYO_CLIENT_ID` / `KLAVIYO_CLIENT_SECRET`, when the
+    /// environment sets them, replace its client credentials, so the app and the simulator agree.
+    pub klaviyo: KlaviyoSimOptions,
+    /// Where the Klaviyo simulator listens (port 0: a free one).
+    pub klaviyo_addr: SocketAddr,
+    /// The Omneo simulator's address and tenants.
+    pub omneo: OmneoSimOptions,
+}
+
+/// The simulators started for the URL groups left unset, and the variables pointing at them.
+pub struct Simulators {
+    /// The Klaviyo simulator, when no `KLAVIYO_*_URL` was set.
+    pub klaviyo: Option<KlaviyoSim>,
+    /// The Omneo simulator, when `OMNEO_API_URL_TEMPLATE` was not set.
+    pub omneo: Option<OmneoSim>,
+    /// The four `KLAVIYO_*_URL` variables and the client credentials the Klaviyo simulator accepts
+    /// (when it runs), and `OMNEO_API_URL_TEMPLATE` (when the Omneo simulator runs).
+    pub vars: HashMap<&'static str, String>,
+}
+
+/// Starts a simulator for each group of URLs `env` leaves unset (see the module docs).
+pub async fn start_simulators(
+    env: &dyn Env,
+    options: SimulatorOptions,
+) -> anyhow::Result<Simulators> {
+    let mut vars = HashMap::new();
+    let klaviyo = if KLAVIYO_URL_VARS.iter().all(|name| env.var(name).is_none()) {
+        let mut sim_options = options.klaviyo;
+        if let Some(id) = env.var("KLAVIYO_CLIENT_ID") {
+            sim_options.client_id = id;
+        }
+        if let Some(secret) = env.var("KLAVIYO_CLIENT_SECRET") {
+            sim_options.client_secret = secret;
+        }
+        let sim = KlaviyoSim::start_on(sim_options, options.klaviyo_addr)
+            .await
+            .context("starting the Klaviyo simulator")?;
+        let credentials = sim.options();
+        vars.extend([
+            ("KLAVIYO_AUTH_URL", format!("{}/oauth/authorize", sim.url())),
+            ("KLAVIYO_TOKEN_URL", format!("{}/oauth/token", sim.url())),
+            ("KLAVIYO_REVOKE_URL", format!("{}/oauth/revoke", sim.url())),
+            ("KLAVIYO_API_URL", sim.url().to_owned()),
+            ("KLAVIYO_CLIENT_ID", credentials.client_id),
+            ("KLAVIYO_CLIENT_SECRET", credentials.client_secret),
+        ]);
+        Some(sim)
+    } else {
+        None
+    };
+    let omneo = if env.var(OMNEO_URL_VAR).is_none() {
+        let sim = OmneoSim::start(options.omneo)
+            .await
+            .context("starting the Omneo simulator")?;
+        vars.insert(OMNEO_URL_VAR, sim.api_url_template());
+        Some(sim)
+    } else {
+        None
+    };
+    Ok(Simulators {
+        klaviyo,
+        omneo,
+        vars,
+    })
+}
+
+/// `127.0.0.1:port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A variable source with local defaults behind it; `PORT` is the port actually bound.
+struct LocalEnv<'a> {
+    env: &'a dyn Env,
+    port: u16,
+    defaults: HashMap<&'static str, String>,
+}
+
+impl Env for LocalEnv<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        if name == "PORT" {
+            return Some(self.port.to_string());
+        }
+        self.env
+            .var(name)
+            .or_else(|| self.defaults.get(name).cloned())
+    }
+}
+
+/// The running local stack: the app serving on its port, the simulators it started, and the demo
+/// tenant. The server stops when this is dropped (abruptly) or through [`LocalStack::run_until`]
+/// (gracefully).
+pub struct LocalStack {
+    /// The app's base URL for local use, `http://localhost:{port}`.
+    pub url: String,
+    /// The app state (configuration, store, queue…).
+    pub app: Arc<App>,
+    /// The Klaviyo simulator, unless a `KLAVIYO_*_URL` variable was set.
+    pub klaviyo: Option<KlaviyoSim>,
+    /// The Omneo simulator (serving the demo tenant), unless `OMNEO_API_URL_TEMPLATE` was set.
+    pub omneo: Option<OmneoSim>,
+    /// The demo tenant's admin key (generated here, shown once in the guide).
+    pub admin_key: SecretString,
+    /// A ready-to-open install link for the demo tenant (valid 15 minutes).
+    pub install_link: Url,
+    /// What `make dev` prints: where everything is, and how to install the demo tenant. It never
+    /// contains a secret that came from the environment.
+    pub guide: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for LocalStack {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl LocalStack {
+    /// Starts the stack from `env` (the process environment for `make dev`, a map in tests):
+    ///
+    /// - listens on `0.0.0.0:PORT` (default 8080) and starts the simulators whose URLs are unset
+    ///   ([`start_simulators`]) on `PORT+1` (Klaviyo) and `PORT+2` (Omneo) — or, with `PORT=0`,
+    ///   everything on free ports;
+    /// - reads the configuration from `env`, with local defaults for what it leaves unset
+    ///   (memory store, local queue, pretty logs, a fresh `ENCRYPTION_KEY` and `OPERATOR_TOKEN`,
+    ///   and `PUBLIC_URL=http://localhost:{port}`), then calls `on_config` with it (`make dev`
+    ///   installs its log subscriber there) before building the app;
+    /// - registers the demo tenant, seeds its Omneo customers, and starts serving.
+    pub async fn start(
+        env: &dyn Env,
+        on_config: impl FnOnce(&Config) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let requested: u16 = match env.var("PORT") {
+            Some(raw) => raw.parse().context("invalid environment variable PORT")?,
+            None => shared::config::defaults::PORT,
+        };
+        let (klaviyo_addr, omneo_addr) = simulator_addrs(requested)?;
+        let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], requested)))
+            .await
+            .with_context(|| format!("cannot listen on port {requested}"))?;
+        let port = listener.local_addr().context("the bound address")?.port();
+        let url = format!("http://localhost:{port}");
+
+        let settings = Settings::default();
+        let omneo_token = random_secret(24);
+        let omneo_signing_secret = random_secret(24);
+        let demo = TenantSpec::new(
+            DEMO_TENANT,
+            omneo_token.expose_secret(),
+            &settings.namespace,
+            omneo_signing_secret.expose_secret(),
+        );
+        let simulators = start_simulators(
+            env,
+            SimulatorOptions {
+                klaviyo: KlaviyoSimOptions {
+                    client_id: DEV_CLIENT_ID.into(),
+                    client_secret: DEV_CLIENT_SECRET.into(),
+                    ..KlaviyoSimOptions::default()
+                },
+                klaviyo_addr,
+                omneo: OmneoSimOptions::default().at(omneo_addr).tenant(demo),
+            },
+        )
+        .await?;
+
+        let mut defaults = simulators.vars;
+        defaults.extend([
+            ("PUBLIC_URL", url.clone()),
+            ("STORE", "memory".to_owned()),
+            ("QUEUE", "local".to_owned()),
+            ("LOG_FORMAT", "pretty".to_owned()),
+            (
+                "ENCRYPTION_KEY",
+                new_keyring_spec("local").expose_secret().to_owned(),
+            ),
+            (
+                "OPERATOR_TOKEN",
+                random_secret(24).expose_secret().to_owned(),
+            ),
+        ]);
+        let config = Config::from_env(&LocalEnv {
+            env,
+            port,
+            defaults,
+        })?;
+        on_config(&config)?;
+        let app = App::from_config(config).await?;
+
+        let tenant = TenantId::parse(DEMO_TENANT)?;
+        let admin_key = register_demo_tenant(&app, &tenant, omneo_token, omneo_signing_secret)
+            .await
+            .context("registering the demo tenant")?;
+        if let Some(omneo) = &simulators.omneo {
+            omneo
+                .seed_demo_profiles(DEMO_TENANT, DEMO_PROFILES)
+                .context("seeding the demo tenant's Omneo customers")?;
+        }
+        let issued = link::issue(&app.config.keyring, &tenant, jiff::Timestamp::now());
+        let install_link = issued.url(&app.config.urls.oauth_callback, &tenant);
+
+        let guide = Guide {
+            url: &url,
+            config: &app.config,
+            operator_token_from_env: env.var("OPERATOR_TOKEN").is_some(),
+            klaviyo: simulators.klaviyo.as_ref(),
+            omneo: simulators.omneo.as_ref(),
+            admin_key: &admin_key,
+            install_link: &install_link,
+            expires_at: issued.expires_at,
+        }
+        .text();
+
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let router = http::wrap("local", shared::functions::all(app.clone()));
+        tracing::info!(function = "local", address = %listener.local_addr()?, "listening");
+        let server = tokio::spawn(http::serve(
+            listener,
+            router,
+            async move {
+                let _ = signal.await;
+            },
+            http::DRAIN_TIMEOUT,
+        ));
+        Ok(Self {
+            url,
+            app,
+            klaviyo: simulators.klaviyo,
+            omneo: simulators.omneo,
+            admin_key,
+            install_link,
+            guide,
+            shutdown: Some(shutdown),
+            server,
+        })
+    }
+
+    /// Serves until `signal` completes, then stops accepting connections and drains in-flight
+    /// requests (for at most [`http::DRAIN_TIMEOUT`]). An error when the server fails first.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            ended = &mut self.server => {
+                ended.context("the server task")?.context("the server failed")?;
+                anyhow::bail!("the server stopped on its own");
+            }
+            () = signal => {}
+        }
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        (&mut self.server)
+            .await
+            .context("the server task")?
+            .context("the server failed")?;
+        tracing::info!(function = "local", "stopped");
+        Ok(())
+    }
+}
+
+/// The simulators' addresses: `PORT+1` and `PORT+2`, or free ports when `PORT` is 0.
+fn simulator_addrs(port: u16) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+    if port == 0 {
+        return Ok((loopback(0), loopback(0)));
+    }
+    match (port.checked_add(1), port.checked_add(2)) {
+        (Some(klaviyo), Some(omneo)) => Ok((loopback(klaviyo), loopback(omneo))),
+        _ => anyhow::bail!("PORT {port} leaves no room for the simulators on PORT+1 and PORT+2"),
+    }
+}
+
+/// Registers the demo tenant through the same code as `PUT /{tenant}/api/v1/tenant` and returns
+/// its admin key.
+async fn register_demo_tenant(
+    app: &App,
+    tenant: &TenantId,
+    omneo_token: SecretString,
+    omneo_signing_secret: SecretString,
+) -> anyhow::Result<SecretString> {
+    let request = Registration {
+        omneo_api_token: Some(omneo_token.expose_secret().to_owned()),
+        omneo_signing_secret: Some(omneo_signing_secret.expose_secret().to_owned()),
+        ..Registration::default()
+    };
+    registration::register(app, tenant, request)
+        .await?
+        .admin_key
+        .context("a new tenant always gets an admin key")
+}
+
+/// What the guide is written from.
+struct Guide<'a> {
+    url: &'a str,
+    config: &'a Config,
+    operator_token_from_env: bool,
+    klaviyo: Option<&'a KlaviyoSim>,
+    omneo: Option<&'a OmneoSim>,
+    admin_key: &'a SecretString,
+    install_link: &'a Url,
+    expires_at: jiff::Timestamp,
+}
+
+impl Guide<'_> {
+    fn text(&self) -> String {
+        let base = self.url;
+        let admin = self.admin_key.expose_secret();
+        let klaviyo = self.klaviyo.map_or_else(
+            || format!("{} (configured)", self.config.klaviyo.api_url),
+            |sim| {
+                format!(
+                    "{} (simulator: OAuth consent page, /api/*, /_sim/requests, /_sim/faults)",
+                    sim.url()
+                )
+            },
+        );
+        let omneo = self.omneo.map_or_else(
+            || format!("{} (configured)", self.config.omneo_api_url_template),
+            |sim| {
+                format!(
+                    "{}/{DEMO_TENANT} (simulator: /api/v3/*, /id/api/v1/*; control at {}/_sim/requests)",
+                    sim.url(),
+                    sim.url()
+                )
+            },
+        );
+        // A token from the environment is never echoed: stdout ends up in whatever collects it.
+        let operator = if self.operator_token_from_env {
+            "from OPERATOR_TOKEN (not shown)".to_owned()
+        } else {
+            format!(
+                "{}   (generated for this run; set OPERATOR_TOKEN to choose one)",
+                self.config.operator_token.expose_secret()
+            )
+        };
+        let mut text = format!(
+            "
+Omneo ⇄ Klaviyo extension — local stack
+  functions    {base}  (oauth-callback, klaviyo-webhook, omneo-webhook, inbound-task, outbound-task)
+  Klaviyo      {klaviyo}
+  Omneo        {omneo}
+  demo tenant  `{DEMO_TENANT}` with {DEMO_PROFILES} Omneo customers, registered, not installed yet
+  admin key    {admin}   (shown once; the store keeps only its hash)
+  operator     {operator}
+
+Install the demo tenant as CX Manager would — open this link (valid until {expires}) in a browser,
+click Allow on the Klaviyo consent page, and watch provisioning finish:
+  {link}
+A fresh link:     curl -X POST -H 'Authorization: Bearer {admin}' {base}/{DEMO_TENANT}/api/v1/install/link
+Install status:   curl -H 'Authorization: Bearer {admin}' {base}/{DEMO_TENANT}/api/v1/install
+Settings:         curl -H 'Authorization: Bearer {admin}' {base}/{DEMO_TENANT}/api/v1/settings
+Uninstall:        curl -X DELETE -H 'Authorization: Bearer {admin}' {base}/{DEMO_TENANT}/api/v1/install
+
+Watch and poke:
+  curl {base}/health
+",
+            expires = self.expires_at,
+            link = self.install_link,
+        );
+        if let Some(sim) = self.omneo {
+            let _ = writeln!(
+                text,
+                "  curl {}/_sim/requests        # every call the extension made to the simulated Omneo",
+                sim.url()
+            );
+        }
+        if let Some(sim) = self.klaviyo {
+            let _ = writeln!(
+                text,
+                "  curl {url}/_sim/requests        # … and to the simulated Klaviyo
+  curl -X POST {url}/_sim/faults -d '{{\"path\":\"/api/profile-import\",\"status\":429,\"retry_after\":2,\"count\":3}}' -H 'content-type: application/json'",
+                url = sim.url()
+            );
+        }
+        text
+    }
+}
