@@ -2,6 +2,9 @@
 //! `{"error": {"code": "invalid_signature", "message": "…", "field": "…"}}`.
 //!
 //! Internal causes are logged with their chain; the client sees only the code and a clean message.
+//!
+//! This module sits at the bottom of the crate: it depends on no other module of it. The modules
+//! whose errors reach clients (store, queue, install …) convert them into an [`ApiError`] themselves.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -9,16 +12,90 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::queue::QueueError;
-use crate::store::StoreError;
+/// Every `error.code` the API answers with: the one definition of each (product.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed or missing input; `field` names it.
+    InvalidField,
+    /// The body is not JSON.
+    InvalidJson,
+    /// The body could not be read or is not of the expected form.
+    InvalidBody,
+    /// The query string is malformed.
+    InvalidQuery,
+    /// The body is not `application/json`.
+    UnsupportedMediaType,
+    /// The body exceeds the limit.
+    PayloadTooLarge,
+    /// Missing or bad credentials.
+    Unauthorized,
+    /// No such tenant or route.
+    NotFound,
+    /// The route does not take this method.
+    MethodNotAllowed,
+    /// The state changed under the request (a compare-and-set failed); read again and retry.
+    Conflict,
+    /// The tenant has not installed the Klaviyo app (or uninstalled it).
+    NotInstalled,
+    /// Klaviyo refused the tenant's refresh token: install again.
+    ReauthorizationRequired,
+    /// A provisioning or uninstall of the tenant is running.
+    ProvisioningInProgress,
+    /// A provisioning step failed; the message names it.
+    ProvisioningFailed,
+    /// An uninstall step failed; nothing was changed locally.
+    UninstallFailed,
+    /// Klaviyo refused a request made on the caller's behalf.
+    KlaviyoError,
+    /// A task attempt failed; Cloud Tasks should retry it.
+    RetryLater,
+    /// A dependency (store, queue, remote) is unavailable; retry later.
+    Unavailable,
+    /// A bug or an unexpected state.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears in the JSON body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidField => "invalid_field",
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidBody => "invalid_body",
+            Self::InvalidQuery => "invalid_query",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict => "conflict",
+            Self::NotInstalled => "not_installed",
+            Self::ReauthorizationRequired => "reauthorization_required",
+            Self::ProvisioningInProgress => "provisioning_in_progress",
+            Self::ProvisioningFailed => "provisioning_failed",
+            Self::UninstallFailed => "uninstall_failed",
+            Self::KlaviyoError => "klaviyo_error",
+            Self::RetryLater => "retry_later",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// An HTTP error with a machine-readable code, a message and optionally the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,
-    /// Stable, machine-readable code, e.g. `invalid_field`.
-    pub code: &'static str,
+    /// Stable, machine-readable code.
+    pub code: ErrorCode,
     /// Human-readable explanation (never a secret, never an internal error chain).
     pub message: String,
     /// The request field at fault, when there is one (a JSON path like `data.amount`).
@@ -32,7 +109,7 @@ struct Body<'a> {
 
 #[derive(Serialize)]
 struct Inner<'a> {
-    code: &'a str,
+    code: ErrorCode,
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
@@ -40,7 +117,7 @@ struct Inner<'a> {
 
 impl ApiError {
     /// An error with the given status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -57,17 +134,17 @@ impl ApiError {
 
     /// 400 `invalid_field`: malformed or missing input, naming the field.
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_field", message).with_field(field)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, message).with_field(field)
     }
 
     /// 401 `unauthorized`.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
 
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     /// 503 `unavailable`: a dependency failed; the caller should retry. The cause is logged here.
@@ -75,7 +152,7 @@ impl ApiError {
         tracing::error!(error = %ErrorChain(cause), "dependency unavailable");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ErrorCode::Unavailable,
             "a dependency is unavailable; retry later",
         )
     }
@@ -85,7 +162,7 @@ impl ApiError {
         tracing::error!(error = %ErrorChain(cause), "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error",
         )
     }
@@ -133,47 +210,29 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        match error {
-            StoreError::Unavailable(_) => Self::unavailable(&error),
-            _ => Self::internal(&error),
-        }
-    }
-}
-
-impl From<QueueError> for ApiError {
-    fn from(error: QueueError) -> Self {
-        match error {
-            QueueError::Unavailable(_) | QueueError::QueueNotFound(_) => Self::unavailable(&error),
-            QueueError::Rejected(_) => Self::internal(&error),
-        }
-    }
-}
-
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let message = rejection.body_text();
         match &rejection {
             JsonRejection::MissingJsonContentType(_) => Self::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 message,
             )
             .with_field("content-type"),
             JsonRejection::JsonSyntaxError(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+                Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, message)
             }
             JsonRejection::JsonDataError(_) => {
                 let mut error =
-                    Self::new(StatusCode::BAD_REQUEST, "invalid_field", message.clone());
+                    Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, message.clone());
                 error.field = json_data_error_field(&message);
                 error
             }
             _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, message)
             }
-            _ => Self::new(rejection.status(), "invalid_body", message),
+            _ => Self::new(rejection.status(), ErrorCode::InvalidBody, message),
         }
     }
 }
@@ -196,7 +255,7 @@ impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             rejection.body_text(),
         )
     }
@@ -225,7 +284,7 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(
             body,
-            serde_json::json!({"error": {"code": "invalid_field", "message": "amount must be a number", "field": "data.amount"}})
+            serde_json::json!({"error": {"code": ErrorCode::InvalidField, "message": "amount must be a number", "field": "data.amount"}})
         );
         let (status, body) = json_of(ApiError::unauthorized("bad signature")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -233,11 +292,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn store_outage_is_a_503_without_internals() {
-        let error: ApiError =
-            StoreError::Unavailable(anyhow::anyhow!("connection refused to 10.0.0.1")).into();
-        let (status, body) = json_of(error).await;
+    async fn an_unavailable_dependency_is_a_503_without_internals() {
+        let cause = std::io::Error::other("connection refused to 10.0.0.1");
+        let (status, body) = json_of(ApiError::unavailable(&cause)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "unavailable");
         assert!(!body.to_string().contains("10.0.0.1"));
+    }
+
+    #[test]
+    fn codes_serialize_as_their_text() {
+        for code in [ErrorCode::InvalidField, ErrorCode::ProvisioningInProgress, ErrorCode::RetryLater] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 }

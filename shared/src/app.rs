@@ -5,14 +5,29 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::access::TokenProvider;
 use crate::config::{Config, QueueConfig, StoreConfig};
-use crate::install::tokens::TokenProvider;
+use crate::crypto::CryptoError;
 use crate::klaviyo::KlaviyoClient;
 use crate::klaviyo::oauth::KlaviyoOAuth;
-use crate::omneo::OmneoClient;
+use crate::omneo::{InsecureUrl, OmneoClient, check_base_url};
 use crate::queue::{CloudTasksQueue, LocalQueue, Queue, TaskTargets};
 use crate::remote::RetryPolicy;
-use crate::store::{FirestoreStore, MemoryStore, Store, Tenant};
+use crate::store::{FirestoreStore, MemoryStore, Store, Tenant, TenantSecret};
+
+/// Why an Omneo client for a tenant could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OmneoAccessError {
+    /// The tenant's API token cannot be opened.
+    #[error("cannot open the tenant's Omneo API token")]
+    Token(#[source] CryptoError),
+    /// The tenant's Omneo API URL is not a URL.
+    #[error("the tenant's Omneo API URL is not a URL")]
+    Url(#[source] url::ParseError),
+    /// The tenant's Omneo API URL breaks the outbound HTTP policy.
+    #[error("the tenant's Omneo API URL is refused")]
+    Insecure(#[source] InsecureUrl),
+}
 
 /// Shared application state, cheap to clone behind an [`Arc`].
 pub struct App {
@@ -60,13 +75,12 @@ impl App {
     }
 
     /// An Omneo client for the tenant (its base URL and its sealed API token).
-    pub fn omneo(&self, tenant: &Tenant) -> anyhow::Result<OmneoClient> {
-        let token = self
-            .config
-            .keyring
-            .open(&tenant.omneo_api_token)
-            .context("cannot open the tenant's Omneo API token")?;
-        let base = url::Url::parse(&tenant.omneo_api_url).context("the tenant's Omneo API URL")?;
+    pub fn omneo(&self, tenant: &Tenant) -> Result<OmneoClient, OmneoAccessError> {
+        let token = tenant
+            .open(&self.config.keyring, TenantSecret::OmneoApiToken)
+            .map_err(OmneoAccessError::Token)?;
+        let base = url::Url::parse(&tenant.omneo_api_url).map_err(OmneoAccessError::Url)?;
+        check_base_url(&base).map_err(OmneoAccessError::Insecure)?;
         Ok(OmneoClient::new(
             self.http.clone(),
             base,
@@ -79,12 +93,12 @@ impl App {
     pub async fn from_config(config: Config) -> anyhow::Result<Arc<Self>> {
         let http = http_client()?;
         let store: Arc<dyn Store> = match &config.store {
-            StoreConfig::Memory => Arc::new(MemoryStore::new()),
+            StoreConfig::Memory => Arc::new(MemoryStore::new(config.keyring.clone())),
             StoreConfig::Firestore {
                 project,
                 emulator_host,
             } => Arc::new(
-                FirestoreStore::connect(project, emulator_host.as_deref())
+                FirestoreStore::connect(project, emulator_host.as_deref(), config.keyring.clone())
                     .await
                     .context("cannot connect to Firestore")?,
             ),
@@ -121,9 +135,13 @@ pub fn task_targets(config: &Config) -> TaskTargets {
     }
 }
 
-/// The process-wide HTTP client: bounded connect time, rustls, no proxy discovery.
+/// The process-wide HTTP client of the outbound HTTP policy: bounded connect time, rustls, and no
+/// redirects (a 3xx from Klaviyo or Omneo is an answer, never a reason to send the bearer token
+/// elsewhere). Answer sizes are capped where bodies are read ([`crate::remote::read_capped`]), and
+/// an Omneo base URL must be https unless it is a loopback address ([`check_base_url`]).
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(60))
         .user_agent(concat!(

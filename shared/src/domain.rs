@@ -1,8 +1,51 @@
 //! Small domain types that parse on construction: once you hold one, it is valid.
+//!
+//! They are the nouns of the spec — [`TenantId`], [`KlaviyoProfileId`], [`OmneoProfileId`],
+//! [`E164Phone`], [`ConsentState`] — parsed once where a value enters the system (a request, a
+//! remote's answer, a stored record), so the code behind that edge never re-checks a string.
 
 use std::fmt;
 
+use phonenumber::country::Id as CountryId;
 use serde::{Deserialize, Serialize};
+
+/// Implements the string plumbing of an id type that wraps a `String` and parses with `parse`.
+macro_rules! string_id {
+    ($name:ident, $error:ident) => {
+        impl $name {
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = $error;
+            fn try_from(raw: String) -> Result<Self, Self::Error> {
+                Self::parse(raw)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+    };
+}
 
 /// An Omneo tenant id: a lowercase slug (`[a-z0-9]`, inner `-`, at most 63 characters).
 ///
@@ -36,35 +79,123 @@ impl TenantId {
         }
     }
 
-    /// The id as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
+}
+
+string_id!(TenantId, InvalidTenantId);
+
+/// A Klaviyo profile id (a 26-character ULID in practice): 1 to 64 ASCII letters and digits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct KlaviyoProfileId(String);
+
+/// Why a string is not a [`KlaviyoProfileId`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("a Klaviyo profile id is 1-64 letters and digits, got {0:?}")]
+pub struct InvalidKlaviyoProfileId(pub String);
+
+impl KlaviyoProfileId {
+    /// Parses a Klaviyo profile id.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, InvalidKlaviyoProfileId> {
+        let raw = raw.into();
+        let valid = (1..=64).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric());
+        if valid {
+            Ok(Self(raw))
+        } else {
+            Err(InvalidKlaviyoProfileId(raw))
+        }
     }
 }
 
-impl TryFrom<String> for TenantId {
-    type Error = InvalidTenantId;
-    fn try_from(raw: String) -> Result<Self, Self::Error> {
-        Self::parse(raw)
+string_id!(KlaviyoProfileId, InvalidKlaviyoProfileId);
+
+/// An Omneo profile id (a UUID in practice; older tenants have numeric ids): 1 to 64 ASCII
+/// letters, digits and `-`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OmneoProfileId(String);
+
+/// Why a string is not an [`OmneoProfileId`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("an Omneo profile id is 1-64 letters, digits and '-', got {0:?}")]
+pub struct InvalidOmneoProfileId(pub String);
+
+impl OmneoProfileId {
+    /// Parses an Omneo profile id.
+    pub fn parse(raw: impl Into<String>) -> Result<Self, InvalidOmneoProfileId> {
+        let raw = raw.into();
+        let valid = (1..=64).contains(&raw.len())
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if valid {
+            Ok(Self(raw))
+        } else {
+            Err(InvalidOmneoProfileId(raw))
+        }
     }
 }
 
-impl From<TenantId> for String {
-    fn from(id: TenantId) -> Self {
-        id.0
+string_id!(OmneoProfileId, InvalidOmneoProfileId);
+
+/// A phone number in E.164 form (`+61412345678`), as Klaviyo requires it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct E164Phone(String);
+
+/// Why a phone number cannot be put in E.164 form.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not a valid phone number for E.164: {0:?}")]
+pub struct InvalidPhone(pub String);
+
+impl E164Phone {
+    /// Parses a number already in E.164 form (`+` and the country code).
+    pub fn parse(raw: impl Into<String>) -> Result<Self, InvalidPhone> {
+        let raw = raw.into();
+        if !raw.starts_with('+') {
+            return Err(InvalidPhone(raw));
+        }
+        Self::normalise(&raw, None).map_err(|_| InvalidPhone(raw))
     }
+
+    /// Turns a number written any way people write them (`0412 345 678`, `+61 412-345-678`) into
+    /// E.164, reading it as a number of `default_country` when it has no country code.
+    pub fn normalise(raw: &str, default_country: Option<CountryId>) -> Result<Self, InvalidPhone> {
+        let number = phonenumber::parse(default_country, raw)
+            .map_err(|_| InvalidPhone(raw.to_owned()))?;
+        if !phonenumber::is_valid(&number) {
+            return Err(InvalidPhone(raw.to_owned()));
+        }
+        Ok(Self(
+            number.format().mode(phonenumber::Mode::E164).to_string(),
+        ))
+    }
+
 }
 
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+string_id!(E164Phone, InvalidPhone);
+
+/// Whether a profile is subscribed to a channel's marketing (product.md §6.2 step 6): the one
+/// consent notion both directions compare, whatever each remote calls it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentState {
+    /// Subscribed to marketing on the channel.
+    Subscribed,
+    /// Not subscribed (never was, unsubscribed, opted out, bounced or suppressed).
+    NotSubscribed,
 }
 
-impl std::str::FromStr for TenantId {
-    type Err = InvalidTenantId;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
+impl ConsentState {
+    /// `Subscribed` when `subscribed`, else `NotSubscribed`.
+    pub fn from_subscribed(subscribed: bool) -> Self {
+        if subscribed {
+            Self::Subscribed
+        } else {
+            Self::NotSubscribed
+        }
+    }
+
+    /// True for [`ConsentState::Subscribed`].
+    pub fn is_subscribed(self) -> bool {
+        self == Self::Subscribed
     }
 }
 
@@ -95,5 +226,47 @@ mod tests {
     fn tenant_id_deserialises_through_parse() {
         assert!(serde_json::from_str::<TenantId>("\"acme\"").is_ok());
         assert!(serde_json::from_str::<TenantId>("\"ACME\"").is_err());
+    }
+
+    #[test]
+    fn profile_ids_parse_once_and_refuse_what_cannot_be_an_id() {
+        assert!(KlaviyoProfileId::parse("01HZX3F6K4Q2A8B0C9D7E5G1H2").is_ok());
+        for bad in ["", "01H/../x", "a b", &"a".repeat(65)] {
+            assert!(KlaviyoProfileId::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(OmneoProfileId::parse("6f1c1f3e-2b7a-4c7e-9a55-0b8f1d2c3e4f").is_ok());
+        assert!(OmneoProfileId::parse("12345").is_ok());
+        for bad in ["", "a/b", "x y", &"1".repeat(65)] {
+            assert!(OmneoProfileId::parse(bad).is_err(), "{bad:?}");
+        }
+        let id: OmneoProfileId = serde_json::from_str("\"abc-1\"").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"abc-1\"");
+        assert!(serde_json::from_str::<KlaviyoProfileId>("\"no/slash\"").is_err());
+    }
+
+    #[test]
+    fn phones_normalise_to_e164_with_the_default_country() {
+        let au: CountryId = "AU".parse().unwrap();
+        for raw in ["0412 345 678", "+61 412 345 678", "+61412345678", "(04) 1234-5678"] {
+            assert_eq!(
+                E164Phone::normalise(raw, Some(au)).unwrap().as_str(),
+                "+61412345678",
+                "{raw}"
+            );
+        }
+        assert!(E164Phone::normalise("12", Some(au)).is_err());
+        assert!(E164Phone::normalise("not a phone", Some(au)).is_err());
+        assert!(E164Phone::parse("+61412345678").is_ok());
+        assert!(E164Phone::parse("0412345678").is_err(), "no country code");
+    }
+
+    #[test]
+    fn consent_states_read_from_a_flag() {
+        assert_eq!(ConsentState::from_subscribed(true), ConsentState::Subscribed);
+        assert!(!ConsentState::from_subscribed(false).is_subscribed());
+        assert_eq!(
+            serde_json::to_value(ConsentState::NotSubscribed).unwrap(),
+            "not_subscribed"
+        );
     }
 }

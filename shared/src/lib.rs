@@ -5,20 +5,26 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`config`] | typed, validated configuration from the environment (product.md §9) |
-//! | [`runtime`] | telemetry, serving on Cloud Run or AWS Lambda, graceful shutdown |
 //! | [`api_error`] | the one JSON error type every handler answers with |
-//! | [`domain`] | small parse-don't-validate types shared by everything (`TenantId`, …) |
-//! | [`crypto`] | AES-256-GCM sealing of secrets at rest, with key rotation |
+//! | [`domain`] | small parse-don't-validate types the spec talks in (`TenantId`, `KlaviyoProfileId`, …) |
+//! | [`crypto`] | AES-256-GCM sealing of secrets at rest, bound to their place, with key rotation |
+//! | [`settings`] | a tenant's settings (product.md §4) |
+//! | [`config`] | typed, validated configuration from the environment (product.md §9) |
+//! | [`queue`] | task names, typed task kinds, enqueueing: trait, in-process look-alike and Cloud Tasks |
 //! | [`store`] | tenant / install / idempotency / failure records: trait, memory and Firestore |
-//! | [`queue`] | task enqueueing: trait, in-process look-alike and Cloud Tasks; the task handlers' side |
+//! | [`worker`] | the task workers' side of the queue: reading a push, settling its outcome |
 //! | [`remote`] | what both clients share: the one retry policy, error classification, sending |
 //! | [`klaviyo`], [`omneo`] | typed clients of the two remote APIs |
-//! | [`settings`] | a tenant's settings (product.md §4) |
-//! | [`install`] | registration, admin API, OAuth, provisioning, settings, uninstall, tokens |
+//! | [`access`] | a tenant's Klaviyo access: token refresh, pacing, calls |
 //! | [`app`] | the shared state handlers receive, built from the configuration |
+//! | [`install`] | registration, admin API, OAuth, provisioning, settings, uninstall, key rotation |
 //! | [`functions`] | one router per Cloud Run function |
+//! | [`runtime`] | telemetry, serving on Cloud Run or AWS Lambda, graceful shutdown |
+//!
+//! Dependencies point up this table: a module uses only those listed before it, so there is no
+//! import cycle.
 
+pub mod access;
 pub mod api_error;
 pub mod app;
 pub mod config;
@@ -33,3 +39,4 @@ pub mod remote;
 pub mod runtime;
 pub mod settings;
 pub mod store;
+pub mod worker;

@@ -87,7 +87,8 @@ pub struct InvalidSetting {
 }
 
 impl InvalidSetting {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    /// A problem with `field` (a dot path below `settings`).
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),

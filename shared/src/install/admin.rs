@@ -29,6 +29,25 @@ pub struct AdminTenant {
     pub by_operator: bool,
 }
 
+/// An authenticated operator call that names no tenant (e.g. key rotation).
+#[derive(Debug)]
+pub struct Operator;
+
+impl FromRequestParts<Arc<App>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
+        if is_operator(app, &bearer(parts)?) {
+            Ok(Self)
+        } else {
+            Err(unauthorized())
+        }
+    }
+}
+
 /// An authenticated operator call on a tenant id that may not be registered yet.
 #[derive(Debug)]
 pub struct OperatorTenant {

@@ -4,6 +4,12 @@
 //! code, binds the Klaviyo account to the tenant, stores the tokens sealed, moves the install to
 //! `provisioning` and provisions.
 //!
+//! **The `state`** is 256 random bits, base64url (43 characters). The callback accepts only that
+//! shape before it touches the store; the store keeps only its SHA-256 (the document id of
+//! `oauth_states`), so the store never holds a value that would complete an install. Klaviyo's
+//! `error_description` is shown only when the callback consumed a real state: a forged redirect
+//! cannot put its own text on our page.
+//!
 //! A browser sees only [`pages`]: every failure answers a page saying what happened and what to
 //! do; the details go to the log (never a token, a code or a state value). Nothing is written
 //! before the code exchange, the account lookup and the binding have all succeeded, so every
@@ -29,18 +35,30 @@ use serde_json::{Value, json};
 
 use super::admin::AdminTenant;
 use super::pages::{self, Page};
-use super::{link, provision, tokens};
+use super::{link, provision};
+use crate::access::tokens;
 use crate::app::App;
 use crate::crypto::random_secret;
 use crate::domain::TenantId;
 use crate::klaviyo::oauth::{OAuthError, TokenGrant, new_pkce_verifier};
-use crate::store::{Install, InstallStatus, OAuthState, OAuthTokens};
+use crate::store::{Install, InstallStatus, OAuthState, OAuthTokens, TokenSecret};
 
 /// How long an OAuth `state` waits for its callback.
 pub const STATE_LIFETIME: Duration = Duration::from_secs(10 * 60);
 
 /// Bytes of randomness in a `state` (256 bits).
 const STATE_BYTES: usize = 32;
+
+/// The length of a `state` as we generate it: 32 bytes in unpadded base64url.
+const STATE_LENGTH: usize = 43;
+
+/// Whether `state` has the shape of one we generate (checked before the store is touched).
+fn well_formed_state(state: &str) -> bool {
+    state.len() == STATE_LENGTH
+        && state
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 /// The longest `error` / `error_description` echoed on a page (characters).
 const ECHO_LIMIT: usize = 300;
@@ -90,10 +108,14 @@ async fn install(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Resp
     }
     let state = random_secret(STATE_BYTES);
     let verifier = new_pkce_verifier();
+    let state_hash = OAuthState::hash(&state);
     let pending = OAuthState {
-        state: state.expose_secret().to_owned(),
+        pkce_verifier: app
+            .config
+            .keyring
+            .seal(&verifier, &OAuthState::verifier_at(&state_hash)),
+        state_hash,
         tenant: tenant.clone(),
-        pkce_verifier: app.config.keyring.seal(&verifier),
         expires_at: now + SignedDuration::from_secs(STATE_LIFETIME.as_secs() as i64),
     };
     if let Err(error) = app.store.put_oauth_state(&pending).await {
@@ -126,7 +148,12 @@ async fn callback(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Pag
         tracing::info!("OAuth callback without code or state");
         return pages::state_invalid();
     };
-    let pending = match app.store.take_oauth_state(state).await {
+    if !well_formed_state(state) {
+        tracing::info!("OAuth callback with a malformed state");
+        return pages::state_invalid();
+    }
+    let state = SecretString::from(state.clone());
+    let pending = match app.store.take_oauth_state(&OAuthState::hash(&state)).await {
         Ok(Some(pending)) => pending,
         Ok(None) => {
             tracing::info!("OAuth callback with an unknown, expired or used state");
@@ -153,8 +180,8 @@ async fn callback(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Pag
             pages::installed()
         }
         Ok(Err(error)) => {
-            tracing::warn!(%tenant, step = %error.step, message = %error.message, "provisioning stopped");
-            pages::provisioning_failed(&error.step)
+            tracing::warn!(%tenant, step = %error.step(), error = %crate::api_error::ErrorChain(&error), "provisioning stopped");
+            pages::provisioning_failed(error.step().as_str())
         }
         Err(panicked) => {
             tracing::error!(%tenant, error = %panicked, "provisioning panicked");
@@ -164,9 +191,14 @@ async fn callback(State(app): State<Arc<App>>, RawQuery(query): RawQuery) -> Pag
 }
 
 /// Klaviyo redirected back with `error`: the state (if any) is consumed, nothing else changes.
+/// Klaviyo's `error_description` is shown (and logged) only when a real state was consumed.
 async fn refused_by_klaviyo(app: &App, params: &HashMap<String, String>, error: &str) -> Page {
-    let tenant = match params.get("state") {
-        Some(state) => match app.store.take_oauth_state(state).await {
+    let state = params
+        .get("state")
+        .filter(|state| well_formed_state(state))
+        .map(|state| SecretString::from(state.clone()));
+    let tenant = match state {
+        Some(state) => match app.store.take_oauth_state(&OAuthState::hash(&state)).await {
             Ok(pending) => pending.map(|p| p.tenant),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot consume the OAuth state of a refused install");
@@ -176,11 +208,15 @@ async fn refused_by_klaviyo(app: &App, params: &HashMap<String, String>, error: 
         None => None,
     };
     let error = truncate(error);
-    let tenant = tenant.as_ref().map_or("unknown", TenantId::as_str);
     if error == "access_denied" {
+        let tenant = tenant.as_ref().map_or("unknown", TenantId::as_str);
         tracing::info!(%tenant, "install cancelled in Klaviyo");
         return pages::install_cancelled();
     }
+    let Some(tenant) = tenant else {
+        tracing::info!(%error, "an OAuth error redirect without a live state");
+        return pages::authorization_error(&error, None);
+    };
     let description = params.get("error_description").map(|d| truncate(d));
     tracing::warn!(%tenant, %error, description = description.as_deref().unwrap_or(""), "Klaviyo refused the authorization");
     pages::authorization_error(&error, description.as_deref())
@@ -190,10 +226,8 @@ async fn refused_by_klaviyo(app: &App, params: &HashMap<String, String>, error: 
 /// refusal before the final write leaves the store as it was.
 async fn authorize(app: &App, pending: &OAuthState, code: &str) -> Result<(), Page> {
     let tenant = &pending.tenant;
-    let verifier = app
-        .config
-        .keyring
-        .open(&pending.pkce_verifier)
+    let verifier = pending
+        .open_verifier(&app.config.keyring)
         .map_err(|error| {
             tracing::error!(%tenant, %error, "cannot open the sealed PKCE verifier");
             pages::our_side_unavailable()
@@ -210,14 +244,14 @@ async fn authorize(app: &App, pending: &OAuthState, code: &str) -> Result<(), Pa
                 OAuthError::Rejected { .. } => {
                     tracing::error!(%tenant, %error, "Klaviyo rejected the code exchange")
                 }
-                OAuthError::Unavailable(_) => {
+                OAuthError::Unavailable { .. } => {
                     tracing::warn!(%tenant, %error, "the code exchange failed")
                 }
             }
             match error {
                 OAuthError::InvalidGrant(_) => pages::code_refused(),
                 OAuthError::Rejected { .. } => pages::app_rejected(),
-                OAuthError::Unavailable(_) => pages::klaviyo_unavailable(),
+                OAuthError::Unavailable { .. } => pages::klaviyo_unavailable(),
             }
         })?;
     let Some(refresh_token) = grant.refresh_token.clone() else {
@@ -272,8 +306,8 @@ async fn bind_and_store(
     let now = Timestamp::now();
     let keyring = &app.config.keyring;
     let sealed = OAuthTokens {
-        access_token: keyring.seal(&grant.access_token),
-        refresh_token: keyring.seal(refresh_token),
+        access_token: TokenSecret::AccessToken.seal(keyring, tenant, &grant.access_token),
+        refresh_token: TokenSecret::RefreshToken.seal(keyring, tenant, refresh_token),
         expires_at: tokens::expiry(now, grant.expires_in),
         scopes: grant.scopes.clone(),
         last_refreshed_at: None,
@@ -339,6 +373,22 @@ mod tests {
         assert_eq!(params.get("code"), None);
         assert_eq!(params.get("error").map(String::as_str), Some("x<y"));
         assert!(query_params(None).is_empty());
+    }
+
+    #[test]
+    fn only_states_of_our_shape_are_accepted() {
+        let ours = random_secret(STATE_BYTES);
+        assert!(well_formed_state(ours.expose_secret()));
+        for bad in [
+            "",
+            "short",
+            &"a".repeat(42),
+            &"a".repeat(44),
+            &format!("{}/", "a".repeat(42)),
+            &format!("{}=", "a".repeat(42)),
+        ] {
+            assert!(!well_formed_state(bad), "{bad:?}");
+        }
     }
 
     #[test]

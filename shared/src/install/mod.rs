@@ -1,6 +1,6 @@
 //! Install (product.md §3–§5): tenant registration, the admin API, Klaviyo OAuth, provisioning on
-//! both sides, settings, status, uninstall — everything behind the `oauth-callback` function — and
-//! the token provider the workers use.
+//! both sides, settings, status, uninstall and key rotation — everything behind the
+//! `oauth-callback` function.
 //!
 //! | module | concern |
 //! |---|---|
@@ -11,9 +11,11 @@
 //! | [`link`] | signed, short-lived install links |
 //! | [`flow`] | `POST …/install/link`, `GET /oauth/install`, `GET /oauth/callback` |
 //! | [`pages`] | the HTML pages a browser sees during install |
-//! | [`provision`] | idempotent, resumable provisioning; `POST …/install/reprovision` |
+//! | [`provision`] | idempotent, resumable provisioning, one module per step; `POST …/install/reprovision` |
 //! | [`uninstall`] | `DELETE /{tenant}/api/v1/install` |
-//! | [`tokens`] | Klaviyo access tokens: proactive, single-flight refresh |
+//! | [`lease`] | the per-tenant lease provisioning and uninstall hold |
+//! | [`failure`] | why a remote-facing step failed, cause kept |
+//! | [`keyring`] | `GET /api/v1/keyring`, `POST /api/v1/keyring/reseal` (operator): key rotation |
 
 use std::sync::Arc;
 
@@ -22,14 +24,16 @@ use axum::Router;
 use crate::app::App;
 
 pub mod admin;
+pub mod failure;
 pub mod flow;
+pub mod keyring;
+pub mod lease;
 pub mod link;
 pub mod pages;
 pub mod provision;
 pub mod registration;
 pub mod settings_api;
 pub mod status;
-pub mod tokens;
 pub mod uninstall;
 
 /// Every route of the `oauth-callback` function.
@@ -41,4 +45,5 @@ pub fn routes() -> Router<Arc<App>> {
         .merge(flow::routes())
         .merge(provision::routes())
         .merge(uninstall::routes())
+        .merge(keyring::routes())
 }

@@ -4,7 +4,10 @@
 //! `webhook_secret` and an admin key, which is returned once (`201 {"tenant", "admin_key"}`) and
 //! stored only as its hash. Updating replaces what the body names (`200 {"tenant"}`), and
 //! `"rotate_admin_key": true` issues a new key (`200 {"tenant", "admin_key"}`). Secrets are sealed
-//! before they reach the store; nothing is stored when any field is invalid.
+//! before they reach the store; nothing is stored when any field is invalid. `omneo_api_url` must be
+//! https (http only to a loopback address, for local runs and tests). The tenant's queue names are
+//! reserved for it on registration, and follow the settings API's rules on updates
+//! ([`super::settings_api`]: valid, free, and fixed while installed).
 
 use std::sync::Arc;
 
@@ -18,26 +21,29 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::OperatorTenant;
+use super::settings_api::check_queue_settings;
 use crate::api_error::ApiError;
 use crate::app::App;
 use crate::crypto::{digest_hex, random_secret};
 use crate::domain::TenantId;
+use crate::omneo::check_base_url;
 use crate::settings::Settings;
-use crate::store::{Abort, StoreError, Tenant};
+use crate::store::{StoreError, Tenant, TenantSecret};
 
 /// The route this module serves.
 pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/{tenant}/api/v1/tenant", put(put_tenant))
 }
 
-/// The request body of `PUT /{tenant}/api/v1/tenant`.
+/// The request body of `PUT /{tenant}/api/v1/tenant`. Its secrets are [`SecretString`]s, so
+/// formatting it (`{:?}`) never shows them.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Registration {
     /// The Omneo API token (required to create).
-    pub omneo_api_token: Option<String>,
+    pub omneo_api_token: Option<SecretString>,
     /// The key of Omneo's webhook signatures (required to create).
-    pub omneo_signing_secret: Option<String>,
+    pub omneo_signing_secret: Option<SecretString>,
     /// The Omneo API base URL (default: from `OMNEO_API_URL_TEMPLATE`).
     pub omneo_api_url: Option<String>,
     /// Settings (product.md §4); replaces the stored ones when given.
@@ -93,7 +99,14 @@ pub async fn register(
     let keyring = &app.config.keyring;
     let now = Timestamp::now();
 
-    if app.store.tenant(tenant).await?.is_none() {
+    let existing = app.store.tenant(tenant).await?;
+    if let Some(settings) = &changes.settings {
+        let current = existing.as_ref().map(|t| &t.settings);
+        check_queue_settings(app, tenant, current, settings, "settings.").await?;
+    } else if existing.is_none() {
+        check_queue_settings(app, tenant, None, &Settings::default(), "settings.").await?;
+    }
+    if existing.is_none() {
         let token = changes
             .omneo_api_token
             .as_ref()
@@ -109,10 +122,11 @@ pub async fn register(
                 .omneo_api_url
                 .clone()
                 .unwrap_or_else(|| app.config.omneo_api_url(tenant)),
-            omneo_api_token: keyring.seal(token),
-            omneo_signing_secret: keyring.seal(secret),
-            webhook_secret: keyring.seal(&random_secret(32)),
+            omneo_api_token: TenantSecret::OmneoApiToken.seal(keyring, tenant, token),
+            omneo_signing_secret: TenantSecret::OmneoSigningSecret.seal(keyring, tenant, secret),
+            webhook_secret: TenantSecret::WebhookSecret.seal(keyring, tenant, &random_secret(32)),
             previous_webhook_secret: None,
+            webhook_secret_pending_since: None,
             admin_key_hash: digest_hex(&admin_key),
             settings: changes.settings.clone().unwrap_or_default(),
             created_at: now,
@@ -133,15 +147,18 @@ pub async fn register(
     }
 
     let admin_key = body.rotate_admin_key.then(|| random_secret(32));
-    let sealed_token = changes.omneo_api_token.as_ref().map(|t| keyring.seal(t));
+    let sealed_token = changes
+        .omneo_api_token
+        .as_ref()
+        .map(|t| TenantSecret::OmneoApiToken.seal(keyring, tenant, t));
     let sealed_secret = changes
         .omneo_signing_secret
         .as_ref()
-        .map(|s| keyring.seal(s));
+        .map(|s| TenantSecret::OmneoSigningSecret.seal(keyring, tenant, s));
     let admin_key_hash = admin_key.as_ref().map(digest_hex);
     app.store
-        .update_tenant(tenant, &|current| {
-            let mut record = current.ok_or_else(|| Abort("tenant vanished".into()))?;
+        .update_tenant_or(tenant, |current| {
+            let mut record = current.ok_or(())?;
             if let Some(token) = &sealed_token {
                 record.omneo_api_token = token.clone();
             }
@@ -160,7 +177,8 @@ pub async fn register(
             record.updated_at = now;
             Ok(record)
         })
-        .await?;
+        .await?
+        .map_err(|()| ApiError::internal(&StoreError::Aborted))?;
     tracing::info!(%tenant, rotated_admin_key = admin_key.is_some(), "tenant updated");
     Ok(Registered {
         created: false,
@@ -174,24 +192,28 @@ fn required(field: &str) -> ApiError {
 
 /// Checks every field before anything is stored.
 fn validate(body: &Registration) -> Result<Changes, ApiError> {
-    let secret = |field: &str, value: &Option<String>| -> Result<Option<SecretString>, ApiError> {
-        match value.as_deref().map(str::trim) {
-            None => Ok(None),
-            Some("") => Err(ApiError::invalid_field(
-                field,
-                format!("{field} must not be empty"),
-            )),
-            Some(v) => Ok(Some(SecretString::from(v.to_owned()))),
-        }
-    };
+    let secret =
+        |field: &str, value: &Option<SecretString>| -> Result<Option<SecretString>, ApiError> {
+            match value.as_ref().map(|v| v.expose_secret().trim()) {
+                None => Ok(None),
+                Some("") => Err(ApiError::invalid_field(
+                    field,
+                    format!("{field} must not be empty"),
+                )),
+                Some(v) => Ok(Some(SecretString::from(v.to_owned()))),
+            }
+        };
     let omneo_api_url = match &body.omneo_api_url {
         None => None,
         Some(raw) => {
             let url = url::Url::parse(raw)
                 .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .filter(|u| check_base_url(u).is_ok())
                 .ok_or_else(|| {
-                    ApiError::invalid_field("omneo_api_url", "must be an http(s) URL")
+                    ApiError::invalid_field(
+                        "omneo_api_url",
+                        "must be an https URL (http only to a loopback address)",
+                    )
                 })?;
             Some(url.as_str().trim_end_matches('/').to_owned())
         }

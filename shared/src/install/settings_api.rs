@@ -20,39 +20,52 @@
 //!   exists in the tenant's Klaviyo account. An id that cannot be checked because the tenant has no
 //!   usable Klaviyo tokens (not installed yet, or reauthorization required) is refused too (ours:
 //!   set it after installing); an unchanged id is not checked again.
-//! - **Changing `webhook_secret`** first sets the Klaviyo system webhook's `secret_key` (when the
-//!   install has one); if Klaviyo cannot be updated the answer is 502/503 and nothing is stored.
-//!   When the tenant has no usable tokens, or the webhook is gone (404), only the stored secret
-//!   changes: (re)provisioning writes `secret_key` from it. The old secret is kept in
-//!   [`Tenant::previous_webhook_secret`] for [`PREVIOUS_SECRET_GRACE`] so deliveries in flight
-//!   are still accepted.
+//! - **The queue settings** (`namespace`, `task_queue_name`) name the tenant's queues
+//!   ([`TenantQueues`]) and its Omneo webhooks' namespace. They must give valid names that no other
+//!   tenant holds (the names are reserved for the tenant as they are set; 409 naming the field when
+//!   taken), and they are **fixed while the tenant is installed** (409 naming the field: uninstall,
+//!   change, install again): the queues, the Omneo webhooks and the tasks already queued were made
+//!   with the old ones, so a change would strand work and leave receivers enqueueing on queues
+//!   that do not exist. Receivers enqueue on the queues the install recorded
+//!   ([`crate::store::Install::queue`]), never on names recomputed from settings.
+//! - **Changing `webhook_secret`** is a compare-and-set on the tenant first: the new secret is
+//!   stored, the old one kept in [`Tenant::previous_webhook_secret`], and the change recorded as
+//!   pending ([`Tenant::webhook_secret_pending_since`]). Then the Klaviyo system webhook's
+//!   `secret_key` is set (when the install has one) and the change confirmed; from then the old
+//!   secret is accepted for [`Tenant::PREVIOUS_WEBHOOK_SECRET_GRACE`]. If Klaviyo cannot be updated
+//!   the answer is 502/503 saying the change is stored but not yet at Klaviyo: the old secret stays
+//!   accepted while the change is pending, and the next settings write or a reprovision pushes it
+//!   again. So the store and Klaviyo can never disagree without the store knowing it. When the
+//!   tenant has no usable tokens, or the webhook is gone (404), (re)provisioning writes
+//!   `secret_key` from the stored secret and confirms it.
 //! - **Concurrent writes (ours).** A write applies only if the tenant record is unchanged since it
 //!   was read; otherwise 409 `conflict` and nothing stored — the caller reads again and retries.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
 use super::admin::AdminTenant;
-use super::tokens::{KlaviyoCallError, TokenError};
-use crate::api_error::ApiError;
+use super::failure::StepFailure;
+use super::provision::klaviyo_webhook::confirm_webhook_secret;
+use super::provision::queues::reserve;
+use crate::access::{KlaviyoCallError, TokenError};
+use crate::api_error::{ApiError, ErrorCode};
 use crate::app::App;
-use crate::crypto::{Keyring, constant_time_eq};
+use crate::crypto::constant_time_eq;
+use crate::domain::TenantId;
 use crate::klaviyo::models::WebhookUpdate;
+use crate::queue::TenantQueues;
 use crate::remote::Disposition;
 use crate::settings::Settings;
-use crate::store::{Abort, InstallStatus, RetiredSecret, StoreError, Tenant};
-
-/// How long a replaced `webhook_secret` is still accepted (product.md §4).
-pub const PREVIOUS_SECRET_GRACE: Duration = Duration::from_secs(10 * 60);
+use crate::store::{InstallStatus, Tenant, TenantSecret};
 
 /// What a masked secret starts with (never part of a valid secret).
 pub const MASK: &str = "••••";
@@ -108,18 +121,17 @@ enum Method {
 }
 
 /// The settings object as the API shows it: secrets masked, `exclude_logic` as JSON.
-fn view(keyring: &Keyring, tenant: &Tenant) -> Result<Value, ApiError> {
+fn view(keyring: &crate::crypto::Keyring, tenant: &Tenant) -> Result<Value, ApiError> {
     let mut object = stored_form(&tenant.settings)?;
     object.insert(
         "exclude_logic".into(),
         tenant.settings.exclude_logic_value().unwrap_or(Value::Null),
     );
-    for (field, sealed) in [
-        ("webhook_secret", &tenant.webhook_secret),
-        ("omneo_signing_secret", &tenant.omneo_signing_secret),
-    ] {
-        let secret = keyring.open(sealed).map_err(|e| ApiError::internal(&e))?;
-        object.insert(field.into(), Value::String(mask(&secret)));
+    for which in [TenantSecret::WebhookSecret, TenantSecret::OmneoSigningSecret] {
+        let secret = tenant
+            .open(keyring, which)
+            .map_err(|e| ApiError::internal(&e))?;
+        object.insert(which.field().into(), Value::String(mask(&secret)));
     }
     Ok(Value::Object(object))
 }
@@ -148,23 +160,18 @@ async fn write(
     let Value::Object(mut body) = body else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "the settings must be a JSON object",
         ));
     };
     let keyring = &app.config.keyring;
     let secrets = SecretChange {
-        webhook_secret: take_secret(
-            &mut body,
-            "webhook_secret",
-            keyring,
-            &current.webhook_secret,
-        )?,
+        webhook_secret: take_secret(&mut body, app, &current, TenantSecret::WebhookSecret)?,
         omneo_signing_secret: take_secret(
             &mut body,
-            "omneo_signing_secret",
-            keyring,
-            &current.omneo_signing_secret,
+            app,
+            &current,
+            TenantSecret::OmneoSigningSecret,
         )?,
     };
     let document = match method {
@@ -185,47 +192,37 @@ async fn write(
     {
         check_master_list(app, &current, id).await?;
     }
-    if let Some(secret) = &secrets.webhook_secret {
-        update_klaviyo_webhook_secret(app, &current, secret).await?;
-    }
+    check_queue_settings(app, &current.id, Some(&current.settings), &settings, "").await?;
 
     let now = Timestamp::now();
-    let previous = secrets.webhook_secret.as_ref().map(|_| RetiredSecret {
-        secret: current.webhook_secret.clone(),
-        accepted_until: now + grace(),
-    });
-    let webhook_secret = secrets.webhook_secret.as_ref().map(|s| keyring.seal(s));
-    let signing_secret = secrets
-        .omneo_signing_secret
-        .as_ref()
-        .map(|s| keyring.seal(s));
     let read_at = current.updated_at;
     let stored = app
         .store
-        .update_tenant(&current.id, &|record| {
-            let mut record = record.ok_or_else(|| Abort(CHANGED.into()))?;
+        .update_tenant_or(&current.id, |record| {
+            let mut record = record.ok_or(Changed)?;
             if record.updated_at != read_at {
-                return Err(Abort(CHANGED.into()));
+                return Err(Changed);
             }
             record.settings = settings.clone();
-            if let Some(sealed) = &webhook_secret {
-                record.webhook_secret = sealed.clone();
-                record.previous_webhook_secret = previous.clone();
+            if let Some(secret) = &secrets.webhook_secret {
+                record
+                    .rotate_webhook_secret(keyring, secret, now)
+                    .map_err(|_| Changed)?;
             }
-            if let Some(sealed) = &signing_secret {
-                record.omneo_signing_secret = sealed.clone();
+            if let Some(secret) = &secrets.omneo_signing_secret {
+                record.omneo_signing_secret =
+                    TenantSecret::OmneoSigningSecret.seal(keyring, &record.id, secret);
             }
             record.updated_at = now;
             Ok(record)
         })
-        .await
-        .map_err(|error| match error {
-            StoreError::Aborted(_) => ApiError::new(
+        .await?
+        .map_err(|Changed| {
+            ApiError::new(
                 StatusCode::CONFLICT,
-                "conflict",
+                ErrorCode::Conflict,
                 "the settings changed while this request was processed; read them again and retry",
-            ),
-            other => other.into(),
+            )
         })?;
     tracing::info!(
         tenant = %current.id,
@@ -233,13 +230,65 @@ async fn write(
         omneo_signing_secret_changed = secrets.omneo_signing_secret.is_some(),
         "tenant settings updated"
     );
+    if stored.webhook_secret_pending_since.is_some() {
+        push_webhook_secret(app, &stored).await?;
+    }
+    let stored = app.store.tenant(&current.id).await?.unwrap_or(stored);
     Ok(Json(view(keyring, &stored)?))
 }
 
-const CHANGED: &str = "the tenant changed since it was read";
+/// The tenant record changed since it was read.
+struct Changed;
 
-fn grace() -> SignedDuration {
-    SignedDuration::try_from(PREVIOUS_SECRET_GRACE).unwrap_or(SignedDuration::from_mins(10))
+/// Checks the settings that name the tenant's queues (`namespace`, `task_queue_name`; see the
+/// module docs): they give valid names, and when they change, the tenant is not installed and the
+/// new names are free — they are reserved for the tenant here. `current` is `None` for a tenant
+/// being registered; `prefix` goes before field names (`settings.` for registration).
+pub(crate) async fn check_queue_settings(
+    app: &App,
+    tenant: &TenantId,
+    current: Option<&Settings>,
+    new: &Settings,
+    prefix: &str,
+) -> Result<(), ApiError> {
+    let queues = TenantQueues::of(tenant, new)
+        .map_err(|e| ApiError::invalid_field(format!("{prefix}{}", e.field), e.message))?;
+    let changed_field = match current {
+        None => Some("task_queue_name"),
+        Some(current) if current.namespace != new.namespace => Some("namespace"),
+        Some(current) if current.task_queue_name != new.task_queue_name => {
+            Some("task_queue_name")
+        }
+        Some(_) => None,
+    };
+    let Some(field) = changed_field else {
+        return Ok(());
+    };
+    let field = format!("{prefix}{field}");
+    if current.is_some() {
+        let status = app.store.install(tenant).await?.map(|i| i.status);
+        if status.is_some_and(|s| !matches!(s, InstallStatus::Pending | InstallStatus::Uninstalled))
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                "namespace and task_queue_name are fixed while the tenant is installed (its queues \
+                 and Omneo webhooks were made with them): uninstall, change them, then install again",
+            )
+            .with_field(field));
+        }
+    }
+    match reserve(app.store.as_ref(), tenant, &queues).await {
+        Ok(()) => Ok(()),
+        Err(StepFailure::QueueTaken { name, .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            format!("the queue name {name} belongs to another tenant; choose another {field}"),
+        )
+        .with_field(field)),
+        Err(StepFailure::Store(error)) => Err(error.into()),
+        Err(other) => Err(ApiError::internal(&other)),
+    }
 }
 
 /// Removes `field` from the body and returns the new secret it names: `None` when absent, masked
@@ -247,10 +296,11 @@ fn grace() -> SignedDuration {
 /// secrets → 400.
 fn take_secret(
     body: &mut Map<String, Value>,
-    field: &'static str,
-    keyring: &Keyring,
-    current: &crate::crypto::Sealed,
+    app: &App,
+    tenant: &Tenant,
+    which: TenantSecret,
 ) -> Result<Option<SecretString>, ApiError> {
+    let field = which.field();
     let Some(value) = body.remove(field) else {
         return Ok(None);
     };
@@ -261,7 +311,9 @@ fn take_secret(
         ));
     };
     let value = SecretString::from(value);
-    let current = keyring.open(current).map_err(|e| ApiError::internal(&e))?;
+    let current = tenant
+        .open(&app.config.keyring, which)
+        .map_err(|e| ApiError::internal(&e))?;
     if value.expose_secret() == mask(&current)
         || constant_time_eq(
             value.expose_secret().as_bytes(),
@@ -278,31 +330,31 @@ fn take_secret(
             ),
         ));
     }
-    check_secret_shape(field, &value)?;
+    check_secret_shape(which, &value)?;
     Ok(Some(value))
 }
 
 /// `webhook_secret` travels in an HTTP header (`x-omneo-secret`) and is Klaviyo's HMAC key: 16 to
 /// 255 visible ASCII characters. `omneo_signing_secret` is Omneo's: anything non-blank up to 1024.
-fn check_secret_shape(field: &'static str, secret: &SecretString) -> Result<(), ApiError> {
+fn check_secret_shape(which: TenantSecret, secret: &SecretString) -> Result<(), ApiError> {
     let value = secret.expose_secret();
-    let valid = match field {
-        "webhook_secret" => {
-            (16..=255).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic())
-        }
-        _ => !value.trim().is_empty() && value.len() <= 1024,
+    let (valid, rule) = match which {
+        TenantSecret::WebhookSecret => (
+            (16..=255).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_graphic()),
+            "16 to 255 visible ASCII characters (no spaces)",
+        ),
+        _ => (
+            !value.trim().is_empty() && value.len() <= 1024,
+            "1 to 1024 characters and not blank",
+        ),
     };
     if valid {
         Ok(())
-    } else if field == "webhook_secret" {
-        Err(ApiError::invalid_field(
-            field,
-            "webhook_secret must be 16 to 255 visible ASCII characters (no spaces)",
-        ))
     } else {
+        let field = which.field();
         Err(ApiError::invalid_field(
             field,
-            format!("{field} must be 1 to 1024 characters and not blank"),
+            format!("{field} must be {rule}"),
         ))
     }
 }
@@ -360,13 +412,11 @@ async fn check_master_list(app: &App, tenant: &Tenant, id: &str) -> Result<(), A
     }
 }
 
-/// Sets the Klaviyo system webhook's `secret_key` to the new secret, when there is a webhook to
-/// update and tokens to do it with.
-async fn update_klaviyo_webhook_secret(
-    app: &App,
-    tenant: &Tenant,
-    secret: &SecretString,
-) -> Result<(), ApiError> {
+/// Sets the Klaviyo system webhook's `secret_key` to the tenant's stored `webhook_secret` and
+/// confirms the pending change — when there is a webhook to update and tokens to do it with (else
+/// provisioning does both). A Klaviyo failure answers 502/503 saying the change is stored and
+/// pending.
+async fn push_webhook_secret(app: &App, tenant: &Tenant) -> Result<(), ApiError> {
     let install = app.store.install(&tenant.id).await?;
     let Some(install) = install.filter(|i| i.status != InstallStatus::Uninstalled) else {
         return Ok(());
@@ -374,6 +424,9 @@ async fn update_klaviyo_webhook_secret(
     let Some(webhook_id) = install.resources.klaviyo_webhook_id.as_deref() else {
         return Ok(());
     };
+    let secret = tenant
+        .open(&app.config.keyring, TenantSecret::WebhookSecret)
+        .map_err(|e| ApiError::internal(&e))?;
     let update = WebhookUpdate {
         secret_key: Some(secret.clone()),
         ..WebhookUpdate::default()
@@ -388,6 +441,7 @@ async fn update_klaviyo_webhook_secret(
     match updated {
         Ok(_) => {
             tracing::info!(tenant = %tenant.id, webhook_id, "Klaviyo system webhook secret_key updated");
+            confirm_webhook_secret(app, &tenant.id, &secret).await?;
             Ok(())
         }
         Err(KlaviyoCallError::Token(
@@ -400,7 +454,14 @@ async fn update_klaviyo_webhook_secret(
             tracing::warn!(tenant = %tenant.id, webhook_id, "the Klaviyo system webhook is gone: reprovisioning recreates it with the new secret");
             Ok(())
         }
-        Err(error) => Err(klaviyo_failure(&error)),
+        Err(error) => {
+            let mut failure = klaviyo_failure(&error);
+            failure.message = "the settings are stored, but Klaviyo's webhook secret_key could \
+                not be updated yet; the previous webhook_secret stays accepted until it is — send \
+                the settings again or reprovision to retry"
+                .into();
+            Err(failure)
+        }
     }
 }
 
@@ -412,7 +473,7 @@ fn klaviyo_failure(error: &KlaviyoCallError) -> ApiError {
             tracing::error!(error = %crate::api_error::ErrorChain(error), "Klaviyo refused a settings call");
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
-                "klaviyo_error",
+                ErrorCode::KlaviyoError,
                 "Klaviyo refused the request; nothing was changed",
             )
         }

@@ -20,7 +20,8 @@ use super::admin::AdminTenant;
 use crate::api_error::ApiError;
 use crate::app::App;
 use crate::domain::TenantId;
-use crate::store::{Install, InstallStatus, OAuthTokens, StepError};
+use crate::queue::QueueName;
+use crate::store::{Install, InstallStatus, InstallStep, OAuthTokens, StepError};
 
 /// The routes of this module.
 pub fn routes() -> Router<Arc<App>> {
@@ -56,7 +57,7 @@ pub struct ResourcesView {
     /// Omneo webhook ids by trigger.
     pub omneo_webhooks: BTreeMap<String, String>,
     /// The Cloud Tasks queue names.
-    pub queues: Vec<String>,
+    pub queues: Vec<QueueName>,
 }
 
 /// The access token's health.
@@ -74,7 +75,7 @@ pub struct TokenView {
 #[derive(Debug, Serialize)]
 pub struct ErrorView {
     /// The step it happened at.
-    pub step: String,
+    pub step: InstallStep,
     /// What went wrong.
     pub message: String,
     /// When.

@@ -8,16 +8,21 @@
 //!    namespace, plus the recorded ids — with `PUT {"is_active": false}`;
 //! 3. revoke the refresh token at Klaviyo's revocation endpoint;
 //! 4. unbind the Klaviyo account from the tenant, drop the stored tokens and the webhook id, and
-//!    move to `uninstalled`.
+//!    move to `uninstalled` — a compare-and-set on the refresh token just revoked: a token refresh
+//!    that stored a new grant in between (its call was in flight) gets that grant revoked too, so
+//!    no live token outlives the uninstall. (A refresh that finishes after this write finds no
+//!    tokens and revokes its own grant: see [`crate::access::tokens`].)
 //!
 //! Data sources stay (they hold customer data), as do the queues and the disabled Omneo webhooks'
 //! ids. Answers: `200` with the install status document (status `uninstalled`); again → `200`, with no
 //! remote call; a tenant that never installed (`pending`, no install record) → `409 not_installed`
 //! (there is nothing to uninstall, and CX Manager's view is wrong); a remote failure → `502
-//! uninstall_failed` naming the step, nothing changed locally, safe to retry; `409
-//! provisioning_in_progress` while a provisioning run holds the tenant's lease.
+//! uninstall_failed` naming the step (or `503 unavailable` when retrying may help), nothing changed
+//! locally, safe to retry; `409 provisioning_in_progress` while a provisioning run holds the
+//! tenant's lease.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -25,22 +30,47 @@ use axum::http::StatusCode;
 use axum::routing::delete;
 use axum::{Json, Router};
 use jiff::Timestamp;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::admin::AdminTenant;
-use super::provision::{
-    Class, InstallLease, LeaseError, OMNEO_TRIGGERS, Pacer, find_klaviyo_webhooks, klaviyo_call,
-};
+use super::failure::StepFailure;
+use super::lease::{InstallLease, LeaseError};
+use super::provision::OMNEO_TRIGGERS;
+use super::provision::klaviyo_webhook::find_klaviyo_webhooks;
 use super::status::InstallView;
-use super::tokens::{KlaviyoCallError, TokenError};
-use crate::api_error::ApiError;
+use crate::access::{KlaviyoCallError, Pacer, RateClass, TokenError, klaviyo_call};
+use crate::api_error::{ApiError, ErrorChain, ErrorCode};
 use crate::app::App;
+use crate::crypto::constant_time_eq;
 use crate::domain::TenantId;
 use crate::omneo::models::WebhookUpdate;
-use crate::store::{Abort, Install, InstallStatus, StoreError};
+use crate::remote::Disposition;
+use crate::store::{Install, InstallStatus, StoreError, TokenSecret};
 
 /// The routes of this module.
 pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/{tenant}/api/v1/install", delete(uninstall_route))
+}
+
+/// A remote step of uninstall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UninstallStep {
+    /// Deleting the Klaviyo system webhook.
+    KlaviyoWebhook,
+    /// Disabling the Omneo webhooks.
+    OmneoWebhooks,
+    /// Revoking the refresh token.
+    Revoke,
+}
+
+impl fmt::Display for UninstallStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::KlaviyoWebhook => "klaviyo_webhook",
+            Self::OmneoWebhooks => "omneo_webhooks",
+            Self::Revoke => "revoke",
+        })
+    }
 }
 
 /// Why an uninstall did not complete.
@@ -53,37 +83,48 @@ pub enum UninstallError {
     #[error("a provisioning or uninstall of tenant {0} is running; retry later")]
     Busy(TenantId),
     /// A remote step failed; nothing was changed locally, so calling again retries it.
-    #[error("uninstall failed at {step}: {message}")]
+    #[error("uninstall failed at {step}")]
     Step {
-        /// `klaviyo_webhook`, `omneo_webhooks` or `revoke`.
-        step: &'static str,
-        /// What went wrong (never a secret).
-        message: String,
+        /// The step.
+        step: UninstallStep,
+        /// Why, with the classified cause.
+        #[source]
+        failure: StepFailure,
     },
+    /// The tokens kept changing under the uninstall (refreshes landing between revocations).
+    #[error("the tenant's tokens kept changing during the uninstall; retry")]
+    TokensChanging,
     /// The store failed.
-    #[error("store: {0}")]
+    #[error("the store failed during the uninstall")]
     Store(#[from] StoreError),
 }
 
 impl From<UninstallError> for ApiError {
     fn from(error: UninstallError) -> Self {
+        let message = ErrorChain(&error).to_string();
         match &error {
             UninstallError::NeverInstalled(_) => Self::new(
                 StatusCode::CONFLICT,
-                "not_installed",
-                format!("{error}: there is nothing to uninstall"),
+                ErrorCode::NotInstalled,
+                format!("{message}: there is nothing to uninstall"),
             ),
             UninstallError::Busy(_) => Self::new(
                 StatusCode::CONFLICT,
-                "provisioning_in_progress",
-                error.to_string(),
+                ErrorCode::ProvisioningInProgress,
+                message,
             ),
-            UninstallError::Step { .. } => Self::new(
-                StatusCode::BAD_GATEWAY,
-                "uninstall_failed",
-                format!("{error}; nothing was changed, call again to retry"),
-            ),
-            UninstallError::Store(StoreError::Unavailable(_)) => Self::unavailable(&error),
+            UninstallError::Step { failure, .. }
+                if failure.disposition() == Disposition::Permanent =>
+            {
+                Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::UninstallFailed,
+                    format!("{message}; nothing was changed, call again to retry"),
+                )
+            }
+            UninstallError::Step { .. }
+            | UninstallError::TokensChanging
+            | UninstallError::Store(StoreError::Unavailable(_)) => Self::unavailable(&error),
             UninstallError::Store(_) => Self::internal(&error),
         }
     }
@@ -139,49 +180,85 @@ async fn run(app: &App, tenant: &TenantId) -> Result<Install, UninstallError> {
         delete_klaviyo_webhooks(app, tenant, &install).await?;
     }
     disable_omneo_webhooks(app, tenant, &install).await?;
-    if let Some(tokens) = &install.tokens {
-        let refresh_token = app
-            .config
-            .keyring
-            .open(&tokens.refresh_token)
-            .map_err(|e| {
-                step(
-                    "revoke",
-                    format!("cannot open the stored refresh token: {e}"),
-                )
-            })?;
-        app.oauth
-            .revoke(&refresh_token)
-            .await
-            .map_err(|e| step("revoke", e.to_string()))?;
-    }
     if let Some(account) = &install.klaviyo_account_id {
         app.store.unbind_klaviyo_account(account, tenant).await?;
     }
-    let now = Timestamp::now();
-    let done = app
-        .store
-        .update_install(tenant, &|current| {
-            let mut install = current.ok_or_else(|| Abort("install vanished".into()))?;
-            install.tokens = None;
-            install.refresh_lease = None;
-            install.klaviyo_account_id = None;
-            install.resources.klaviyo_webhook_id = None;
-            install.last_error = None;
-            install.transition(
-                InstallStatus::Uninstalled,
-                Some("uninstalled through the admin API".into()),
-                now,
-            );
-            Ok(install)
-        })
-        .await?;
+    let done = revoke_and_clear(app, tenant).await?;
     tracing::info!(%tenant, "uninstalled");
     Ok(done)
 }
 
-fn step(step: &'static str, message: String) -> UninstallError {
-    UninstallError::Step { step, message }
+/// How many times the revoke-then-clear loop runs before giving up on tokens that keep changing.
+const REVOKE_ATTEMPTS: usize = 4;
+
+/// Revokes the stored refresh token, then clears the install — only if the stored refresh token
+/// is still the one revoked; a refresh that stored another one meanwhile gets it revoked too.
+async fn revoke_and_clear(app: &App, tenant: &TenantId) -> Result<Install, UninstallError> {
+    let keyring = &app.config.keyring;
+    for _ in 0..REVOKE_ATTEMPTS {
+        let install = app.store.install(tenant).await?;
+        let revoked = match install.as_ref().and_then(|i| i.tokens.as_ref()) {
+            Some(tokens) => {
+                let refresh = tokens
+                    .open(keyring, tenant, TokenSecret::RefreshToken)
+                    .map_err(|e| step(UninstallStep::Revoke, StepFailure::Sealed(e)))?;
+                app.oauth
+                    .revoke(&refresh)
+                    .await
+                    .map_err(|e| step(UninstallStep::Revoke, StepFailure::Revoke(e)))?;
+                Some(refresh)
+            }
+            None => None,
+        };
+        let now = Timestamp::now();
+        let cleared = app
+            .store
+            .update_install_or(tenant, |current| {
+                let mut install = current.ok_or(TokensChanged)?;
+                let stored = install
+                    .tokens
+                    .as_ref()
+                    .map(|t| t.open(keyring, tenant, TokenSecret::RefreshToken));
+                let unchanged = match (&stored, &revoked) {
+                    (None, None) => true,
+                    (Some(Ok(stored)), Some(revoked)) => same(stored, revoked),
+                    _ => false,
+                };
+                if !unchanged {
+                    return Err(TokensChanged);
+                }
+                install.tokens = None;
+                install.refresh_lease = None;
+                install.klaviyo_account_id = None;
+                install.resources.klaviyo_webhook_id = None;
+                install.last_error = None;
+                install.transition(
+                    InstallStatus::Uninstalled,
+                    Some("uninstalled through the admin API".into()),
+                    now,
+                );
+                Ok(install)
+            })
+            .await?;
+        match cleared {
+            Ok(install) => return Ok(install),
+            Err(TokensChanged) => {
+                tracing::info!(%tenant, "a token refresh landed during the uninstall; revoking its grant too");
+            }
+        }
+    }
+    Err(UninstallError::TokensChanging)
+}
+
+/// The stored tokens are not the ones just revoked.
+struct TokensChanged;
+
+fn same(a: &SecretString, b: &SecretString) -> bool {
+    constant_time_eq(a.expose_secret().as_bytes(), b.expose_secret().as_bytes())
+}
+
+fn step(step: UninstallStep, failure: StepFailure) -> UninstallError {
+    UninstallError::Step { step, failure }
 }
 
 /// Deletes every webhook named `Omneo {tenant}` and the recorded one.
@@ -191,8 +268,8 @@ async fn delete_klaviyo_webhooks(
     install: &Install,
 ) -> Result<(), UninstallError> {
     let pacer = Pacer::default();
-    let failed = |e: KlaviyoCallError| step("klaviyo_webhook", e.to_string());
-    let found = match find_klaviyo_webhooks(app, tenant, &pacer).await {
+    let failed = |e: KlaviyoCallError| step(UninstallStep::KlaviyoWebhook, e.into());
+    let found = match find_klaviyo_webhooks(&app.tokens, &app.klaviyo, tenant, &pacer).await {
         Ok(found) => found,
         Err(KlaviyoCallError::Token(TokenError::ReauthorizationRequired(_))) => {
             tracing::info!(%tenant, "Klaviyo refused the refresh token; not deleting the Klaviyo webhook");
@@ -205,10 +282,16 @@ async fn delete_klaviyo_webhooks(
         .chain(install.resources.klaviyo_webhook_id.clone())
         .collect();
     for id in &ids {
-        klaviyo_call(app, tenant, &pacer, Class::Webhooks, |k, t| {
-            let id = id.clone();
-            async move { k.delete_webhook(&t, &id).await }
-        })
+        klaviyo_call(
+            &app.tokens,
+            &app.klaviyo,
+            tenant,
+            Some((&pacer, RateClass::Webhooks)),
+            |k, t| {
+                let id = id.clone();
+                async move { k.delete_webhook(&t, &id).await }
+            },
+        )
         .await
         .map_err(failed)?;
         tracing::info!(%tenant, webhook = id, "deleted the Klaviyo system webhook");
@@ -222,13 +305,13 @@ async fn disable_omneo_webhooks(
     tenant: &TenantId,
     install: &Install,
 ) -> Result<(), UninstallError> {
-    let failed = |message: String| step("omneo_webhooks", message);
+    let failed = |failure: StepFailure| step(UninstallStep::OmneoWebhooks, failure);
     let record = app
         .store
         .tenant(tenant)
         .await?
-        .ok_or_else(|| failed(format!("tenant {tenant} is not registered")))?;
-    let client = app.omneo(&record).map_err(|e| failed(format!("{e:#}")))?;
+        .ok_or_else(|| UninstallError::NeverInstalled(tenant.clone()))?;
+    let client = app.omneo(&record).map_err(|e| failed(e.into()))?;
     let namespace = record.settings.namespace.as_str();
     let recorded: BTreeSet<&str> = install
         .resources
@@ -239,7 +322,7 @@ async fn disable_omneo_webhooks(
     let webhooks = client
         .webhooks(namespace)
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(e.into()))?;
     let off = WebhookUpdate {
         url: None,
         is_active: Some(false),
@@ -255,7 +338,7 @@ async fn disable_omneo_webhooks(
             client
                 .update_webhook(&webhook.id, &off)
                 .await
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(|e| failed(e.into()))?;
             tracing::info!(%tenant, webhook = %webhook.id, trigger = %webhook.trigger, "disabled an Omneo webhook");
         }
     }

@@ -22,6 +22,13 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::config::KlaviyoConfig;
+use crate::remote::{ReadError, read_capped};
+
+/// How long one call to the token or revocation endpoint may take, connection to last byte.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The largest answer the token or revocation endpoint may give (a token response is ~1 KiB).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// The scopes the extension asks for (klaviyo.md §OAuth).
 pub const SCOPES: [&str; 13] = [
@@ -68,8 +75,23 @@ pub enum OAuthError {
         description: String,
     },
     /// The endpoint could not be reached or answered something unreadable: retry later.
-    #[error("the Klaviyo token endpoint is unavailable: {0}")]
-    Unavailable(String),
+    #[error("the Klaviyo token endpoint is unavailable: {reason}")]
+    Unavailable {
+        /// What happened.
+        reason: String,
+        /// The transport error behind it, when there is one.
+        #[source]
+        source: Option<ReadError>,
+    },
+}
+
+impl OAuthError {
+    fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable {
+            reason: reason.into(),
+            source: None,
+        }
+    }
 }
 
 /// A fresh PKCE verifier (43 characters from 32 random bytes): kept sealed until the callback;
@@ -86,6 +108,8 @@ type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointN
 pub struct KlaviyoOAuth {
     client: Client,
     http: Http,
+    /// How long one call to the token or revocation endpoint may take.
+    call_timeout: Duration,
     /// Revocation is sent by hand (see [`KlaviyoOAuth::revoke`]), so it needs these two.
     client_secret: SecretString,
     revoke_url: Url,
@@ -112,10 +136,26 @@ impl KlaviyoOAuth {
             .set_auth_type(AuthType::BasicAuth);
         Self {
             client,
-            http: Http(http),
+            http: Http {
+                client: http,
+                timeout: CALL_TIMEOUT,
+            },
+            call_timeout: CALL_TIMEOUT,
             client_secret: config.client_secret.clone(),
             revoke_url: config.revoke_url.clone(),
         }
+    }
+
+    /// The same app with another bound on each call (tests shorten it).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self.http.timeout = timeout;
+        self
+    }
+
+    /// How long one call to the token or revocation endpoint may take at most.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
     }
 
     /// The browser URL of Klaviyo's consent page for `state`, with the scopes and the S256
@@ -174,19 +214,23 @@ impl KlaviyoOAuth {
             encode(self.client.client_id().as_str()),
             encode(self.client_secret.expose_secret())
         ));
+        let unreachable = |source: ReadError| OAuthError::Unavailable {
+            reason: "the revocation call failed".into(),
+            source: Some(source),
+        };
         let response = self
             .http
-            .0
+            .client
             .post(self.revoke_url.clone())
             .header(http::header::AUTHORIZATION, format!("Basic {credentials}"))
             .form(&[
                 ("token", refresh_token.expose_secret()),
                 ("token_type_hint", "refresh_token"),
             ])
-            .timeout(Duration::from_secs(30))
+            .timeout(self.call_timeout)
             .send()
             .await
-            .map_err(|e| OAuthError::Unavailable(e.without_url().to_string()))?;
+            .map_err(|e| unreachable(ReadError::Transport(e.without_url())))?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -197,12 +241,15 @@ impl KlaviyoOAuth {
             #[serde(default)]
             error_description: String,
         }
-        match response.json::<ErrorBody>().await {
+        let body = read_capped(response, MAX_ANSWER_BYTES)
+            .await
+            .map_err(unreachable)?;
+        match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(body) if status.is_client_error() => Err(OAuthError::Rejected {
                 code: body.error,
                 description: body.error_description,
             }),
-            _ => Err(OAuthError::Unavailable(format!(
+            _ => Err(OAuthError::unavailable(format!(
                 "the revocation endpoint answered {status}"
             ))),
         }
@@ -223,7 +270,7 @@ fn grant(response: &BasicTokenResponse) -> TokenGrant {
     }
 }
 
-fn classify(error: BasicRequestTokenError<reqwest::Error>) -> OAuthError {
+fn classify(error: BasicRequestTokenError<ReadError>) -> OAuthError {
     match error {
         oauth2::RequestTokenError::ServerResponse(response) => {
             let description = response.error_description().cloned().unwrap_or_default();
@@ -235,13 +282,14 @@ fn classify(error: BasicRequestTokenError<reqwest::Error>) -> OAuthError {
                 },
             }
         }
-        oauth2::RequestTokenError::Request(e) => {
-            OAuthError::Unavailable(e.without_url().to_string())
-        }
+        oauth2::RequestTokenError::Request(source) => OAuthError::Unavailable {
+            reason: "the token call failed".into(),
+            source: Some(source),
+        },
         oauth2::RequestTokenError::Parse(e, _) => {
-            OAuthError::Unavailable(format!("unreadable token response: {e}"))
+            OAuthError::unavailable(format!("unreadable token response: {e}"))
         }
-        oauth2::RequestTokenError::Other(e) => OAuthError::Unavailable(e),
+        oauth2::RequestTokenError::Other(e) => OAuthError::unavailable(e),
     }
 }
 
@@ -249,31 +297,37 @@ fn classify(error: BasicRequestTokenError<reqwest::Error>) -> OAuthError {
 /// (one `Arc`), so they are `Send` for any borrow: a closure adapter borrowing the client makes the
 /// futures of the OAuth calls non-`Send` under higher-ranked lifetimes, and axum handlers need `Send`.
 #[derive(Clone)]
-struct Http(reqwest::Client);
+struct Http {
+    client: reqwest::Client,
+    timeout: Duration,
+}
 
 impl<'c> AsyncHttpClient<'c> for Http {
-    type Error = reqwest::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, reqwest::Error>> + Send + 'c>>;
+    type Error = ReadError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, ReadError>> + Send + 'c>>;
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
-        let http = self.0.clone();
-        Box::pin(async move { send(&http, request).await })
+        let (client, timeout) = (self.client.clone(), self.timeout);
+        Box::pin(async move { send(&client, timeout, request).await })
     }
 }
 
-/// Sends one OAuth request through our reqwest client (the crate's adapter pins another reqwest).
+/// Sends one OAuth request through our reqwest client (the crate's adapter pins another reqwest),
+/// reading at most [`MAX_ANSWER_BYTES`] of the answer.
 async fn send(
     http: &reqwest::Client,
+    timeout: Duration,
     request: HttpRequest,
-) -> Result<HttpResponse, reqwest::Error> {
+) -> Result<HttpResponse, ReadError> {
     let (parts, body) = request.into_parts();
     let response = http
         .request(parts.method, parts.uri.to_string())
         .headers(parts.headers)
         .body(body)
-        .timeout(Duration::from_secs(30))
+        .timeout(timeout)
         .send()
-        .await?;
+        .await
+        .map_err(|e| ReadError::Transport(e.without_url()))?;
     let mut builder = http::Response::builder().status(response.status());
     if let Some(headers) = builder.headers_mut() {
         headers.extend(
@@ -283,7 +337,7 @@ async fn send(
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
     }
-    let body = response.bytes().await?.to_vec();
+    let body = read_capped(response, MAX_ANSWER_BYTES).await?;
     Ok(builder
         .body(body)
         .expect("status and headers came from a valid response"))

@@ -21,8 +21,9 @@ use reqwest::StatusCode;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::task::header;
-use super::{Enqueued, Queue, QueueError, QueueName, QueueSettings, Task, TaskName, TaskTargets};
+use super::{
+    Enqueued, Queue, QueueError, QueueName, QueueSettings, Task, TaskName, TaskTargets, header,
+};
 
 /// How long a task name stays taken after its task finished (Cloud Tasks: up to about 24 h).
 const NAME_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -319,8 +320,8 @@ fn jittered_backoff(settings: &QueueSettings, retry: u32, rng: &mut impl Rng) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::TenantId;
-    use crate::queue::{Direction, TaskEnvelope};
+    use crate::domain::{OmneoProfileId, TenantId};
+    use crate::queue::{Direction, SyncProfile, TaskEnvelope, Work};
 
     fn settings(min_secs: u64, max_secs: u64, max_doublings: u32) -> QueueSettings {
         QueueSettings {
@@ -372,8 +373,9 @@ mod tests {
             direction: Direction::Inbound,
             envelope: TaskEnvelope {
                 tenant: TenantId::parse("acme").unwrap(),
-                kind: "noop".into(),
-                payload: serde_json::json!({}),
+                work: Work::SyncProfile(SyncProfile {
+                    profile_id: OmneoProfileId::parse("p-1").unwrap(),
+                }),
             },
             name: TaskName::from_parts(&[name]),
             schedule_at: None,
@@ -400,13 +402,16 @@ mod tests {
     #[tokio::test]
     async fn unknown_queues_and_oversized_tasks_are_refused() {
         let queue = LocalQueue::new(unreachable_targets(), reqwest::Client::new());
-        let name = QueueName::new("t", "ns", Direction::Inbound);
+        let name = QueueName::parse("t-ns-inbound").unwrap();
         let error = queue.enqueue(&task(&name, "a")).await.unwrap_err();
         assert!(matches!(error, QueueError::QueueNotFound(q) if q == name.as_str()));
 
         queue.ensure_queue(&name, &single_attempt()).await.unwrap();
         let mut big = task(&name, "big");
-        big.envelope.payload = serde_json::json!("x".repeat(MAX_TASK_BYTES));
+        big.envelope.work = Work::SendMetric(crate::queue::SendMetric {
+            event: serde_json::json!("x".repeat(MAX_TASK_BYTES)),
+            with_token: false,
+        });
         assert!(matches!(
             queue.enqueue(&big).await,
             Err(QueueError::Rejected(_))
@@ -417,7 +422,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_last_attempt_gives_up_and_keeps_the_name_taken() {
         let queue = LocalQueue::new(unreachable_targets(), reqwest::Client::new());
-        let name = QueueName::new("t", "ns", Direction::Inbound);
+        let name = QueueName::parse("t-ns-inbound").unwrap();
         queue.ensure_queue(&name, &single_attempt()).await.unwrap();
         assert_eq!(
             queue.enqueue(&task(&name, "a")).await.unwrap(),

@@ -1,26 +1,50 @@
 //! Task queues between the receivers and the workers (product.md §5, §8; platform.md).
 //!
-//! Each tenant has two queues, `{task_queue_name}-{namespace}-inbound` and `…-outbound`. A [`Task`]
-//! is posted as a JSON [`TaskEnvelope`] to `{INBOUND_TASK_URL}/tasks/inbound` or
-//! `{OUTBOUND_TASK_URL}/tasks/outbound`. [`CloudTasksQueue`] is production; [`LocalQueue`] is an
-//! in-process look-alike for local runs that dispatches over HTTP with the same `X-CloudTasks-*`
-//! headers, retries with backoff and de-duplicates task names. [`task`] is the workers' side.
+//! Each tenant has two queues ([`TenantQueues`]), `{task_queue_name}-{namespace}-inbound` and
+//! `…-outbound`. A [`Task`] is posted as a JSON [`TaskEnvelope`] — the tenant plus a typed [`Work`]
+//! — to `{INBOUND_TASK_URL}/tasks/inbound` or `{OUTBOUND_TASK_URL}/tasks/outbound`.
+//! [`CloudTasksQueue`] is production; [`LocalQueue`] is an in-process look-alike for local runs
+//! that dispatches over HTTP with the same [`header`]s, retries with backoff and de-duplicates
+//! task names. The workers' side (reading a push, settling its outcome) is [`crate::worker`].
 
 mod cloud_tasks;
 mod local;
-pub mod task;
+mod names;
+mod work;
 
-use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use self::cloud_tasks::CloudTasksQueue;
 pub use self::local::{LocalQueue, LocalQueueStats};
+pub use self::names::{QueueName, TaskName, TenantQueues};
+pub use self::work::{
+    DataSourceRecord, FlowAction, FlowActionKind, KlaviyoEvents, ProfileDeleted, SendMetric,
+    SyncProfile, TaskKind, Work,
+};
+use crate::api_error::ApiError;
 use crate::domain::TenantId;
+
+/// The `X-CloudTasks-*` request headers Cloud Tasks pushes tasks with (platform.md).
+pub mod header {
+    /// The queue id (the emulator sends the full queue path).
+    pub const QUEUE_NAME: &str = "X-CloudTasks-QueueName";
+    /// The task id.
+    pub const TASK_NAME: &str = "X-CloudTasks-TaskName";
+    /// How many times the task was retried: 0 on the first attempt.
+    pub const RETRY_COUNT: &str = "X-CloudTasks-TaskRetryCount";
+    /// How many attempts got a non-5xx answer from the handler.
+    pub const EXECUTION_COUNT: &str = "X-CloudTasks-TaskExecutionCount";
+    /// The schedule time of the attempt, in seconds since the Unix epoch.
+    pub const ETA: &str = "X-CloudTasks-TaskETA";
+    /// The HTTP status of the previous attempt (retries only).
+    pub const PREVIOUS_RESPONSE: &str = "X-CloudTasks-TaskPreviousResponse";
+    /// Why the task is being retried (retries only).
+    pub const RETRY_REASON: &str = "X-CloudTasks-TaskRetryReason";
+}
 
 /// The base URLs tasks are pushed to, by direction (`INBOUND_TASK_URL`, `OUTBOUND_TASK_URL`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,86 +98,6 @@ impl Direction {
     }
 }
 
-/// A Cloud Tasks queue id: `{task_queue_name}-{namespace}-{direction}`, `[A-Za-z0-9-]{1,100}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct QueueName(String);
-
-impl QueueName {
-    /// The queue of one tenant and direction. Characters Cloud Tasks does not accept become `-`.
-    pub fn new(task_queue_name: &str, namespace: &str, direction: Direction) -> Self {
-        let raw = format!("{task_queue_name}-{namespace}-{}", direction.as_str());
-        let cleaned: String = raw
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        Self(cleaned)
-    }
-
-    /// Parses a queue id as Cloud Tasks names it in `X-CloudTasks-QueueName`; a full path
-    /// (`projects/P/locations/L/queues/Q`, as the emulator sends) gives its last segment.
-    pub fn parse(raw: &str) -> Option<Self> {
-        let id = raw.rsplit('/').next().unwrap_or(raw);
-        let valid = (1..=100).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        valid.then(|| Self(id.to_owned()))
-    }
-
-    /// The queue id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for QueueName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A deterministic task id, `[A-Za-z0-9_-]`: the hex SHA-256 of what identifies the work, so the
-/// same work enqueued twice is de-duplicated (never a timestamp prefix, which hurts Cloud Tasks).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TaskName(String);
-
-impl TaskName {
-    /// A name derived from the parts (length-prefixed, so `["ab","c"]` ≠ `["a","bc"]`).
-    pub fn from_parts(parts: &[&str]) -> Self {
-        let mut hasher = Sha256::new();
-        for part in parts {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part.as_bytes());
-        }
-        Self(hex::encode(hasher.finalize()))
-    }
-
-    /// Parses a task id as Cloud Tasks sends it in `X-CloudTasks-TaskName`:
-    /// `[A-Za-z0-9_-]{1,500}`.
-    pub fn parse(raw: &str) -> Option<Self> {
-        let valid = (1..=500).contains(&raw.len())
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        valid.then(|| Self(raw.to_owned()))
-    }
-
-    /// The task id.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for TaskName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// One unit of work to enqueue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
@@ -169,15 +113,15 @@ pub struct Task {
     pub schedule_at: Option<Timestamp>,
 }
 
-/// The JSON body of a task request. Keep it small: ids, not documents (the worker re-reads).
+/// The JSON body of a task request: `{"tenant", "kind", "payload"}`. Keep it small: ids, not
+/// documents (the worker re-reads).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEnvelope {
     /// The tenant the work is for.
     pub tenant: TenantId,
-    /// What to do, e.g. `sync_profile`.
-    pub kind: String,
-    /// Kind-specific data.
-    pub payload: serde_json::Value,
+    /// What to do, with its data.
+    #[serde(flatten)]
+    pub work: Work,
 }
 
 /// What `enqueue` did.
@@ -241,6 +185,15 @@ pub enum QueueError {
     Unavailable(#[source] anyhow::Error),
 }
 
+impl From<QueueError> for ApiError {
+    fn from(error: QueueError) -> Self {
+        match error {
+            QueueError::Unavailable(_) | QueueError::QueueNotFound(_) => Self::unavailable(&error),
+            QueueError::Rejected(_) => Self::internal(&error),
+        }
+    }
+}
+
 /// Enqueues tasks and makes sure queues exist.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
@@ -252,57 +205,4 @@ pub trait Queue: Send + Sync + 'static {
         queue: &QueueName,
         settings: &QueueSettings,
     ) -> Result<(), QueueError>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queue_names_follow_the_product_pattern() {
-        assert_eq!(
-            QueueName::new("acme", "klaviyo", Direction::Inbound).as_str(),
-            "acme-klaviyo-inbound"
-        );
-        assert_eq!(
-            QueueName::new("acme_au", "kl.x", Direction::Outbound).as_str(),
-            "acme-au-kl-x-outbound"
-        );
-    }
-
-    #[test]
-    fn queue_ids_parse_from_short_ids_and_full_paths() {
-        let short = QueueName::parse("acme-klaviyo-inbound").unwrap();
-        assert_eq!(short.as_str(), "acme-klaviyo-inbound");
-        let full = QueueName::parse("projects/p/locations/l/queues/acme-klaviyo-inbound").unwrap();
-        assert_eq!(full, short);
-        assert_eq!(QueueName::parse(""), None);
-        assert_eq!(QueueName::parse("projects/p/locations/l/queues/"), None);
-        assert_eq!(QueueName::parse("bad_name"), None);
-        assert_eq!(QueueName::parse(&"q".repeat(101)), None);
-    }
-
-    #[test]
-    fn task_ids_parse_only_when_cloud_tasks_would_accept_them() {
-        assert!(TaskName::parse("abc_DEF-123").is_some());
-        assert_eq!(TaskName::parse(""), None);
-        assert_eq!(TaskName::parse("a/b"), None);
-        assert_eq!(TaskName::parse(&"t".repeat(501)), None);
-    }
-
-    #[test]
-    fn task_names_are_deterministic_and_unambiguous() {
-        assert_eq!(
-            TaskName::from_parts(&["a", "b"]),
-            TaskName::from_parts(&["a", "b"])
-        );
-        assert_ne!(
-            TaskName::from_parts(&["ab", "c"]),
-            TaskName::from_parts(&["a", "bc"])
-        );
-        let name = TaskName::from_parts(&["tenant", "profile", "42"]);
-        assert_eq!(TaskName::parse(name.as_str()), Some(name.clone()));
-        assert_eq!(name.as_str().len(), 64);
-        assert!(name.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
-    }
 }

@@ -11,6 +11,49 @@ use url::Url;
 use super::error::{ErrorKind, RemoteError, Service, classify_status, parse_retry_after};
 use super::retry::{Failure, RetryPolicy};
 
+/// The largest answer either API may give: Klaviyo's largest pages (100 profiles with their
+/// subscriptions, 1000 events) stay far below it; anything larger is refused, not buffered.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why an answer's body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The connection failed or timed out.
+    #[error("transport error")]
+    Transport(#[source] reqwest::Error),
+    /// The body is larger than the caller accepts.
+    #[error("the answer is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// Reads an answer's body, refusing one larger than `limit` bytes (announced or streamed).
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, ReadError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(ReadError::TooLarge { limit });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| ReadError::Transport(e.without_url()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(ReadError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Whether repeating a request whose outcome is unknown is harmless (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Idempotency {
@@ -165,8 +208,15 @@ impl Remote {
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         if status.is_success() {
-            let body = response.bytes().await.map_err(transport)?;
-            return Ok((status, body.to_vec()));
+            let body = read_capped(response, MAX_ANSWER_BYTES)
+                .await
+                .map_err(|error| match error {
+                    ReadError::Transport(error) => transport(error),
+                    too_large @ ReadError::TooLarge { .. } => {
+                        ErrorKind::InvalidResponse(too_large.to_string())
+                    }
+                })?;
+            return Ok((status, body));
         }
         let retry_after = response
             .headers()
@@ -174,10 +224,8 @@ impl Remote {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, jiff::Timestamp::now()));
         // An error body that cannot be read is classified by its status alone.
-        let body = response
-            .bytes()
+        let body = read_capped(response, MAX_ANSWER_BYTES)
             .await
-            .map(|b| b.to_vec())
             .unwrap_or_default();
         Err(classify_status(self.service, status, retry_after, &body))
     }

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tracing::{Instrument, field};
 
 use super::telemetry::TraceContext;
-use crate::api_error::ApiError;
+use crate::api_error::{ApiError, ErrorCode};
 
 /// The largest request body accepted (product.md §2); larger ones get 413 `payload_too_large`.
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
@@ -44,7 +44,7 @@ pub fn wrap(name: &'static str, routes: Router) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "method not allowed on this route",
             )
         })
@@ -111,7 +111,7 @@ async fn limit_body(request: Request, next: Next) -> Response {
             tracing::info!(error = %e, "could not read the request body");
             return ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 "could not read the request body",
             )
             .into_response();
@@ -124,7 +124,7 @@ async fn limit_body(request: Request, next: Next) -> Response {
 fn too_large() -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
+        ErrorCode::PayloadTooLarge,
         format!(
             "request body exceeds the limit of {BODY_LIMIT_BYTES} bytes ({} KiB)",
             BODY_LIMIT_BYTES / 1024

@@ -21,12 +21,14 @@ use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::{
-    AccountBinding, Change, Claim, FAILURES, Failure, INSTALLS, IdempotencyKey, Install,
-    KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, SYNC_STATE, Step,
-    Store, StoreError, StoreResult, SyncState, TENANTS, Tenant, decode, sync_state_id,
-    take_state_step, update_step,
+    Binding, Change, Claim, FAILURES, Failure, INSTALLS, IdempotencyKey, Install,
+    KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES,
+    SYNC_STATE, Step, Store, StoreError, StoreResult, SyncState, TENANTS, Tenant, decode,
+    resealed, sync_state_id, take_state_step, update_step,
 };
-use crate::domain::TenantId;
+use crate::crypto::Keyring;
+use crate::domain::{OmneoProfileId, TenantId};
+use crate::queue::QueueName;
 
 /// How many times a transaction runs before contention is reported as unavailability.
 const TRANSACTION_ATTEMPTS: u32 = 12;
@@ -39,14 +41,21 @@ const RETRY_CAP: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct FirestoreStore {
     db: FirestoreDb,
+    /// Re-seals secrets on every write.
+    keyring: Keyring,
 }
 
 impl FirestoreStore {
     /// A store on `project_id`'s Firestore. With `emulator_host` (`host:port`, no scheme) it talks
     /// plain HTTP/2 to that emulator and looks up no credentials; without, it uses the Application
     /// Default Credentials (on Cloud Run: the service account). The channel opens lazily, so an
-    /// unreachable backend shows as [`StoreError::Unavailable`] on the first call.
-    pub async fn connect(project_id: &str, emulator_host: Option<&str>) -> anyhow::Result<Self> {
+    /// unreachable backend shows as [`StoreError::Unavailable`] on the first call. Secrets are
+    /// re-sealed under `keyring`'s active key on every write.
+    pub async fn connect(
+        project_id: &str,
+        emulator_host: Option<&str>,
+        keyring: Keyring,
+    ) -> anyhow::Result<Self> {
         let options = FirestoreDbOptions::new(project_id.to_owned());
         let db = match emulator_host {
             Some(host) => {
@@ -63,7 +72,7 @@ impl FirestoreStore {
                 .await
                 .with_context(|| format!("connecting to Firestore (project {project_id})"))?,
         };
-        Ok(Self { db })
+        Ok(Self { db, keyring })
     }
 
     /// The document, decoded, if it exists.
@@ -268,7 +277,8 @@ impl Store for FirestoreStore {
     }
 
     async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()> {
-        self.create(TENANTS, tenant.id.as_str(), tenant).await
+        let tenant = resealed(tenant, &self.keyring);
+        self.create(TENANTS, tenant.id.as_str(), &tenant).await
     }
 
     async fn update_tenant(
@@ -276,8 +286,10 @@ impl Store for FirestoreStore {
         id: &TenantId,
         mutate: Mutation<'_, Tenant>,
     ) -> StoreResult<Tenant> {
-        self.read_modify_write(TENANTS, id.as_str(), |current| update_step(mutate, current))
-            .await
+        self.read_modify_write(TENANTS, id.as_str(), |current| {
+            update_step(mutate, current, &self.keyring)
+        })
+        .await
     }
 
     async fn install(&self, tenant: &TenantId) -> StoreResult<Option<Install>> {
@@ -290,25 +302,77 @@ impl Store for FirestoreStore {
         mutate: Mutation<'_, Install>,
     ) -> StoreResult<Install> {
         self.read_modify_write(INSTALLS, tenant.as_str(), |current| {
-            update_step(mutate, current)
+            update_step(mutate, current, &self.keyring)
         })
         .await
     }
 
-    async fn put_oauth_state(&self, state: &OAuthState) -> StoreResult<()> {
-        self.create(OAUTH_STATES, &state.state, state).await
+    async fn tenant_ids(&self) -> StoreResult<Vec<TenantId>> {
+        let docs = self
+            .db
+            .fluent()
+            .select()
+            .fields(["id"])
+            .from(TENANTS)
+            .query()
+            .await
+            .map_err(|err| unavailable(err, "listing", TENANTS, "*"))?;
+        let mut ids = docs
+            .iter()
+            .map(|doc| {
+                let id = doc.name.rsplit('/').next().unwrap_or_default();
+                TenantId::parse(id).map_err(|e| StoreError::Corrupt {
+                    collection: TENANTS,
+                    id: id.to_owned(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        ids.sort();
+        Ok(ids)
     }
 
-    async fn take_oauth_state(&self, state: &str) -> StoreResult<Option<OAuthState>> {
-        self.read_modify_write(OAUTH_STATES, state, |current| {
+    async fn put_oauth_state(&self, state: &OAuthState) -> StoreResult<()> {
+        let state = resealed(state, &self.keyring);
+        self.create(OAUTH_STATES, &state.state_hash, &state).await
+    }
+
+    async fn take_oauth_state(&self, state_hash: &str) -> StoreResult<Option<OAuthState>> {
+        self.read_modify_write(OAUTH_STATES, state_hash, |current| {
             take_state_step(current, Timestamp::now())
         })
         .await
     }
 
-    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> StoreResult<Claim> {
+    async fn live_oauth_states(&self) -> StoreResult<Vec<OAuthState>> {
+        let docs = self
+            .db
+            .fluent()
+            .select()
+            .from(OAUTH_STATES)
+            .query()
+            .await
+            .map_err(|err| unavailable(err, "listing", OAUTH_STATES, "*"))?;
+        let now = Timestamp::now();
+        let states = docs
+            .iter()
+            .map(|doc| {
+                let id = doc.name.rsplit('/').next().unwrap_or_default();
+                decode::<OAuthState>(OAUTH_STATES, id, doc)
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        // A TTL policy deletes expired states only eventually.
+        Ok(states.into_iter().filter(|s| s.expires_at > now).collect())
+    }
+
+    async fn claim(
+        &self,
+        key: &IdempotencyKey,
+        holder: &str,
+        lease: Duration,
+    ) -> StoreResult<Claim> {
         self.read_modify_write(PROCESSED, key.as_str(), |current| {
-            Marker::claim_step(current, Timestamp::now(), lease)
+            Marker::claim_step(current, holder, Timestamp::now(), lease)
         })
         .await
     }
@@ -318,9 +382,11 @@ impl Store for FirestoreStore {
         self.put(PROCESSED, key.as_str(), &marker, None).await
     }
 
-    async fn release(&self, key: &IdempotencyKey) -> StoreResult<()> {
-        self.read_modify_write(PROCESSED, key.as_str(), Marker::release_step)
-            .await
+    async fn release(&self, key: &IdempotencyKey, holder: &str) -> StoreResult<()> {
+        self.read_modify_write(PROCESSED, key.as_str(), |current| {
+            Marker::release_step(current, holder)
+        })
+        .await
     }
 
     async fn record_failure(&self, failure: &Failure) -> StoreResult<()> {
@@ -354,7 +420,7 @@ impl Store for FirestoreStore {
     async fn sync_state(
         &self,
         tenant: &TenantId,
-        omneo_profile_id: &str,
+        omneo_profile_id: &OmneoProfileId,
     ) -> StoreResult<Option<SyncState>> {
         self.get(SYNC_STATE, &sync_state_id(tenant, omneo_profile_id))
             .await
@@ -368,7 +434,7 @@ impl Store for FirestoreStore {
     async fn delete_sync_state(
         &self,
         tenant: &TenantId,
-        omneo_profile_id: &str,
+        omneo_profile_id: &OmneoProfileId,
     ) -> StoreResult<()> {
         self.delete(SYNC_STATE, &sync_state_id(tenant, omneo_profile_id))
             .await
@@ -380,19 +446,30 @@ impl Store for FirestoreStore {
         tenant: &TenantId,
     ) -> StoreResult<TenantId> {
         self.read_modify_write(KLAVIYO_ACCOUNTS, account_id, |current| {
-            AccountBinding::bind_step(current, tenant)
+            Binding::bind_step(current, tenant)
         })
         .await
     }
 
     async fn klaviyo_account_tenant(&self, account_id: &str) -> StoreResult<Option<TenantId>> {
-        let binding: Option<AccountBinding> = self.get(KLAVIYO_ACCOUNTS, account_id).await?;
+        let binding: Option<Binding> = self.get(KLAVIYO_ACCOUNTS, account_id).await?;
         Ok(binding.map(|binding| binding.tenant))
     }
 
     async fn unbind_klaviyo_account(&self, account_id: &str, tenant: &TenantId) -> StoreResult<()> {
         self.read_modify_write(KLAVIYO_ACCOUNTS, account_id, |current| {
-            AccountBinding::unbind_step(current, tenant)
+            Binding::unbind_step(current, tenant)
+        })
+        .await
+    }
+
+    async fn reserve_queue_name(
+        &self,
+        name: &QueueName,
+        tenant: &TenantId,
+    ) -> StoreResult<TenantId> {
+        self.read_modify_write(QUEUE_NAMES, name.as_str(), |current| {
+            Binding::bind_step(current, tenant)
         })
         .await
     }

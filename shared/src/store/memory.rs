@@ -20,12 +20,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    AccountBinding, Change, Claim, FAILURES, Failure, INSTALLS, IdempotencyKey, Install,
-    KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, SYNC_STATE, Step,
-    Store, StoreError, StoreResult, SyncState, TENANTS, Tenant, decode, sync_state_id,
-    take_state_step, update_step,
+    Binding, Change, Claim, FAILURES, Failure, INSTALLS, IdempotencyKey, Install,
+    KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES,
+    SYNC_STATE, Step, Store, StoreError, StoreResult, SyncState, TENANTS, Tenant, decode,
+    resealed, sync_state_id, take_state_step, update_step,
 };
-use crate::domain::TenantId;
+use crate::crypto::Keyring;
+use crate::domain::{OmneoProfileId, TenantId};
+use crate::queue::QueueName;
 
 /// The collections, keyed like the Firestore documents.
 #[derive(Default)]
@@ -36,19 +38,24 @@ struct Collections {
     processed: HashMap<String, Marker>,
     failures: HashMap<String, Failure>,
     sync_state: HashMap<String, SyncState>,
-    klaviyo_accounts: HashMap<String, AccountBinding>,
+    klaviyo_accounts: HashMap<String, Binding>,
+    queue_names: HashMap<QueueName, Binding>,
 }
 
 /// A [`Store`] held in process memory; each clone of an `Arc` of it sees the same data.
-#[derive(Default)]
 pub struct MemoryStore {
     collections: Mutex<Collections>,
+    /// Re-seals secrets on every write.
+    keyring: Keyring,
 }
 
 impl MemoryStore {
-    /// An empty store.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty store that re-seals secrets under `keyring`'s active key on every write.
+    pub fn new(keyring: Keyring) -> Self {
+        Self {
+            collections: Mutex::default(),
+            keyring,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Collections> {
@@ -139,7 +146,8 @@ impl Store for MemoryStore {
 
     async fn create_tenant(&self, tenant: &Tenant) -> StoreResult<()> {
         let at = (TENANTS, tenant.id.as_str());
-        create(&mut self.lock().tenants, at, tenant.id.clone(), tenant)
+        let tenant = resealed(tenant, &self.keyring);
+        create(&mut self.lock().tenants, at, tenant.id.clone(), &tenant)
     }
 
     async fn update_tenant(
@@ -149,7 +157,7 @@ impl Store for MemoryStore {
     ) -> StoreResult<Tenant> {
         let at = (TENANTS, id.as_str());
         read_modify_write(&mut self.lock().tenants, at, id.clone(), |current| {
-            update_step(mutate, current)
+            update_step(mutate, current, &self.keyring)
         })
     }
 
@@ -164,37 +172,60 @@ impl Store for MemoryStore {
     ) -> StoreResult<Install> {
         let at = (INSTALLS, tenant.as_str());
         read_modify_write(&mut self.lock().installs, at, tenant.clone(), |current| {
-            update_step(mutate, current)
+            update_step(mutate, current, &self.keyring)
         })
     }
 
+    async fn tenant_ids(&self) -> StoreResult<Vec<TenantId>> {
+        let mut ids: Vec<TenantId> = self.lock().tenants.keys().cloned().collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     async fn put_oauth_state(&self, state: &OAuthState) -> StoreResult<()> {
-        let at = (OAUTH_STATES, state.state.as_str());
+        let at = (OAUTH_STATES, state.state_hash.as_str());
+        let state = resealed(state, &self.keyring);
         create(
             &mut self.lock().oauth_states,
             at,
-            state.state.clone(),
-            state,
+            state.state_hash.clone(),
+            &state,
         )
     }
 
-    async fn take_oauth_state(&self, state: &str) -> StoreResult<Option<OAuthState>> {
-        let at = (OAUTH_STATES, state);
+    async fn take_oauth_state(&self, state_hash: &str) -> StoreResult<Option<OAuthState>> {
+        let at = (OAUTH_STATES, state_hash);
         read_modify_write(
             &mut self.lock().oauth_states,
             at,
-            state.to_owned(),
+            state_hash.to_owned(),
             |current| take_state_step(current, Timestamp::now()),
         )
     }
 
-    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> StoreResult<Claim> {
+    async fn live_oauth_states(&self) -> StoreResult<Vec<OAuthState>> {
+        let now = Timestamp::now();
+        Ok(self
+            .lock()
+            .oauth_states
+            .values()
+            .filter(|state| state.expires_at > now)
+            .cloned()
+            .collect())
+    }
+
+    async fn claim(
+        &self,
+        key: &IdempotencyKey,
+        holder: &str,
+        lease: Duration,
+    ) -> StoreResult<Claim> {
         let at = (PROCESSED, key.as_str());
         read_modify_write(
             &mut self.lock().processed,
             at,
             key.as_str().to_owned(),
-            |current| Marker::claim_step(current, Timestamp::now(), lease),
+            |current| Marker::claim_step(current, holder, Timestamp::now(), lease),
         )
     }
 
@@ -209,13 +240,13 @@ impl Store for MemoryStore {
         )
     }
 
-    async fn release(&self, key: &IdempotencyKey) -> StoreResult<()> {
+    async fn release(&self, key: &IdempotencyKey, holder: &str) -> StoreResult<()> {
         let at = (PROCESSED, key.as_str());
         read_modify_write(
             &mut self.lock().processed,
             at,
             key.as_str().to_owned(),
-            Marker::release_step,
+            |current| Marker::release_step(current, holder),
         )
     }
 
@@ -241,7 +272,7 @@ impl Store for MemoryStore {
     async fn sync_state(
         &self,
         tenant: &TenantId,
-        omneo_profile_id: &str,
+        omneo_profile_id: &OmneoProfileId,
     ) -> StoreResult<Option<SyncState>> {
         let id = sync_state_id(tenant, omneo_profile_id);
         Ok(self.lock().sync_state.get(&id).cloned())
@@ -260,7 +291,7 @@ impl Store for MemoryStore {
     async fn delete_sync_state(
         &self,
         tenant: &TenantId,
-        omneo_profile_id: &str,
+        omneo_profile_id: &OmneoProfileId,
     ) -> StoreResult<()> {
         let id = sync_state_id(tenant, omneo_profile_id);
         self.lock().sync_state.remove(&id);
@@ -277,7 +308,7 @@ impl Store for MemoryStore {
             &mut self.lock().klaviyo_accounts,
             at,
             account_id.to_owned(),
-            |current| AccountBinding::bind_step(current, tenant),
+            |current| Binding::bind_step(current, tenant),
         )
     }
 
@@ -295,7 +326,21 @@ impl Store for MemoryStore {
             &mut self.lock().klaviyo_accounts,
             at,
             account_id.to_owned(),
-            |current| AccountBinding::unbind_step(current, tenant),
+            |current| Binding::unbind_step(current, tenant),
+        )
+    }
+
+    async fn reserve_queue_name(
+        &self,
+        name: &QueueName,
+        tenant: &TenantId,
+    ) -> StoreResult<TenantId> {
+        let at = (QUEUE_NAMES, name.as_str());
+        read_modify_write(
+            &mut self.lock().queue_names,
+            at,
+            name.clone(),
+            |current| Binding::bind_step(current, tenant),
         )
     }
 }

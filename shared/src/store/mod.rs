@@ -6,12 +6,20 @@
 //! Every operation that reads before it writes runs as one transaction: create-if-absent fails with
 //! [`StoreError::Conflict`] when the document exists, and the `update_*` methods are read-modify-write
 //! with a [`Mutation`] closure that may be re-run on contention (so it must have no outside effects)
-//! and may refuse with [`Abort`] — that is how compare-and-set conditions are expressed.
+//! and may refuse with [`Abort`] — that is how compare-and-set conditions are expressed. Callers
+//! refuse with a reason of their own type through [`dyn Store::update_tenant_or`] and
+//! [`dyn Store::update_install_or`].
+//!
+//! Both backends hold the [`Keyring`]: every tenant, install and OAuth state they write is first
+//! re-sealed under the active key and bound to its place ([`SealedRecord`]), so a rotation
+//! finishes by itself as records are written, and `POST /api/v1/keyring/reseal` finishes it for
+//! the rest.
 
 mod firestore;
 mod memory;
 mod records;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,7 +29,10 @@ use serde::{Deserialize, Serialize};
 pub use self::firestore::FirestoreStore;
 pub use self::memory::MemoryStore;
 pub use self::records::*;
-use crate::domain::TenantId;
+use crate::api_error::ApiError;
+use crate::crypto::Keyring;
+use crate::domain::{OmneoProfileId, TenantId};
+use crate::queue::QueueName;
 
 /// The result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -30,9 +41,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// or [`Abort`] to leave the document untouched. It may run more than once.
 pub type Mutation<'a, T> = &'a (dyn Fn(Option<T>) -> Result<T, Abort> + Send + Sync);
 
-/// Returned by a [`Mutation`] to stop without writing; surfaces as [`StoreError::Aborted`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Abort(pub String);
+/// Returned by a [`Mutation`] to stop without writing; surfaces as [`StoreError::Aborted`]. Why it
+/// refused is the caller's to keep: see [`dyn Store::update_tenant_or`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abort;
 
 /// What can go wrong talking to the store.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +58,8 @@ pub enum StoreError {
         id: String,
     },
     /// A mutation refused to write (a compare-and-set condition did not hold).
-    #[error("update aborted: {0}")]
-    Aborted(String),
+    #[error("update aborted by its mutation")]
+    Aborted,
     /// A stored document could not be decoded.
     #[error("{collection}/{id} is unreadable: {reason}")]
     Corrupt {
@@ -61,6 +73,15 @@ pub enum StoreError {
     /// The backend is unreachable or failed; callers answer 503 so the sender retries.
     #[error("store unavailable: {0:#}")]
     Unavailable(#[source] anyhow::Error),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => Self::unavailable(&error),
+            _ => Self::internal(&error),
+        }
+    }
 }
 
 /// The outcome of [`Store::claim`] on an idempotency key.
@@ -97,18 +118,27 @@ pub trait Store: Send + Sync + 'static {
         mutate: Mutation<'_, Install>,
     ) -> StoreResult<Install>;
 
-    /// Stores a new OAuth state; [`StoreError::Conflict`] if the state value is taken.
-    async fn put_oauth_state(&self, state: &OAuthState) -> StoreResult<()>;
-    /// Consumes a state exactly once: returns it and deletes it in one transaction.
-    /// Unknown, already consumed and expired states all give `None`.
-    async fn take_oauth_state(&self, state: &str) -> StoreResult<Option<OAuthState>>;
+    /// Every registered tenant's id (key rotation walks them).
+    async fn tenant_ids(&self) -> StoreResult<Vec<TenantId>>;
 
-    /// Claims an idempotency key for `lease`; see [`Claim`]. An expired lease can be re-claimed.
-    async fn claim(&self, key: &IdempotencyKey, lease: Duration) -> StoreResult<Claim>;
+    /// Stores a new OAuth state; [`StoreError::Conflict`] if the state hash is taken.
+    async fn put_oauth_state(&self, state: &OAuthState) -> StoreResult<()>;
+    /// Consumes a state exactly once, by the hash of its value: returns it and deletes it in one
+    /// transaction. Unknown, already consumed and expired states all give `None`.
+    async fn take_oauth_state(&self, state_hash: &str) -> StoreResult<Option<OAuthState>>;
+    /// Every stored OAuth state not yet expired (key rotation counts them).
+    async fn live_oauth_states(&self) -> StoreResult<Vec<OAuthState>>;
+
+    /// Claims an idempotency key for `holder` for `lease`; see [`Claim`]. An expired lease can be
+    /// re-claimed (by anyone).
+    async fn claim(&self, key: &IdempotencyKey, holder: &str, lease: Duration)
+    -> StoreResult<Claim>;
     /// Marks a claimed key done; it answers [`Claim::Done`] for `retain` (≥ 48 h in production).
     async fn complete(&self, key: &IdempotencyKey, retain: Duration) -> StoreResult<()>;
-    /// Gives up a claim after a retryable failure so the next attempt can claim at once.
-    async fn release(&self, key: &IdempotencyKey) -> StoreResult<()>;
+    /// Gives up `holder`'s claim (after a retryable failure, or at the end of a lease's work) so the
+    /// next attempt can claim at once. A claim that lapsed and was taken by someone else stays
+    /// theirs.
+    async fn release(&self, key: &IdempotencyKey, holder: &str) -> StoreResult<()>;
 
     /// Records a permanent failure for review.
     async fn record_failure(&self, failure: &Failure) -> StoreResult<()>;
@@ -119,13 +149,16 @@ pub trait Store: Send + Sync + 'static {
     async fn sync_state(
         &self,
         tenant: &TenantId,
-        omneo_profile_id: &str,
+        omneo_profile_id: &OmneoProfileId,
     ) -> StoreResult<Option<SyncState>>;
     /// Replaces the sync state of one profile.
     async fn put_sync_state(&self, state: &SyncState) -> StoreResult<()>;
     /// Forgets the sync state of one profile (absent is fine).
-    async fn delete_sync_state(&self, tenant: &TenantId, omneo_profile_id: &str)
-    -> StoreResult<()>;
+    async fn delete_sync_state(
+        &self,
+        tenant: &TenantId,
+        omneo_profile_id: &OmneoProfileId,
+    ) -> StoreResult<()>;
 
     /// Binds a Klaviyo account to a tenant if unbound; returns the tenant it is bound to afterwards
     /// (the caller's tenant, or another one that got there first).
@@ -138,6 +171,75 @@ pub trait Store: Send + Sync + 'static {
     async fn klaviyo_account_tenant(&self, account_id: &str) -> StoreResult<Option<TenantId>>;
     /// Removes the binding if it belongs to `tenant` (used by uninstall).
     async fn unbind_klaviyo_account(&self, account_id: &str, tenant: &TenantId) -> StoreResult<()>;
+
+    /// Reserves a Cloud Tasks queue name for a tenant if nobody holds it; returns the tenant that
+    /// holds it afterwards (the caller's, or another one that got there first). Reservations are
+    /// never released: a queue outlives an uninstall, and its name must not pass to another tenant.
+    async fn reserve_queue_name(&self, name: &QueueName, tenant: &TenantId)
+    -> StoreResult<TenantId>;
+}
+
+/// Keeps the reason a typed mutation refused, across the re-runs of a transaction.
+struct Refusal<E>(Mutex<Option<E>>);
+
+impl<E> Refusal<E> {
+    fn new() -> Self {
+        Self(Mutex::new(None))
+    }
+
+    /// Passes a run's decision on, keeping its refusal (the last run's refusal is the one that
+    /// ended the update).
+    fn keep<T>(&self, decided: Result<T, E>) -> Result<T, Abort> {
+        decided.map_err(|reason| {
+            *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+            Abort
+        })
+    }
+
+    /// The outcome of the update: the record, the refusal, or the store's error.
+    fn outcome<T>(self, result: StoreResult<T>) -> StoreResult<Result<T, E>> {
+        match result {
+            Ok(record) => Ok(Ok(record)),
+            Err(StoreError::Aborted) => {
+                let reason = self
+                    .0
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                Ok(Err(reason.expect("an aborted update kept its refusal")))
+            }
+            Err(other) => Err(other),
+        }
+    }
+}
+
+impl dyn Store {
+    /// Read-modify-write of a tenant record whose mutation may refuse with a reason of type `E`:
+    /// `Ok(Ok(record))` written, `Ok(Err(reason))` refused (nothing written), `Err` the store failed.
+    pub async fn update_tenant_or<E: Send>(
+        &self,
+        id: &TenantId,
+        mutate: impl Fn(Option<Tenant>) -> Result<Tenant, E> + Send + Sync,
+    ) -> StoreResult<Result<Tenant, E>> {
+        let refusal = Refusal::new();
+        let result = self
+            .update_tenant(id, &|current| refusal.keep(mutate(current)))
+            .await;
+        refusal.outcome(result)
+    }
+
+    /// Read-modify-write of an install record whose mutation may refuse with a reason of type
+    /// `E` (see [`dyn Store::update_tenant_or`]).
+    pub async fn update_install_or<E: Send>(
+        &self,
+        tenant: &TenantId,
+        mutate: impl Fn(Option<Install>) -> Result<Install, E> + Send + Sync,
+    ) -> StoreResult<Result<Install, E>> {
+        let refusal = Refusal::new();
+        let result = self
+            .update_install(tenant, &|current| refusal.keep(mutate(current)))
+            .await;
+        refusal.outcome(result)
+    }
 }
 
 // The collections of product.md §3.
@@ -148,9 +250,10 @@ const PROCESSED: &str = "processed";
 const FAILURES: &str = "failures";
 const SYNC_STATE: &str = "sync_state";
 const KLAVIYO_ACCOUNTS: &str = "klaviyo_accounts";
+const QUEUE_NAMES: &str = "queue_names";
 
 /// The id of a profile's sync state document.
-fn sync_state_id(tenant: &TenantId, omneo_profile_id: &str) -> String {
+fn sync_state_id(tenant: &TenantId, omneo_profile_id: &OmneoProfileId) -> String {
     format!("{tenant}:{omneo_profile_id}")
 }
 
@@ -170,10 +273,23 @@ enum Change<T> {
 /// The decision of a read-modify-write: the change to apply and the caller's answer.
 type Step<T, R> = StoreResult<(Change<T>, R)>;
 
-/// `update_*`: the mutation's record is written and returned; an [`Abort`] writes nothing.
-fn update_step<T: Clone>(mutate: Mutation<'_, T>, current: Option<T>) -> Step<T, T> {
-    let next = mutate(current).map_err(|Abort(reason)| StoreError::Aborted(reason))?;
+/// `update_*`: the mutation's record is re-sealed and written, and returned; an [`Abort`] writes
+/// nothing.
+fn update_step<T: SealedRecord + Clone>(
+    mutate: Mutation<'_, T>,
+    current: Option<T>,
+    keyring: &Keyring,
+) -> Step<T, T> {
+    let mut next = mutate(current).map_err(|Abort| StoreError::Aborted)?;
+    reseal(&mut next, keyring);
     Ok((Change::Put(next.clone()), next))
+}
+
+/// A record about to be created, re-sealed like every write.
+fn resealed<T: SealedRecord + Clone>(record: &T, keyring: &Keyring) -> T {
+    let mut record = record.clone();
+    reseal(&mut record, keyring);
+    record
 }
 
 /// `take_oauth_state`: any stored state is deleted; only a live one is returned.
@@ -189,10 +305,13 @@ fn take_state_step(
 
 /// `processed/{key}`: an idempotency marker. `expires_at` is a real timestamp a TTL policy deletes
 /// by: the lease end while in progress, `now + retain` once done. Past it, the marker is absent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Marker {
     /// In progress or done.
     state: MarkerState,
+    /// Who claimed it (empty once done).
+    #[serde(default)]
+    holder: String,
     /// When the marker stops counting.
     #[serde(with = "::firestore::serialize_as_timestamp")]
     expires_at: Timestamp,
@@ -213,6 +332,7 @@ impl Marker {
     fn done(now: Timestamp, retain: Duration) -> Self {
         Self {
             state: MarkerState::Done,
+            holder: String::new(),
             expires_at: later(now, retain),
         }
     }
@@ -223,7 +343,12 @@ impl Marker {
     }
 
     /// `claim`: a live marker answers for itself; otherwise the caller takes a fresh lease.
-    fn claim_step(current: Option<Self>, now: Timestamp, lease: Duration) -> Step<Self, Claim> {
+    fn claim_step(
+        current: Option<Self>,
+        holder: &str,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Step<Self, Claim> {
         Ok(match Self::live(current, now) {
             Some(Self {
                 state: MarkerState::Done,
@@ -236,6 +361,7 @@ impl Marker {
             None => {
                 let marker = Self {
                     state: MarkerState::InProgress,
+                    holder: holder.to_owned(),
                     expires_at: later(now, lease),
                 };
                 (Change::Put(marker), Claim::Acquired)
@@ -243,27 +369,29 @@ impl Marker {
         })
     }
 
-    /// `release`: an in-progress marker goes; a done one stays done.
-    fn release_step(current: Option<Self>) -> Step<Self, ()> {
+    /// `release`: an in-progress marker of `holder` goes; a done one, or another holder's, stays.
+    fn release_step(current: Option<Self>, holder: &str) -> Step<Self, ()> {
         Ok(match current {
             Some(Self {
                 state: MarkerState::InProgress,
+                holder: current,
                 ..
-            }) => (Change::Delete, ()),
+            }) if current == holder => (Change::Delete, ()),
             _ => (Change::Keep, ()),
         })
     }
 }
 
-/// `klaviyo_accounts/{account_id}`: the tenant an account is bound to.
+/// `klaviyo_accounts/{account_id}` and `queue_names/{name}`: the tenant a Klaviyo account or a
+/// queue name is bound to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct AccountBinding {
+struct Binding {
     /// The owning tenant.
     tenant: TenantId,
 }
 
-impl AccountBinding {
-    /// `bind_klaviyo_account`: the first binder wins.
+impl Binding {
+    /// `bind_klaviyo_account`, `reserve_queue_name`: the first binder wins.
     fn bind_step(current: Option<Self>, tenant: &TenantId) -> Step<Self, TenantId> {
         Ok(match current {
             Some(binding) => (Change::Keep, binding.tenant),

@@ -1,17 +1,70 @@
-//! The documents of product.md §3. Secrets are only ever held as [`Sealed`] values.
+//! The documents of product.md §3. Secrets are only ever held as [`Sealed`] values, each bound to
+//! its place (`collection/document/field`, see [`crate::crypto`]); the records say where each of
+//! theirs lives ([`SealedRecord`]) and open them with that place.
 //!
 //! Timestamps are stored as real Firestore timestamps (TTL policies need them), enums as strings or
 //! internally tagged maps (externally tagged struct variants do not read back from Firestore).
 
 use std::collections::BTreeMap;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::crypto::Sealed;
-use crate::domain::TenantId;
+use super::{INSTALLS, OAUTH_STATES, TENANTS};
+use crate::crypto::{CryptoError, Keyring, Sealed, SealedAt};
+use crate::domain::{ConsentState, KlaviyoProfileId, OmneoProfileId, TenantId};
+use crate::queue::{Direction, QueueName, TaskKind};
 use crate::settings::Settings;
+
+/// A record holding sealed values: it names each one's place, so the store can re-seal them under
+/// the active key whenever the record is written.
+pub trait SealedRecord {
+    /// Every sealed value of the record, with its place.
+    fn sealed_values(&mut self) -> Vec<(SealedAt, &mut Sealed)>;
+}
+
+/// What re-sealing one record did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resealed {
+    /// Values now sealed under the active key and bound to their place.
+    pub resealed: usize,
+    /// Values that needed it but could not be opened (unknown key, corrupt, moved): left as they
+    /// were.
+    pub unreadable: usize,
+}
+
+/// Re-seals, in place, every value of `record` sealed under a retired key or not bound to its
+/// place. Nothing else changes; values that cannot be opened are left (and counted).
+pub fn reseal(record: &mut impl SealedRecord, keyring: &Keyring) -> Resealed {
+    let mut outcome = Resealed::default();
+    for (at, sealed) in record.sealed_values() {
+        match keyring.reseal(sealed, &at) {
+            Ok(Some(fresh)) => {
+                *sealed = fresh;
+                outcome.resealed += 1;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(place = %at, key_id = sealed.key_id(), %error, "a sealed value cannot be opened to re-seal it");
+                outcome.unreadable += 1;
+            }
+        }
+    }
+    outcome
+}
+
+/// The key ids of the values of `record` that still need a re-seal (retired key or unbound), one
+/// entry per value.
+pub fn stale_key_ids<R: SealedRecord + Clone>(record: &R, keyring: &Keyring) -> Vec<String> {
+    let mut copy = record.clone();
+    copy.sealed_values()
+        .into_iter()
+        .filter(|(_, sealed)| keyring.needs_reseal(sealed))
+        .map(|(_, sealed)| sealed.key_id().to_owned())
+        .collect()
+}
 
 /// `tenants/{tenant}`: who the tenant is and how to reach its Omneo.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +81,11 @@ pub struct Tenant {
     pub webhook_secret: Sealed,
     /// The secret replaced by the last `webhook_secret` change, still accepted until it expires.
     pub previous_webhook_secret: Option<RetiredSecret>,
+    /// Since when a `webhook_secret` change awaits Klaviyo (the system webhook's `secret_key` was
+    /// not confirmed updated yet): meanwhile the previous secret stays accepted, and the next
+    /// settings write or reprovisioning pushes the secret to Klaviyo.
+    #[serde(default, with = "firestore::serialize_as_optional_timestamp")]
+    pub webhook_secret_pending_since: Option<Timestamp>,
     /// SHA-256 (hex) of the tenant admin key; the key itself is never stored.
     pub admin_key_hash: String,
     /// The tenant's settings (product.md §4).
@@ -38,6 +96,127 @@ pub struct Tenant {
     /// Last change.
     #[serde(with = "firestore::serialize_as_timestamp")]
     pub updated_at: Timestamp,
+}
+
+/// The always-present secrets of a tenant record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantSecret {
+    /// `omneo_api_token`.
+    OmneoApiToken,
+    /// `omneo_signing_secret`.
+    OmneoSigningSecret,
+    /// `webhook_secret`.
+    WebhookSecret,
+}
+
+impl TenantSecret {
+    /// The field it is stored in.
+    pub fn field(self) -> &'static str {
+        match self {
+            Self::OmneoApiToken => "omneo_api_token",
+            Self::OmneoSigningSecret => "omneo_signing_secret",
+            Self::WebhookSecret => "webhook_secret",
+        }
+    }
+
+    /// Its place in the record of `tenant`.
+    pub fn at(self, tenant: &TenantId) -> SealedAt {
+        SealedAt::new(TENANTS, tenant.as_str(), self.field())
+    }
+
+    /// Seals `secret` for this field of `tenant`'s record.
+    pub fn seal(self, keyring: &Keyring, tenant: &TenantId, secret: &SecretString) -> Sealed {
+        keyring.seal(secret, &self.at(tenant))
+    }
+}
+
+/// Where the secret replaced by the last `webhook_secret` change is sealed.
+const PREVIOUS_WEBHOOK_SECRET: &str = "previous_webhook_secret.secret";
+
+impl Tenant {
+    /// Opens one of the tenant's secrets.
+    pub fn open(&self, keyring: &Keyring, which: TenantSecret) -> Result<SecretString, CryptoError> {
+        let sealed = match which {
+            TenantSecret::OmneoApiToken => &self.omneo_api_token,
+            TenantSecret::OmneoSigningSecret => &self.omneo_signing_secret,
+            TenantSecret::WebhookSecret => &self.webhook_secret,
+        };
+        keyring.open(sealed, &which.at(&self.id))
+    }
+
+    /// How long a replaced `webhook_secret` is still accepted once Klaviyo has the new one
+    /// (product.md §4).
+    pub const PREVIOUS_WEBHOOK_SECRET_GRACE: SignedDuration = SignedDuration::from_mins(10);
+
+    /// Retires the current `webhook_secret` and installs `new`, pending until Klaviyo confirms it
+    /// ([`Tenant::confirm_webhook_secret`]); the old one is accepted until then and for
+    /// [`Tenant::PREVIOUS_WEBHOOK_SECRET_GRACE`] after.
+    pub fn rotate_webhook_secret(
+        &mut self,
+        keyring: &Keyring,
+        new: &SecretString,
+        now: Timestamp,
+    ) -> Result<(), CryptoError> {
+        let old = self.open(keyring, TenantSecret::WebhookSecret)?;
+        let at = SealedAt::new(TENANTS, self.id.as_str(), PREVIOUS_WEBHOOK_SECRET);
+        self.previous_webhook_secret = Some(RetiredSecret {
+            secret: keyring.seal(&old, &at),
+            accepted_until: now + Self::PREVIOUS_WEBHOOK_SECRET_GRACE,
+        });
+        self.webhook_secret = TenantSecret::WebhookSecret.seal(keyring, &self.id, new);
+        self.webhook_secret_pending_since = Some(now);
+        Ok(())
+    }
+
+    /// Klaviyo holds the current `webhook_secret`: the change is no longer pending, and the
+    /// previous secret is accepted for the grace period from now.
+    pub fn confirm_webhook_secret(&mut self, now: Timestamp) {
+        if self.webhook_secret_pending_since.take().is_some()
+            && let Some(previous) = &mut self.previous_webhook_secret
+        {
+            previous.accepted_until = previous
+                .accepted_until
+                .max(now + Self::PREVIOUS_WEBHOOK_SECRET_GRACE);
+        }
+    }
+
+    /// The previous `webhook_secret`, while it is still accepted at `now` (always while the
+    /// change is pending: Klaviyo may still sign with it).
+    pub fn previous_webhook_secret(
+        &self,
+        keyring: &Keyring,
+        now: Timestamp,
+    ) -> Result<Option<SecretString>, CryptoError> {
+        let pending = self.webhook_secret_pending_since.is_some();
+        let Some(previous) = self
+            .previous_webhook_secret
+            .as_ref()
+            .filter(|p| pending || p.accepted_until > now)
+        else {
+            return Ok(None);
+        };
+        let at = SealedAt::new(TENANTS, self.id.as_str(), PREVIOUS_WEBHOOK_SECRET);
+        keyring.open(&previous.secret, &at).map(Some)
+    }
+}
+
+impl SealedRecord for Tenant {
+    fn sealed_values(&mut self) -> Vec<(SealedAt, &mut Sealed)> {
+        let id = self.id.clone();
+        let mut values = vec![
+            (TenantSecret::OmneoApiToken.at(&id), &mut self.omneo_api_token),
+            (
+                TenantSecret::OmneoSigningSecret.at(&id),
+                &mut self.omneo_signing_secret,
+            ),
+            (TenantSecret::WebhookSecret.at(&id), &mut self.webhook_secret),
+        ];
+        if let Some(previous) = &mut self.previous_webhook_secret {
+            let at = SealedAt::new(TENANTS, id.as_str(), PREVIOUS_WEBHOOK_SECRET);
+            values.push((at, &mut previous.secret));
+        }
+        values
+    }
 }
 
 /// A replaced secret and the end of its grace period.
@@ -85,7 +264,7 @@ pub struct Install {
     pub resources: Resources,
     /// The last failure and the step it happened at.
     pub last_error: Option<StepError>,
-    /// Every status change, oldest first.
+    /// The latest status changes (at most [`Install::HISTORY_LIMIT`]), oldest first.
     pub history: Vec<StatusChange>,
     /// Last change.
     #[serde(with = "firestore::serialize_as_timestamp")]
@@ -93,6 +272,10 @@ pub struct Install {
 }
 
 impl Install {
+    /// How many status changes the history keeps (the oldest go first), so a tenant that
+    /// reinstalls for years keeps a document far below Firestore's 1 MiB.
+    pub const HISTORY_LIMIT: usize = 50;
+
     /// A fresh `pending` install record.
     pub fn pending(tenant: TenantId, now: Timestamp) -> Self {
         Self {
@@ -112,7 +295,8 @@ impl Install {
         }
     }
 
-    /// Moves to `status`, appending to the history.
+    /// Moves to `status`, appending to the history (and dropping its oldest entries beyond
+    /// [`Install::HISTORY_LIMIT`]).
     pub fn transition(&mut self, status: InstallStatus, reason: Option<String>, now: Timestamp) {
         self.status = status;
         self.history.push(StatusChange {
@@ -120,7 +304,31 @@ impl Install {
             at: now,
             reason,
         });
+        let excess = self.history.len().saturating_sub(Self::HISTORY_LIMIT);
+        self.history.drain(..excess);
         self.updated_at = now;
+    }
+
+    /// The queue of `direction` provisioning ensured, where receivers enqueue (`None` before
+    /// provisioning reached its queues step).
+    pub fn queue(&self, direction: Direction) -> Option<&QueueName> {
+        self.resources
+            .queues
+            .iter()
+            .find(|queue| queue.direction() == Some(direction))
+    }
+}
+
+impl SealedRecord for Install {
+    fn sealed_values(&mut self) -> Vec<(SealedAt, &mut Sealed)> {
+        let tenant = self.tenant.clone();
+        match &mut self.tokens {
+            Some(tokens) => vec![
+                (TokenSecret::AccessToken.at(&tenant), &mut tokens.access_token),
+                (TokenSecret::RefreshToken.at(&tenant), &mut tokens.refresh_token),
+            ],
+            None => Vec::new(),
+        }
     }
 }
 
@@ -139,6 +347,47 @@ pub struct OAuthTokens {
     /// When the tokens were last refreshed (`None`: straight from the code exchange).
     #[serde(default, with = "firestore::serialize_as_optional_timestamp")]
     pub last_refreshed_at: Option<Timestamp>,
+}
+
+/// The two sealed tokens of an install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSecret {
+    /// `tokens.access_token`.
+    AccessToken,
+    /// `tokens.refresh_token`.
+    RefreshToken,
+}
+
+impl TokenSecret {
+    /// Its place in the install record of `tenant`.
+    pub fn at(self, tenant: &TenantId) -> SealedAt {
+        let field = match self {
+            Self::AccessToken => "tokens.access_token",
+            Self::RefreshToken => "tokens.refresh_token",
+        };
+        SealedAt::new(INSTALLS, tenant.as_str(), field)
+    }
+
+    /// Seals `token` for this field of `tenant`'s install record.
+    pub fn seal(self, keyring: &Keyring, tenant: &TenantId, token: &SecretString) -> Sealed {
+        keyring.seal(token, &self.at(tenant))
+    }
+}
+
+impl OAuthTokens {
+    /// Opens one of the tokens of `tenant`'s install.
+    pub fn open(
+        &self,
+        keyring: &Keyring,
+        tenant: &TenantId,
+        which: TokenSecret,
+    ) -> Result<SecretString, CryptoError> {
+        let sealed = match which {
+            TokenSecret::AccessToken => &self.access_token,
+            TokenSecret::RefreshToken => &self.refresh_token,
+        };
+        keyring.open(sealed, &which.at(tenant))
+    }
 }
 
 /// A time-limited exclusive right, e.g. to refresh a tenant's tokens.
@@ -160,15 +409,54 @@ pub struct Resources {
     pub klaviyo_webhook_id: Option<String>,
     /// Omneo webhook ids by trigger.
     pub omneo_webhooks: BTreeMap<String, String>,
-    /// The Cloud Tasks queue names.
-    pub queues: Vec<String>,
+    /// The Cloud Tasks queues.
+    pub queues: Vec<QueueName>,
+}
+
+/// Where an install operation was when it failed: a provisioning step (product.md §5.4), or the
+/// moments before and after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallStep {
+    /// Before any step ran (checking the install may be provisioned).
+    Start,
+    /// The six Klaviyo data sources.
+    DataSources,
+    /// The Klaviyo system webhook.
+    KlaviyoWebhook,
+    /// The three Omneo webhooks.
+    OmneoWebhooks,
+    /// The two Cloud Tasks queues.
+    Queues,
+    /// After every step succeeded, recording `installed`.
+    Finish,
+}
+
+impl InstallStep {
+    /// The name as recorded and shown, e.g. `data_sources`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::DataSources => "data_sources",
+            Self::KlaviyoWebhook => "klaviyo_webhook",
+            Self::OmneoWebhooks => "omneo_webhooks",
+            Self::Queues => "queues",
+            Self::Finish => "finish",
+        }
+    }
+}
+
+impl std::fmt::Display for InstallStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A failure at a named step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepError {
-    /// The step, e.g. `data_sources`.
-    pub step: String,
+    /// The step.
+    pub step: InstallStep,
     /// What went wrong, for humans.
     pub message: String,
     /// When.
@@ -188,11 +476,13 @@ pub struct StatusChange {
     pub reason: Option<String>,
 }
 
-/// `oauth_states/{state}`: one pending authorization, consumed exactly once.
+/// `oauth_states/{SHA-256(state)}`: one pending authorization, consumed exactly once. The `state`
+/// value itself is never stored: its hash is the document id, so reading the store does not give
+/// anyone a state to complete an install with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OAuthState {
-    /// The random `state` value (also the document id).
-    pub state: String,
+    /// Lowercase hex SHA-256 of the `state` value (also the document id).
+    pub state_hash: String,
     /// The tenant being installed.
     pub tenant: TenantId,
     /// The PKCE verifier, sealed.
@@ -200,6 +490,29 @@ pub struct OAuthState {
     /// Expiry (10 minutes; a Firestore TTL policy deletes it eventually).
     #[serde(with = "firestore::serialize_as_timestamp")]
     pub expires_at: Timestamp,
+}
+
+impl OAuthState {
+    /// The document id of a `state` value: its SHA-256, lowercase hex.
+    pub fn hash(state: &SecretString) -> String {
+        crate::crypto::digest_hex(state)
+    }
+
+    /// Where the PKCE verifier of the state with this hash is sealed.
+    pub fn verifier_at(state_hash: &str) -> SealedAt {
+        SealedAt::new(OAUTH_STATES, state_hash, "pkce_verifier")
+    }
+
+    /// Opens the PKCE verifier.
+    pub fn open_verifier(&self, keyring: &Keyring) -> Result<SecretString, CryptoError> {
+        keyring.open(&self.pkce_verifier, &Self::verifier_at(&self.state_hash))
+    }
+}
+
+impl SealedRecord for OAuthState {
+    fn sealed_values(&mut self) -> Vec<(SealedAt, &mut Sealed)> {
+        vec![(Self::verifier_at(&self.state_hash), &mut self.pkce_verifier)]
+    }
 }
 
 /// The id of a `processed/{key}` idempotency marker: tenant plus a hash of what identifies the work.
@@ -236,11 +549,11 @@ pub struct Failure {
     pub tenant: TenantId,
     /// The queue the task came from.
     pub queue: String,
-    /// Task kind, e.g. `sync_profile`.
-    pub task_kind: String,
+    /// What the task was to do.
+    pub task_kind: TaskKind,
     /// Cloud Tasks task name.
     pub task_name: String,
-    /// The task payload as JSON text (JSON may hold nested arrays, which Firestore does not).
+    /// The task's payload as JSON text (JSON may hold nested arrays, which Firestore does not).
     pub payload: String,
     /// What went wrong.
     pub error: String,
@@ -257,9 +570,9 @@ pub struct SyncState {
     /// The tenant.
     pub tenant: TenantId,
     /// The Omneo profile id.
-    pub omneo_profile_id: String,
+    pub omneo_profile_id: OmneoProfileId,
     /// The Klaviyo profile id it maps to.
-    pub klaviyo_profile_id: Option<String>,
+    pub klaviyo_profile_id: Option<KlaviyoProfileId>,
     /// SHA-256 (hex) of the last mapped payload written successfully.
     pub payload_hash: String,
     /// The consent last sent to Klaviyo.
@@ -272,8 +585,8 @@ pub struct SyncState {
 /// Marketing consent last sent per channel (`None`: never sent).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentSent {
-    /// Email marketing subscribed.
-    pub email: Option<bool>,
-    /// SMS marketing subscribed.
-    pub sms: Option<bool>,
+    /// Email marketing.
+    pub email: Option<ConsentState>,
+    /// SMS marketing.
+    pub sms: Option<ConsentState>,
 }

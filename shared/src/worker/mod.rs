@@ -1,6 +1,9 @@
 //! The task workers' shared side (product.md §8): reading the `X-CloudTasks-*` headers of a
 //! pushed task, and turning a worker's [`Outcome`] into the answer Cloud Tasks acts on.
 //!
+//! It sits above [`crate::queue`] (which it re-enqueues on) and [`crate::store`] (where failures
+//! are recorded); neither depends on it.
+//!
 //! Cloud Tasks retries every non-2xx answer and has no "give up" status, so [`settle`] answers
 //! 2xx for work that can never succeed (after recording a [`Failure`]) and for the last allowed
 //! attempt, and non-2xx only when a retry can help. A remote 429 whose `Retry-After` is longer
@@ -18,26 +21,24 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use jiff::{SignedDuration, Timestamp};
 
-use super::{Direction, Enqueued, Queue, QueueName, QueueSettings, Task, TaskEnvelope, TaskName};
-use crate::api_error::ApiError;
-use crate::store::{Failure, Store, StoreError};
+use crate::api_error::{ApiError, ErrorCode};
+use crate::queue::{
+    Direction, Enqueued, Queue, QueueName, QueueSettings, Task, TaskEnvelope, TaskName, header,
+};
+use crate::store::{Failure, Store, StoreError, StoreResult};
 
-/// The `X-CloudTasks-*` request headers Cloud Tasks pushes tasks with.
-pub mod header {
-    /// The queue id (the emulator sends the full queue path).
-    pub const QUEUE_NAME: &str = "X-CloudTasks-QueueName";
-    /// The task id.
-    pub const TASK_NAME: &str = "X-CloudTasks-TaskName";
-    /// How many times the task was retried: 0 on the first attempt.
-    pub const RETRY_COUNT: &str = "X-CloudTasks-TaskRetryCount";
-    /// How many attempts got a non-5xx answer from the handler.
-    pub const EXECUTION_COUNT: &str = "X-CloudTasks-TaskExecutionCount";
-    /// The schedule time of the attempt, in seconds since the Unix epoch.
-    pub const ETA: &str = "X-CloudTasks-TaskETA";
-    /// The HTTP status of the previous attempt (retries only).
-    pub const PREVIOUS_RESPONSE: &str = "X-CloudTasks-TaskPreviousResponse";
-    /// Why the task is being retried (retries only).
-    pub const RETRY_REASON: &str = "X-CloudTasks-TaskRetryReason";
+/// Where [`settle`] records failures: the one store operation it needs.
+#[async_trait::async_trait]
+pub trait FailureRecorder: Send + Sync {
+    /// Records a permanent failure for review.
+    async fn record_failure(&self, failure: &Failure) -> StoreResult<()>;
+}
+
+#[async_trait::async_trait]
+impl<S: Store + ?Sized> FailureRecorder for S {
+    async fn record_failure(&self, failure: &Failure) -> StoreResult<()> {
+        Store::record_failure(self, failure).await
+    }
 }
 
 /// Cloud Tasks refuses schedule times more than 30 days ahead; a reschedule stays under that.
@@ -198,7 +199,7 @@ impl IntoResponse for Settled {
             Self::Rescheduled { .. } => (StatusCode::OK, status("rescheduled")).into_response(),
             Self::Failed { .. } => (StatusCode::OK, status("failed")).into_response(),
             Self::Retry { reason } => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "retry_later", reason)
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::RetryLater, reason)
                     .into_response()
             }
             Self::Unavailable(error) => error.into_response(),
@@ -212,7 +213,7 @@ impl IntoResponse for Settled {
 pub async fn settle(
     outcome: Outcome,
     task: &TaskContext<'_>,
-    store: &dyn Store,
+    failures: &dyn FailureRecorder,
     queue: &dyn Queue,
 ) -> Settled {
     let request = task.request;
@@ -234,9 +235,9 @@ pub async fn settle(
             Settled::Retry { reason }
         }
         Outcome::Retry { reason } | Outcome::RetryAfter { reason, .. } => {
-            record_failure(task, &format!("last attempt failed: {reason}"), store).await
+            record_failure(task, &format!("last attempt failed: {reason}"), failures).await
         }
-        Outcome::Permanent { reason } => record_failure(task, &reason, store).await,
+        Outcome::Permanent { reason } => record_failure(task, &reason, failures).await,
     }
 }
 
@@ -282,20 +283,24 @@ async fn reschedule(
     }
 }
 
-async fn record_failure(task: &TaskContext<'_>, reason: &str, store: &dyn Store) -> Settled {
+async fn record_failure(
+    task: &TaskContext<'_>,
+    reason: &str,
+    failures: &dyn FailureRecorder,
+) -> Settled {
     let request = task.request;
     let failure = Failure {
         id: format!("{}:{}", request.queue, request.name),
         tenant: task.envelope.tenant.clone(),
         queue: request.queue.to_string(),
-        task_kind: task.envelope.kind.clone(),
+        task_kind: task.envelope.work.kind(),
         task_name: request.name.to_string(),
-        payload: task.envelope.payload.to_string(),
+        payload: task.envelope.work.payload().to_string(),
         error: reason.to_owned(),
         attempts: request.retry_count.saturating_add(1),
         at: Timestamp::now(),
     };
-    match store.record_failure(&failure).await {
+    match failures.record_failure(&failure).await {
         // A conflict means an earlier delivery of this attempt recorded it already.
         Ok(()) | Err(StoreError::Conflict { .. }) => {
             tracing::warn!(
@@ -324,11 +329,8 @@ mod tests {
     use axum::http::{HeaderValue, Request};
 
     use super::*;
-    use crate::domain::TenantId;
-    use crate::queue::QueueError;
-    use crate::store::{
-        Claim, IdempotencyKey, Install, Mutation, OAuthState, StoreResult, SyncState, Tenant,
-    };
+    use crate::domain::{OmneoProfileId, TenantId};
+    use crate::queue::{QueueError, SyncProfile, TaskKind, Work};
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -460,85 +462,21 @@ mod tests {
         assert!(request.is_last_attempt(u32::MAX));
     }
 
-    /// A store that only records failures (the one thing `settle` writes); every other
-    /// operation is outside what these tests exercise and says so loudly.
+    /// Records failures, or answers with a prepared error once.
     #[derive(Default)]
     struct FailureLog {
         failures: Mutex<Vec<Failure>>,
         answer: Mutex<Option<StoreError>>,
     }
 
-    fn not_used_by_settle(operation: &str) -> ! {
-        panic!("settle does not call Store::{operation}")
-    }
-
     #[async_trait]
-    impl Store for FailureLog {
-        async fn tenant(&self, _: &TenantId) -> StoreResult<Option<Tenant>> {
-            not_used_by_settle("tenant")
-        }
-        async fn create_tenant(&self, _: &Tenant) -> StoreResult<()> {
-            not_used_by_settle("create_tenant")
-        }
-        async fn update_tenant(
-            &self,
-            _: &TenantId,
-            _: Mutation<'_, Tenant>,
-        ) -> StoreResult<Tenant> {
-            not_used_by_settle("update_tenant")
-        }
-        async fn install(&self, _: &TenantId) -> StoreResult<Option<Install>> {
-            not_used_by_settle("install")
-        }
-        async fn update_install(
-            &self,
-            _: &TenantId,
-            _: Mutation<'_, Install>,
-        ) -> StoreResult<Install> {
-            not_used_by_settle("update_install")
-        }
-        async fn put_oauth_state(&self, _: &OAuthState) -> StoreResult<()> {
-            not_used_by_settle("put_oauth_state")
-        }
-        async fn take_oauth_state(&self, _: &str) -> StoreResult<Option<OAuthState>> {
-            not_used_by_settle("take_oauth_state")
-        }
-        async fn claim(&self, _: &IdempotencyKey, _: Duration) -> StoreResult<Claim> {
-            not_used_by_settle("claim")
-        }
-        async fn complete(&self, _: &IdempotencyKey, _: Duration) -> StoreResult<()> {
-            not_used_by_settle("complete")
-        }
-        async fn release(&self, _: &IdempotencyKey) -> StoreResult<()> {
-            not_used_by_settle("release")
-        }
+    impl FailureRecorder for FailureLog {
         async fn record_failure(&self, failure: &Failure) -> StoreResult<()> {
             if let Some(error) = self.answer.lock().unwrap().take() {
                 return Err(error);
             }
             self.failures.lock().unwrap().push(failure.clone());
             Ok(())
-        }
-        async fn failures(&self, _: &TenantId, _: usize) -> StoreResult<Vec<Failure>> {
-            not_used_by_settle("failures")
-        }
-        async fn sync_state(&self, _: &TenantId, _: &str) -> StoreResult<Option<SyncState>> {
-            not_used_by_settle("sync_state")
-        }
-        async fn put_sync_state(&self, _: &SyncState) -> StoreResult<()> {
-            not_used_by_settle("put_sync_state")
-        }
-        async fn delete_sync_state(&self, _: &TenantId, _: &str) -> StoreResult<()> {
-            not_used_by_settle("delete_sync_state")
-        }
-        async fn bind_klaviyo_account(&self, _: &str, _: &TenantId) -> StoreResult<TenantId> {
-            not_used_by_settle("bind_klaviyo_account")
-        }
-        async fn klaviyo_account_tenant(&self, _: &str) -> StoreResult<Option<TenantId>> {
-            not_used_by_settle("klaviyo_account_tenant")
-        }
-        async fn unbind_klaviyo_account(&self, _: &str, _: &TenantId) -> StoreResult<()> {
-            not_used_by_settle("unbind_klaviyo_account")
         }
     }
 
@@ -588,8 +526,9 @@ mod tests {
                 request,
                 envelope: TaskEnvelope {
                     tenant: TenantId::parse("acme").unwrap(),
-                    kind: "sync_profile".into(),
-                    payload: serde_json::json!({"profile_id": "p-1", "tags": [["a"]]}),
+                    work: Work::SyncProfile(SyncProfile {
+                        profile_id: OmneoProfileId::parse("p-1").unwrap(),
+                    }),
                 },
                 settings: QueueSettings {
                     max_attempts: 5,
@@ -674,11 +613,11 @@ mod tests {
         assert_eq!(&failure.id, failure_id);
         assert_eq!(failure.tenant.as_str(), "acme");
         assert_eq!(failure.queue, "acme-klaviyo-outbound");
-        assert_eq!(failure.task_kind, "sync_profile");
+        assert_eq!(failure.task_kind, TaskKind::SyncProfile);
         assert_eq!(failure.task_name, "abc123");
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&failure.payload).unwrap(),
-            fixture.envelope.payload
+            fixture.envelope.work.payload()
         );
         assert!(
             failure.error.contains("Klaviyo answered 502"),
