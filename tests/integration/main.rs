@@ -2,6 +2,7 @@
 
 mod clients;
 mod install;
+mod klaviyo_sdk;
 mod klaviyo_sim;
 mod omneo_sim;
 mod queue;
