@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 CARGO ?= cargo
 TASKS_EMULATOR_VERSION := 0.6.2
+KLAVIYO_SDK := tests/klaviyo-sdk/requirements.txt
 
 .PHONY: dev test bench lint fmt build venv clean-venv oauth-interop
 
@@ -33,12 +34,12 @@ fmt:
 build:
 	$(CARGO) build --release --workspace --bins
 
-## venv: the Python environment holding the Cloud Tasks emulator (PyPI gcloud-tasks-emulator)
-venv: $(VENV)/.installed-$(TASKS_EMULATOR_VERSION)
+## venv: the Python environment of the tests: the Cloud Tasks emulator (PyPI gcloud-tasks-emulator) and Klaviyo's Python SDK (pinned in $(KLAVIYO_SDK))
+venv: $(VENV)/.installed-$(TASKS_EMULATOR_VERSION)-klaviyo-sdk
 
-$(VENV)/.installed-$(TASKS_EMULATOR_VERSION):
+$(VENV)/.installed-$(TASKS_EMULATOR_VERSION)-klaviyo-sdk: $(KLAVIYO_SDK)
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check gcloud-tasks-emulator==$(TASKS_EMULATOR_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check gcloud-tasks-emulator==$(TASKS_EMULATOR_VERSION) -r $(KLAVIYO_SDK)
 	touch $@
 
 ## oauth-interop: the third-party OAuth 2.0 server of the interop test (npm oauth2-mock-server, pinned by its lock file)

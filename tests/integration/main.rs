@@ -2,6 +2,7 @@
 
 mod clients;
 mod install;
+mod klaviyo_sdk;
 mod klaviyo_sim;
 mod local_stack;
 mod omneo_sim;

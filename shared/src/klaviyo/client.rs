@@ -410,18 +410,18 @@ impl KlaviyoClient {
             .map(drop)
     }
 
-    /// Every resource of a collection, following `links.next` (only to the API's own origin, so
+    /// Every item of a collection, following `links.next` (only to the API's own origin, so
     /// the token never leaves it) until it is `null`.
-    async fn all_pages<A: DeserializeOwned>(
+    async fn all_pages<T: DeserializeOwned>(
         &self,
         token: &SecretString,
         first: Url,
-    ) -> Result<Vec<Resource<A>>, RemoteError> {
+    ) -> Result<Vec<T>, RemoteError> {
         let mut resources = Vec::new();
         let mut url = first;
         loop {
             let answer = self.get_raw(token, url.clone()).await?;
-            let page: Document<Vec<Resource<A>>> = answer.json()?;
+            let page: Document<Vec<T>> = answer.json()?;
             resources.extend(page.data);
             let Some(next) = page.links.next else {
                 return Ok(resources);

@@ -148,16 +148,9 @@ pub struct WebhookAttributes {
 /// A webhook; its topic ids are `related_ids("webhook-topics")`.
 pub type Webhook = Resource<WebhookAttributes>;
 
-/// A webhook topic's attributes.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default)]
-pub struct WebhookTopicAttributes {
-    /// Display name.
-    pub name: Option<String>,
-}
-
-/// A webhook topic, id e.g. `event:klaviyo.bounced_email`.
-pub type WebhookTopic = Resource<WebhookTopicAttributes>;
+/// A webhook topic, id e.g. `event:klaviyo.bounced_email`. Klaviyo's schema gives topics no
+/// attributes: the type and id are all there is.
+pub type WebhookTopic = Identifier;
 
 /// A webhook to create.
 #[derive(Debug, Clone)]

@@ -2,14 +2,17 @@
 //! the guard every call passes (Bearer token → 401, `revision` → 400, scope → 403, rate limit
 //! → 429), and the accounts endpoint.
 
+use std::fmt;
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
+use axum::handler::Handler;
+use axum::http::Method;
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodFilter, on};
 use serde_json::json;
 
 use super::jsonapi::{ApiError, Here, document};
@@ -26,98 +29,218 @@ struct Policy {
     resource: &'static str,
 }
 
-/// The API routes, guarded.
-pub(crate) fn router(ctx: Ctx) -> Router {
-    let guard = |route: MethodRouter<Ctx>, tier: Tier, resource: &'static str| {
+/// One endpoint the simulator serves under `/api/…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The HTTP method.
+    pub method: Method,
+    /// The route; `{name}` segments are path parameters, e.g. `/api/webhooks/{id}`.
+    pub path: &'static str,
+}
+
+impl Endpoint {
+    /// Whether a request for `method` `path` (no query) is answered by this endpoint.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        let route: Vec<&str> = self.path.split('/').collect();
+        let requested: Vec<&str> = path.split('/').collect();
+        let parameter = |segment: &str| segment.starts_with('{') && segment.ends_with('}');
+        self.method.as_str() == method
+            && route.len() == requested.len()
+            && route
+                .iter()
+                .zip(&requested)
+                .all(|(r, p)| r == p || (parameter(r) && !p.is_empty()))
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
+}
+
+/// The guarded router under construction and the endpoints added to it.
+struct Routes {
+    ctx: Ctx,
+    router: Router<Ctx>,
+    endpoints: Vec<Endpoint>,
+}
+
+impl Routes {
+    /// Serves `method path` with `handler` behind the guard.
+    fn add<H, T>(
+        mut self,
+        method: Method,
+        path: &'static str,
+        handler: H,
+        tier: Tier,
+        resource: &'static str,
+    ) -> Self
+    where
+        H: Handler<T, Ctx>,
+        T: 'static,
+    {
         let policy = Policy {
-            ctx: ctx.clone(),
+            ctx: self.ctx.clone(),
             tier,
             resource,
         };
-        route.route_layer(middleware::from_fn_with_state(policy, guard))
-    };
+        let filter = MethodFilter::try_from(method.clone()).expect("a routable method");
+        let route = on(filter, handler).route_layer(middleware::from_fn_with_state(policy, guard));
+        self.router = self.router.route(path, route);
+        self.endpoints.push(Endpoint { method, path });
+        self
+    }
+}
+
+/// The API routes, guarded, and the list of endpoints they serve.
+pub(crate) fn router(ctx: Ctx) -> (Router, Vec<Endpoint>) {
     use Tier::*;
-    Router::new()
-        .route("/api/accounts", guard(get(accounts), XS, "accounts"))
-        .route(
-            "/api/data-sources",
-            guard(
-                get(data_sources::list).post(data_sources::create),
-                S,
-                "custom-objects",
-            ),
-        )
-        .route(
-            "/api/data-sources/{id}",
-            guard(
-                get(data_sources::get_one).delete(data_sources::delete),
-                S,
-                "custom-objects",
-            ),
-        )
-        .route(
-            "/api/data-source-record-create-jobs",
-            guard(post(data_sources::create_record), L, "custom-objects"),
-        )
-        .route(
-            "/api/data-source-record-bulk-create-jobs",
-            guard(
-                post(data_sources::bulk_create_records),
-                BulkRecords,
-                "custom-objects",
-            ),
-        )
-        .route(
-            "/api/webhooks",
-            guard(get(webhooks::list).post(webhooks::create), XS, "webhooks"),
-        )
-        .route(
-            "/api/webhooks/{id}",
-            guard(
-                get(webhooks::get_one)
-                    .patch(webhooks::update)
-                    .delete(webhooks::delete),
-                XS,
-                "webhooks",
-            ),
-        )
-        .route(
-            "/api/webhook-topics",
-            guard(get(webhooks::list_topics), XS, "webhooks"),
-        )
-        .route(
-            "/api/profile-import",
-            guard(post(profiles::import), L, "profiles"),
-        )
-        .route("/api/profiles", guard(get(profiles::search), L, "profiles"))
-        .route(
-            "/api/profiles/{id}",
-            guard(get(profiles::get_one), L, "profiles"),
-        )
-        .route(
-            "/api/profile-subscription-bulk-create-jobs",
-            guard(post(subscriptions::subscribe), L, "subscriptions"),
-        )
-        .route(
-            "/api/profile-subscription-bulk-delete-jobs",
-            guard(post(subscriptions::unsubscribe), L, "subscriptions"),
-        )
-        .route("/api/lists", guard(get(subscriptions::lists), L, "lists"))
-        .route(
-            "/api/lists/{id}",
-            guard(get(subscriptions::list_one), L, "lists"),
-        )
-        .route(
-            "/api/lists/{id}/relationships/profiles",
-            guard(get(subscriptions::list_profiles), L, "lists"),
-        )
-        .route("/api/events", guard(post(events::create), XL, "events"))
-        .route(
-            "/api/data-privacy-deletion-jobs",
-            guard(post(events::request_deletion), S, "data-privacy"),
-        )
-        .fallback(not_found)
-        .with_state(ctx)
+    let objects = "custom-objects";
+    let routes = Routes {
+        ctx: ctx.clone(),
+        router: Router::new(),
+        endpoints: Vec::new(),
+    }
+    .add(Method::GET, "/api/accounts", accounts, XS, "accounts")
+    .add(
+        Method::GET,
+        "/api/data-sources",
+        data_sources::list,
+        S,
+        objects,
+    )
+    .add(
+        Method::POST,
+        "/api/data-sources",
+        data_sources::create,
+        S,
+        objects,
+    )
+    .add(
+        Method::GET,
+        "/api/data-sources/{id}",
+        data_sources::get_one,
+        S,
+        objects,
+    )
+    .add(
+        Method::DELETE,
+        "/api/data-sources/{id}",
+        data_sources::delete,
+        S,
+        objects,
+    )
+    .add(
+        Method::POST,
+        "/api/data-source-record-create-jobs",
+        data_sources::create_record,
+        L,
+        objects,
+    )
+    .add(
+        Method::POST,
+        "/api/data-source-record-bulk-create-jobs",
+        data_sources::bulk_create_records,
+        BulkRecords,
+        objects,
+    )
+    .add(Method::GET, "/api/webhooks", webhooks::list, XS, "webhooks")
+    .add(
+        Method::POST,
+        "/api/webhooks",
+        webhooks::create,
+        XS,
+        "webhooks",
+    )
+    .add(
+        Method::GET,
+        "/api/webhooks/{id}",
+        webhooks::get_one,
+        XS,
+        "webhooks",
+    )
+    .add(
+        Method::PATCH,
+        "/api/webhooks/{id}",
+        webhooks::update,
+        XS,
+        "webhooks",
+    )
+    .add(
+        Method::DELETE,
+        "/api/webhooks/{id}",
+        webhooks::delete,
+        XS,
+        "webhooks",
+    )
+    .add(
+        Method::GET,
+        "/api/webhook-topics",
+        webhooks::list_topics,
+        XS,
+        "webhooks",
+    )
+    .add(
+        Method::POST,
+        "/api/profile-import",
+        profiles::import,
+        L,
+        "profiles",
+    )
+    .add(
+        Method::GET,
+        "/api/profiles",
+        profiles::search,
+        L,
+        "profiles",
+    )
+    .add(
+        Method::GET,
+        "/api/profiles/{id}",
+        profiles::get_one,
+        L,
+        "profiles",
+    )
+    .add(
+        Method::POST,
+        "/api/profile-subscription-bulk-create-jobs",
+        subscriptions::subscribe,
+        L,
+        "subscriptions",
+    )
+    .add(
+        Method::POST,
+        "/api/profile-subscription-bulk-delete-jobs",
+        subscriptions::unsubscribe,
+        L,
+        "subscriptions",
+    )
+    .add(Method::GET, "/api/lists", subscriptions::lists, L, "lists")
+    .add(
+        Method::GET,
+        "/api/lists/{id}",
+        subscriptions::list_one,
+        L,
+        "lists",
+    )
+    .add(
+        Method::GET,
+        "/api/lists/{id}/relationships/profiles",
+        subscriptions::list_profiles,
+        L,
+        "lists",
+    )
+    .add(Method::POST, "/api/events", events::create, XL, "events")
+    .add(
+        Method::POST,
+        "/api/data-privacy-deletion-jobs",
+        events::request_deletion,
+        S,
+        "data-privacy",
+    );
+    let router = routes.router.fallback(not_found).with_state(ctx);
+    (router, routes.endpoints)
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -147,7 +270,7 @@ async fn guard(State(policy): State<Policy>, request: Request, next: Next) -> Re
     let scope = format!(
         "{}:{}",
         policy.resource,
-        if request.method() == axum::http::Method::GET {
+        if request.method() == Method::GET {
             "read"
         } else {
             "write"
@@ -218,4 +341,29 @@ async fn accounts(State(ctx): State<Ctx>, here: Here) -> Response {
             "links": {"self": here.link("/api/accounts/"), "next": null, "prev": null}
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_match_their_requests_only() {
+        let one_list = Endpoint {
+            method: Method::GET,
+            path: "/api/lists/{id}",
+        };
+        assert!(one_list.matches("GET", "/api/lists/Ab12Cd"));
+        assert!(
+            !one_list.matches("GET", "/api/lists"),
+            "a parameter needs a segment"
+        );
+        assert!(
+            !one_list.matches("GET", "/api/lists/"),
+            "an empty segment is no id"
+        );
+        assert!(!one_list.matches("GET", "/api/lists/Ab12Cd/relationships/profiles"));
+        assert!(!one_list.matches("DELETE", "/api/lists/Ab12Cd"));
+        assert_eq!(one_list.to_string(), "GET /api/lists/{id}");
+    }
 }

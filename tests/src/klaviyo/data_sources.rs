@@ -1,4 +1,4 @@
-//! Data sources (titles unique → 400) and their records: one at a time (204) or in bulk jobs
+//! Data sources (titles unique within a namespace → 400) and their records: one at a time (204) or in bulk jobs
 //! (204; at most 500 records, 4 MB per request, 512 KB per record).
 
 use axum::extract::{Path, State};
@@ -23,8 +23,10 @@ pub struct DataSource {
     pub title: String,
     /// `private` or `shared`.
     pub visibility: String,
-    /// Description.
-    pub description: Option<String>,
+    /// Description (empty when none was given, as Klaviyo reports it).
+    pub description: String,
+    /// The namespace (Klaviyo's default is `custom-objects`).
+    pub namespace: String,
 }
 
 impl DataSource {
@@ -35,7 +37,8 @@ impl DataSource {
             "attributes": {
                 "title": self.title,
                 "visibility": self.visibility,
-                "description": self.description
+                "description": self.description,
+                "namespace": self.namespace
             },
             "links": {"self": here.link(&format!("/api/data-sources/{}/", self.id))}
         })
@@ -68,12 +71,19 @@ struct CreateAttributes {
     title: String,
     #[serde(default = "private")]
     visibility: String,
+    /// `null` and absent both mean none.
     #[serde(default)]
     description: Option<String>,
+    #[serde(default = "custom_objects")]
+    namespace: String,
 }
 
 fn private() -> String {
     "private".into()
+}
+
+fn custom_objects() -> String {
+    "custom-objects".into()
 }
 
 /// `GET /api/data-sources` — page size ≤ 100 (default 20).
@@ -87,7 +97,7 @@ pub(crate) async fn list(State(ctx): State<Ctx>, here: Here) -> Result<Response,
     ))
 }
 
-/// `POST /api/data-sources` — 201; a duplicate title is 400.
+/// `POST /api/data-sources` — 201; a title already used in the namespace is 400.
 pub(crate) async fn create(
     State(ctx): State<Ctx>,
     here: Here,
@@ -111,7 +121,7 @@ pub(crate) async fn create(
     if state
         .data_sources
         .iter()
-        .any(|d| d.title == attributes.title)
+        .any(|d| d.title == attributes.title && d.namespace == attributes.namespace)
     {
         return Err(ApiError::invalid(
             format!(
@@ -125,7 +135,8 @@ pub(crate) async fn create(
         id: ulid(),
         title: attributes.title,
         visibility: attributes.visibility,
-        description: attributes.description,
+        description: attributes.description.unwrap_or_default(),
+        namespace: attributes.namespace,
     };
     state.data_sources.push(source.clone());
     Ok(document(

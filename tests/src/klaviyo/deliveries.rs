@@ -47,26 +47,20 @@ pub mod topics {
     pub const UNSUPPRESSED_FROM_EMAIL: &str =
         "event:klaviyo.manually_unsuppressed_from_email_marketing";
 
-    /// Every topic with its display name.
-    pub const ALL: &[(&str, &str)] = &[
-        (BOUNCED_EMAIL, "Bounced Email"),
-        (DROPPED_EMAIL, "Dropped Email"),
-        (FAILED_TO_DELIVER_SMS, "Failed to Deliver SMS"),
-        (MARKED_EMAIL_AS_SPAM, "Marked Email as Spam"),
-        (SUBSCRIBED_TO_EMAIL, "Subscribed to Email Marketing"),
-        (UNSUBSCRIBED_FROM_EMAIL, "Unsubscribed from Email Marketing"),
-        (SUBSCRIBED_TO_SMS, "Subscribed to SMS Marketing"),
-        (UNSUBSCRIBED_FROM_SMS, "Unsubscribed from SMS Marketing"),
-        (SUBSCRIBED_TO_LIST, "Subscribed to List"),
-        (UNSUBSCRIBED_FROM_LIST, "Unsubscribed from List"),
-        (
-            SUPPRESSED_FROM_EMAIL,
-            "Manually Suppressed from Email Marketing",
-        ),
-        (
-            UNSUPPRESSED_FROM_EMAIL,
-            "Manually Unsuppressed from Email Marketing",
-        ),
+    /// Every topic id (Klaviyo's topic resources carry no name or other attributes).
+    pub const ALL: &[&str] = &[
+        BOUNCED_EMAIL,
+        DROPPED_EMAIL,
+        FAILED_TO_DELIVER_SMS,
+        MARKED_EMAIL_AS_SPAM,
+        SUBSCRIBED_TO_EMAIL,
+        UNSUBSCRIBED_FROM_EMAIL,
+        SUBSCRIBED_TO_SMS,
+        UNSUBSCRIBED_FROM_SMS,
+        SUBSCRIBED_TO_LIST,
+        UNSUBSCRIBED_FROM_LIST,
+        SUPPRESSED_FROM_EMAIL,
+        UNSUPPRESSED_FROM_EMAIL,
     ];
 }
 

@@ -264,6 +264,15 @@ impl Here {
         format!("{}{path}", self.origin)
     }
 
+    /// A relationship's `links` as Klaviyo writes them, for the resource at `resource` (e.g.
+    /// `/api/profiles/01H…/`): `self` is the relationship, `related` the related resources.
+    pub fn relationship_links(&self, resource: &str, name: &str) -> Value {
+        json!({
+            "self": self.link(&format!("{resource}relationships/{name}/")),
+            "related": self.link(&format!("{resource}{name}/")),
+        })
+    }
+
     /// This URL with `page[cursor]` replaced.
     fn with_cursor(&self, cursor: Option<&str>) -> String {
         let mut serializer = url::form_urlencoded::Serializer::new(String::new());

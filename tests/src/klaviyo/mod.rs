@@ -7,8 +7,9 @@
 //! What it serves (base URL from [`KlaviyoSim::url`]):
 //! - OAuth ([`oauth`]): `GET /oauth/authorize` (a small consent page with Allow / Deny, or
 //!   `&approve=true|false` to skip it), `POST /oauth/token`, `POST /oauth/revoke`.
-//! - The API under `/api/…` ([`api`]): Bearer tokens, the `revision` header, JSON:API bodies and
-//!   errors, cursor paging, filters, scopes and per-endpoint rate limits ([`rate_limit`]).
+//! - The API under `/api/…` ([`api`], listed by [`KlaviyoSim::endpoints`]): Bearer tokens, the
+//!   `revision` header, JSON:API bodies and errors, cursor paging, filters, scopes and
+//!   per-endpoint rate limits ([`rate_limit`]).
 //! - The `/_sim` control API of [`crate::sim`] (faults, recorded requests).
 //!
 //! System webhooks ([`deliveries`]) are pushed by the simulator to the account's webhooks:
@@ -39,10 +40,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
 
 use crate::sim::{Faults, Recorder, SimServer, instrument};
 
+pub use api::Endpoint;
 pub use data_sources::{DataSource, DataSourceRecord};
 pub use deliveries::{Delivery, SystemEvent, topics};
 pub use events::{DeletionJob, Event};
@@ -157,6 +158,7 @@ pub struct KlaviyoSim {
     ctx: Ctx,
     faults: Faults,
     recorder: Recorder,
+    endpoints: Vec<Endpoint>,
 }
 
 impl KlaviyoSim {
@@ -176,9 +178,9 @@ impl KlaviyoSim {
         let ctx = Ctx::new(State::new(options), http);
         let faults = Faults::default();
         let recorder = Recorder::default();
-        let router: Router = api::router(ctx.clone()).merge(oauth::router(ctx.clone()));
+        let (api, endpoints) = api::router(ctx.clone());
         let router = instrument(
-            router,
+            api.merge(oauth::router(ctx.clone())),
             faults.clone(),
             recorder.clone(),
             jsonapi::render_fault,
@@ -191,6 +193,7 @@ impl KlaviyoSim {
             ctx,
             faults,
             recorder,
+            endpoints,
         })
     }
 
@@ -217,6 +220,11 @@ impl KlaviyoSim {
     /// Every request received (also at `/_sim/requests`).
     pub fn recorder(&self) -> &Recorder {
         &self.recorder
+    }
+
+    /// Every endpoint served under `/api/…` (OAuth and `/_sim` are not included).
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
     }
 
     /// Switches rate limiting at run time (counters restart).

@@ -101,15 +101,16 @@ impl Profile {
         if with_subscriptions {
             attributes["subscriptions"] = self.subscriptions.to_json();
         }
+        let path = format!("/api/profiles/{}/", self.id);
         json!({
             "type": "profile",
             "id": self.id,
             "attributes": attributes,
             "relationships": {
-                "lists": {"links": {"self": here.link(&format!("/api/profiles/{}/relationships/lists/", self.id))}},
-                "segments": {"links": {"self": here.link(&format!("/api/profiles/{}/relationships/segments/", self.id))}}
+                "lists": {"links": here.relationship_links(&path, "lists")},
+                "segments": {"links": here.relationship_links(&path, "segments")}
             },
-            "links": {"self": here.link(&format!("/api/profiles/{}/", self.id))}
+            "links": {"self": here.link(&path)}
         })
     }
 }

@@ -69,18 +69,35 @@ pub struct ChannelConsent {
 }
 
 impl ChannelConsent {
-    fn to_json(&self) -> Value {
-        json!({
+    /// The members every channel reports, plus its `can_receive_…` flag.
+    fn common_json(&self, flag: &str, can_receive: bool) -> Value {
+        let mut members = json!({
             "consent": self.consent,
             "consent_timestamp": self.consent_timestamp,
             "last_updated": self.consent_timestamp,
             "method": self.method,
-            "method_detail": self.method_detail,
-            "custom_method_detail": self.custom_method_detail,
-            "double_optin": null,
-            "suppression": self.suppression,
-            "list_suppressions": []
-        })
+            "method_detail": self.method_detail
+        });
+        members[flag] = can_receive.into();
+        members
+    }
+
+    /// `email.marketing`: the common members and the email-only ones. It can receive marketing
+    /// unless unsubscribed or suppressed.
+    fn email_json(&self) -> Value {
+        let can_receive = self.consent != ConsentState::Unsubscribed && self.suppression.is_empty();
+        let mut members = self.common_json("can_receive_email_marketing", can_receive);
+        members["custom_method_detail"] = json!(self.custom_method_detail);
+        members["double_optin"] = Value::Null;
+        members["suppression"] = json!(self.suppression);
+        members["list_suppressions"] = json!([]);
+        members
+    }
+
+    /// An SMS channel: only the common members (Klaviyo reports no `custom_method_detail` or
+    /// suppressions for SMS); `flag` is true when subscribed.
+    fn sms_json(&self, flag: &str) -> Value {
+        self.common_json(flag, self.consent == ConsentState::Subscribed)
     }
 }
 
@@ -99,10 +116,10 @@ impl Subscriptions {
     /// The `subscriptions` attribute as `GET /api/profiles/{id}` shows it.
     pub fn to_json(&self) -> Value {
         json!({
-            "email": {"marketing": self.email_marketing.to_json()},
+            "email": {"marketing": self.email_marketing.email_json()},
             "sms": {
-                "marketing": self.sms_marketing.to_json(),
-                "transactional": self.sms_transactional.to_json()
+                "marketing": self.sms_marketing.sms_json("can_receive_sms_marketing"),
+                "transactional": self.sms_transactional.sms_json("can_receive_sms_transactional")
             },
             "mobile_push": null
         })

@@ -56,6 +56,7 @@ impl Webhook {
             .iter()
             .map(|t| json!({"type": "webhook-topic", "id": t}))
             .collect();
+        let path = format!("/api/webhooks/{}/", self.id);
         json!({
             "type": "webhook",
             "id": self.id,
@@ -67,8 +68,11 @@ impl Webhook {
                 "created_at": self.created_at,
                 "updated_at": self.updated_at
             },
-            "relationships": {"webhook-topics": {"data": topics}},
-            "links": {"self": here.link(&format!("/api/webhooks/{}/", self.id))}
+            "relationships": {"webhook-topics": {
+                "data": topics,
+                "links": here.relationship_links(&path, "webhook-topics")
+            }},
+            "links": {"self": here.link(&path)}
         })
     }
 }
@@ -106,7 +110,7 @@ fn check_topics(ids: &[ResourceId]) -> Result<Vec<String>, ApiError> {
         .enumerate()
         .map(|(i, topic)| {
             expect_type(&topic.kind, "webhook-topic", &format!("{pointer}/{i}/type"))?;
-            if topics::ALL.iter().any(|(id, _)| *id == topic.id) {
+            if topics::ALL.contains(&topic.id.as_str()) {
                 Ok(topic.id.clone())
             } else {
                 Err(ApiError::invalid(
@@ -303,15 +307,14 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// `GET /api/webhook-topics`.
+/// `GET /api/webhook-topics` — identifiers and links only, as Klaviyo's schema has them.
 pub(crate) async fn list_topics(here: Here) -> Response {
     let data: Vec<Value> = topics::ALL
         .iter()
-        .map(|(id, name)| {
+        .map(|id| {
             json!({
                 "type": "webhook-topic",
                 "id": id,
-                "attributes": {"name": name},
                 "links": {"self": here.link(&format!("/api/webhook-topics/{id}/"))}
             })
         })
