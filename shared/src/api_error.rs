@@ -224,14 +224,19 @@ impl From<JsonRejection> for ApiError {
                 Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, message)
             }
             JsonRejection::JsonDataError(_) => {
-                let mut error =
-                    Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, message.clone());
+                let mut error = Self::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::InvalidField,
+                    message.clone(),
+                );
                 error.field = json_data_error_field(&message);
                 error
             }
-            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, message)
-            }
+            _ if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                message,
+            ),
             _ => Self::new(rejection.status(), ErrorCode::InvalidBody, message),
         }
     }
@@ -302,7 +307,11 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_their_text() {
-        for code in [ErrorCode::InvalidField, ErrorCode::ProvisioningInProgress, ErrorCode::RetryLater] {
+        for code in [
+            ErrorCode::InvalidField,
+            ErrorCode::ProvisioningInProgress,
+            ErrorCode::RetryLater,
+        ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
     }

@@ -113,7 +113,9 @@ pub enum CryptoError {
     UnknownKey(String),
     /// The value is not of the sealed form, or fails authentication (corrupt, sealed under a
     /// different key, or moved from another place).
-    #[error("sealed value is corrupt, was sealed under a different key, or belongs to another place")]
+    #[error(
+        "sealed value is corrupt, was sealed under a different key, or belongs to another place"
+    )]
     Corrupt,
 }
 
@@ -235,7 +237,11 @@ impl Keyring {
             return Err(CryptoError::Corrupt);
         }
         let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
-        let aad = if bound { at.associated_data() } else { Vec::new() };
+        let aad = if bound {
+            at.associated_data()
+        } else {
+            Vec::new()
+        };
         let payload = Payload {
             msg: ciphertext,
             aad: &aad,
@@ -353,7 +359,10 @@ mod tests {
     fn nonces_differ_between_seals() {
         let ring = Keyring::generate("k1");
         let place = at("acme", "webhook_secret");
-        assert_ne!(ring.seal(&secret("x"), &place), ring.seal(&secret("x"), &place));
+        assert_ne!(
+            ring.seal(&secret("x"), &place),
+            ring.seal(&secret("x"), &place)
+        );
     }
 
     #[test]
@@ -385,11 +394,17 @@ mod tests {
         assert!(!legacy.is_bound());
         assert_eq!(legacy.key_id(), "k1");
         let place = at("acme", "webhook_secret");
-        assert_eq!(ring.open(&legacy, &place).unwrap().expose_secret(), "legacy");
+        assert_eq!(
+            ring.open(&legacy, &place).unwrap().expose_secret(),
+            "legacy"
+        );
         assert!(ring.needs_reseal(&legacy));
         let resealed = ring.reseal(&legacy, &place).unwrap().expect("resealed");
         assert!(resealed.is_bound() && !ring.needs_reseal(&resealed));
-        assert_eq!(ring.open(&resealed, &place).unwrap().expose_secret(), "legacy");
+        assert_eq!(
+            ring.open(&resealed, &place).unwrap().expose_secret(),
+            "legacy"
+        );
         assert_eq!(ring.reseal(&resealed, &place).unwrap(), None);
     }
 
@@ -403,7 +418,10 @@ mod tests {
             Keyring::parse(&format!("k2:{},{old_spec_key}", STANDARD.encode([9u8; 32]))).unwrap();
         assert_eq!(rotated.active_key_id(), "k2");
         assert_eq!(
-            rotated.open(&sealed_before, &place).unwrap().expose_secret(),
+            rotated
+                .open(&sealed_before, &place)
+                .unwrap()
+                .expose_secret(),
             "s3cret"
         );
         assert!(rotated.needs_reseal(&sealed_before));
@@ -416,7 +434,10 @@ mod tests {
             only_new.open(&sealed_before, &place).unwrap_err(),
             CryptoError::UnknownKey("k1".into())
         );
-        assert_eq!(only_new.open(&resealed, &place).unwrap().expose_secret(), "s3cret");
+        assert_eq!(
+            only_new.open(&resealed, &place).unwrap().expose_secret(),
+            "s3cret"
+        );
     }
 
     #[test]
@@ -427,7 +448,10 @@ mod tests {
         let mut text = sealed.as_str().to_owned();
         let last = text.pop().unwrap();
         text.push(if last == 'A' { 'B' } else { 'A' });
-        assert_eq!(ring.open(&Sealed(text), &place).unwrap_err(), CryptoError::Corrupt);
+        assert_eq!(
+            ring.open(&Sealed(text), &place).unwrap_err(),
+            CryptoError::Corrupt
+        );
         assert_eq!(
             ring.open(&Sealed("k1".into()), &place).unwrap_err(),
             CryptoError::Corrupt
@@ -498,7 +522,10 @@ mod tests {
             ring.active_key_id()
         ))
         .unwrap();
-        assert_eq!(rotation.open(&sealed, &place).unwrap().expose_secret(), "kept");
+        assert_eq!(
+            rotation.open(&sealed, &place).unwrap().expose_secret(),
+            "kept"
+        );
         // The URL-safe alphabet works too; a short key is refused.
         assert!(Keyring::parse(&URL_SAFE_NO_PAD.encode([5u8; 32])).is_ok());
         assert!(matches!(

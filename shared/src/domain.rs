@@ -78,7 +78,6 @@ impl TenantId {
             Err(InvalidTenantId(raw))
         }
     }
-
 }
 
 string_id!(TenantId, InvalidTenantId);
@@ -158,8 +157,8 @@ impl E164Phone {
     /// Turns a number written any way people write them (`0412 345 678`, `+61 412-345-678`) into
     /// E.164, reading it as a number of `default_country` when it has no country code.
     pub fn normalise(raw: &str, default_country: Option<CountryId>) -> Result<Self, InvalidPhone> {
-        let number = phonenumber::parse(default_country, raw)
-            .map_err(|_| InvalidPhone(raw.to_owned()))?;
+        let number =
+            phonenumber::parse(default_country, raw).map_err(|_| InvalidPhone(raw.to_owned()))?;
         if !phonenumber::is_valid(&number) {
             return Err(InvalidPhone(raw.to_owned()));
         }
@@ -167,7 +166,6 @@ impl E164Phone {
             number.format().mode(phonenumber::Mode::E164).to_string(),
         ))
     }
-
 }
 
 string_id!(E164Phone, InvalidPhone);
@@ -247,7 +245,12 @@ mod tests {
     #[test]
     fn phones_normalise_to_e164_with_the_default_country() {
         let au: CountryId = "AU".parse().unwrap();
-        for raw in ["0412 345 678", "+61 412 345 678", "+61412345678", "(04) 1234-5678"] {
+        for raw in [
+            "0412 345 678",
+            "+61 412 345 678",
+            "+61412345678",
+            "(04) 1234-5678",
+        ] {
             assert_eq!(
                 E164Phone::normalise(raw, Some(au)).unwrap().as_str(),
                 "+61412345678",
@@ -262,7 +265,10 @@ mod tests {
 
     #[test]
     fn consent_states_read_from_a_flag() {
-        assert_eq!(ConsentState::from_subscribed(true), ConsentState::Subscribed);
+        assert_eq!(
+            ConsentState::from_subscribed(true),
+            ConsentState::Subscribed
+        );
         assert!(!ConsentState::from_subscribed(false).is_subscribed());
         assert_eq!(
             serde_json::to_value(ConsentState::NotSubscribed).unwrap(),

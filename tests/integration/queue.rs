@@ -27,12 +27,12 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::post;
 use harness::emulators::cloud_tasks::emulator_host;
 use jiff::{SignedDuration, Timestamp};
-use shared::domain::TenantId;
-use shared::queue::task::{TaskRequest, header};
+use shared::domain::{OmneoProfileId, TenantId};
 use shared::queue::{
     CloudTasksQueue, Direction, Enqueued, LocalQueue, LocalQueueStats, Queue, QueueError,
-    QueueName, QueueSettings, Task, TaskEnvelope, TaskName, TaskTargets,
+    QueueName, QueueSettings, SyncProfile, Task, TaskEnvelope, TaskName, TaskTargets, Work, header,
 };
+use shared::worker::TaskRequest;
 use tokio::time::Instant;
 
 /// How long any expected delivery may take on a loaded machine.
@@ -186,11 +186,12 @@ impl Backend {
 }
 
 fn unique_queue(direction: Direction) -> QueueName {
-    QueueName::new(
-        &format!("q{}", uuid::Uuid::new_v4().simple()),
-        "test",
-        direction,
-    )
+    let name = format!(
+        "q{}-test-{}",
+        uuid::Uuid::new_v4().simple(),
+        direction.as_str()
+    );
+    QueueName::parse(&name).expect("a valid queue id")
 }
 
 /// Quick retries, for the backends that honour the queue's retry config.
@@ -212,8 +213,9 @@ fn task(queue: &QueueName, direction: Direction) -> Task {
         direction,
         envelope: TaskEnvelope {
             tenant: TenantId::parse("acme").unwrap(),
-            kind: "sync_profile".into(),
-            payload: serde_json::json!({"profile_id": id, "fields": ["email", "phone"]}),
+            work: Work::SyncProfile(SyncProfile {
+                profile_id: OmneoProfileId::parse(id.clone()).unwrap(),
+            }),
         },
         name: TaskName::from_parts(&["conformance", &id]),
         schedule_at: None,

@@ -14,12 +14,14 @@ use harness::emulators::firestore::{emulator_host, unique_project_id};
 use jiff::Timestamp;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use shared::crypto::Keyring;
-use shared::domain::TenantId;
+use shared::crypto::{Keyring, Sealed};
+use shared::domain::{ConsentState, KlaviyoProfileId, OmneoProfileId, TenantId};
+use shared::queue::{QueueName, TaskKind};
 use shared::settings::Settings;
 use shared::store::{
     Abort, Claim, ConsentSent, Failure, FirestoreStore, IdempotencyKey, Install, InstallStatus,
-    MemoryStore, OAuthState, Store, StoreError, SyncState, Tenant,
+    MemoryStore, OAuthState, OAuthTokens, Store, StoreError, SyncState, Tenant, TenantSecret,
+    TokenSecret,
 };
 use tokio::task::JoinSet;
 
@@ -67,18 +69,36 @@ conformance!(
     racing_claims_acquire_exactly_once,
     racing_install_updates_lose_nothing,
     records_come_back_at_firestore_precision,
+    released_claims_stay_with_whoever_holds_them,
+    tenant_ids_list_every_registered_tenant,
+    live_oauth_states_are_listed_until_they_expire,
+    queue_names_are_reserved_by_the_first_tenant,
+    writes_reseal_under_the_active_key,
+    install_history_is_bounded,
 );
 
+/// The key `k0` that [`keyring`] retired.
+const RETIRED_K0: &str = "k0:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+/// The keyring of the conformance checks: the stores below re-seal with it, and the checks seal
+/// and open with it. Its active key `k1` replaced `k0`, which still opens old values.
+fn keyring() -> Keyring {
+    Keyring::parse(&format!(
+        "k1:BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=,{RETIRED_K0}"
+    ))
+    .expect("test keyring")
+}
+
 fn memory_store() -> Arc<dyn Store> {
-    Arc::new(MemoryStore::new())
+    Arc::new(MemoryStore::new(keyring()))
 }
 
 async fn firestore_store() -> Arc<dyn Store> {
-    Arc::new(firestore_store_in(&unique_project_id()).await)
+    Arc::new(firestore_store_in(&unique_project_id(), keyring()).await)
 }
 
-async fn firestore_store_in(project_id: &str) -> FirestoreStore {
-    FirestoreStore::connect(project_id, Some(&emulator_host()))
+async fn firestore_store_in(project_id: &str, keyring: Keyring) -> FirestoreStore {
+    FirestoreStore::connect(project_id, Some(&emulator_host()), keyring)
         .await
         .expect("connect to the Firestore emulator")
 }
@@ -107,13 +127,16 @@ fn secret(text: &str) -> SecretString {
 
 fn tenant(id: &str, keyring: &Keyring) -> Tenant {
     let at = now();
+    let tenant = tenant_id(id);
+    let seal = |which: TenantSecret, text: &str| which.seal(keyring, &tenant, &secret(text));
     Tenant {
-        id: tenant_id(id),
         omneo_api_url: format!("https://api.{id}.getomneo.com"),
-        omneo_api_token: keyring.seal(&secret("omneo-token-plaintext")),
-        omneo_signing_secret: keyring.seal(&secret("signing-secret-plaintext")),
-        webhook_secret: keyring.seal(&secret("webhook-secret-plaintext")),
+        omneo_api_token: seal(TenantSecret::OmneoApiToken, "omneo-token-plaintext"),
+        omneo_signing_secret: seal(TenantSecret::OmneoSigningSecret, "signing-secret-plaintext"),
+        webhook_secret: seal(TenantSecret::WebhookSecret, "webhook-secret-plaintext"),
+        id: tenant,
         previous_webhook_secret: None,
+        webhook_secret_pending_since: None,
         admin_key_hash: "ab".repeat(32),
         settings: Settings::default(),
         created_at: at,
@@ -121,11 +144,14 @@ fn tenant(id: &str, keyring: &Keyring) -> Tenant {
     }
 }
 
-fn oauth_state(state: &str, tenant: &str, expires_at: Timestamp, keyring: &Keyring) -> OAuthState {
+fn oauth_state(hash: &str, tenant: &str, expires_at: Timestamp, keyring: &Keyring) -> OAuthState {
     OAuthState {
-        state: state.to_owned(),
+        state_hash: hash.to_owned(),
         tenant: tenant_id(tenant),
-        pkce_verifier: keyring.seal(&secret("pkce-verifier-plaintext")),
+        pkce_verifier: keyring.seal(
+            &secret("pkce-verifier-plaintext"),
+            &OAuthState::verifier_at(hash),
+        ),
         expires_at,
     }
 }
@@ -139,7 +165,7 @@ fn failure(id: &str, tenant: &str, at: Timestamp) -> Failure {
         id: id.to_owned(),
         tenant: tenant_id(tenant),
         queue: format!("{tenant}-outbound"),
-        task_kind: "sync_profile".into(),
+        task_kind: TaskKind::SyncProfile,
         task_name: format!("tasks/{id}"),
         payload: r#"{"profile_id":"p1","nested":[[1,2],[3]]}"#.into(),
         error: "Klaviyo answered 400".into(),
@@ -148,14 +174,20 @@ fn failure(id: &str, tenant: &str, at: Timestamp) -> Failure {
     }
 }
 
+fn profile_id(raw: &str) -> OmneoProfileId {
+    OmneoProfileId::parse(raw).expect("valid Omneo profile id")
+}
+
 fn sync_state(tenant: &str, profile: &str, hash: &str) -> SyncState {
     SyncState {
         tenant: tenant_id(tenant),
-        omneo_profile_id: profile.to_owned(),
-        klaviyo_profile_id: Some(format!("K-{profile}")),
+        omneo_profile_id: profile_id(profile),
+        klaviyo_profile_id: Some(
+            KlaviyoProfileId::parse(format!("K{}", profile.replace('-', ""))).unwrap(),
+        ),
         payload_hash: hash.to_owned(),
         consent: ConsentSent {
-            email: Some(true),
+            email: Some(ConsentState::Subscribed),
             sms: None,
         },
         updated_at: now(),
@@ -166,7 +198,11 @@ fn sync_state(tenant: &str, profile: &str, hash: &str) -> SyncState {
 async fn claim_once_expired(store: &dyn Store, key: &IdempotencyKey, while_waiting: Claim) {
     let deadline = tokio::time::Instant::now() + EXPIRY_TIMEOUT;
     loop {
-        match store.claim(key, Duration::from_secs(3600)).await.unwrap() {
+        match store
+            .claim(key, "waiter", Duration::from_secs(3600))
+            .await
+            .unwrap()
+        {
             Claim::Acquired => return,
             other => assert_eq!(other, while_waiting),
         }
@@ -179,7 +215,7 @@ async fn claim_once_expired(store: &dyn Store, key: &IdempotencyKey, while_waiti
 }
 
 async fn tenants_are_created_once_and_read_back(store: Arc<dyn Store>) {
-    let keyring = Keyring::generate("k1");
+    let keyring = keyring();
     let acme = tenant("acme", &keyring);
     assert_eq!(store.tenant(&acme.id).await.unwrap(), None);
 
@@ -199,7 +235,7 @@ async fn tenants_are_created_once_and_read_back(store: Arc<dyn Store>) {
 }
 
 async fn update_tenant_reads_modifies_and_writes(store: Arc<dyn Store>) {
-    let keyring = Keyring::generate("k1");
+    let keyring = keyring();
     let acme = tenant("acme", &keyring);
 
     let created = store
@@ -269,31 +305,32 @@ async fn update_install_reads_modifies_and_writes(store: Arc<dyn Store>) {
 }
 
 async fn aborted_mutations_write_nothing(store: Arc<dyn Store>) {
-    let keyring = Keyring::generate("k1");
+    let keyring = keyring();
     let acme = tenant("acme", &keyring);
     let refuse_tenant = |current: Option<Tenant>| -> Result<Tenant, Abort> {
         let _ = current;
-        Err(Abort("tenant condition failed".into()))
+        Err(Abort)
     };
 
     // On an absent document: it stays absent.
-    match store.update_tenant(&acme.id, &refuse_tenant).await {
-        Err(StoreError::Aborted(reason)) => assert_eq!(reason, "tenant condition failed"),
-        other => panic!("expected an abort, got {other:?}"),
-    }
+    assert!(matches!(
+        store.update_tenant(&acme.id, &refuse_tenant).await,
+        Err(StoreError::Aborted)
+    ));
     assert_eq!(store.tenant(&acme.id).await.unwrap(), None);
 
-    // On an existing document: it stays as it was, even though the mutation changed its copy.
+    // On an existing document: it stays as it was, even though the mutation changed its copy; the
+    // typed form hands the mutation's reason back.
     store.create_tenant(&acme).await.unwrap();
-    let change_then_refuse = |current: Option<Tenant>| -> Result<Tenant, Abort> {
-        let mut tenant = current.expect("exists");
-        tenant.omneo_api_url = "https://changed.example".into();
-        Err(Abort(format!("refused {}", tenant.omneo_api_url)))
-    };
-    assert!(matches!(
-        store.update_tenant(&acme.id, &change_then_refuse).await,
-        Err(StoreError::Aborted(reason)) if reason == "refused https://changed.example"
-    ));
+    let refused = store
+        .update_tenant_or(&acme.id, |current| {
+            let mut tenant = current.expect("exists");
+            tenant.omneo_api_url = "https://changed.example".into();
+            Err(format!("refused {}", tenant.omneo_api_url))
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused, Err("refused https://changed.example".to_owned()));
     assert_eq!(store.tenant(&acme.id).await.unwrap(), Some(acme.clone()));
 
     // The same for installs.
@@ -302,30 +339,30 @@ async fn aborted_mutations_write_nothing(store: Arc<dyn Store>) {
         .update_install(&acme.id, &|_| Ok(install.clone()))
         .await
         .unwrap();
-    let refuse_install = |current: Option<Install>| -> Result<Install, Abort> {
-        let mut install = current.expect("exists");
-        install.transition(InstallStatus::Installed, None, now());
-        Err(Abort("not provisioning".into()))
-    };
-    assert!(matches!(
-        store.update_install(&acme.id, &refuse_install).await,
-        Err(StoreError::Aborted(reason)) if reason == "not provisioning"
-    ));
+    let refused = store
+        .update_install_or(&acme.id, |current| {
+            let mut install = current.expect("exists");
+            install.transition(InstallStatus::Installed, None, now());
+            Err("not provisioning")
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused, Err("not provisioning"));
     assert_eq!(store.install(&acme.id).await.unwrap(), Some(install));
     assert!(matches!(
         store
-            .update_install(&tenant_id("nobody"), &|_| Err(Abort("no".into())))
+            .update_install_or(&tenant_id("nobody"), |_| Err("no"))
             .await,
-        Err(StoreError::Aborted(_))
+        Ok(Err("no"))
     ));
     assert_eq!(store.install(&tenant_id("nobody")).await.unwrap(), None);
 }
 
 async fn oauth_states_are_single_use(store: Arc<dyn Store>) {
-    let keyring = Keyring::generate("k1");
+    let keyring = keyring();
     let expires = now() + Duration::from_secs(600);
-    // A `/` and a `%` must not break the document path.
-    for value in ["st-8f3a", "a/b%2Fc"] {
+    // State hashes are hex, but a `/` and a `%` must not break the document path either.
+    for value in ["8f3a9c", "a/b%2Fc"] {
         let state = oauth_state(value, "acme", expires, &keyring);
         store.put_oauth_state(&state).await.unwrap();
         match store.put_oauth_state(&state).await {
@@ -340,7 +377,7 @@ async fn oauth_states_are_single_use(store: Arc<dyn Store>) {
 }
 
 async fn expired_oauth_states_are_absent(store: Arc<dyn Store>) {
-    let keyring = Keyring::generate("k1");
+    let keyring = keyring();
     let expired = oauth_state("old", "acme", now() - Duration::from_secs(1), &keyring);
     store.put_oauth_state(&expired).await.unwrap();
     assert_eq!(store.take_oauth_state("old").await.unwrap(), None);
@@ -355,28 +392,46 @@ async fn claims_follow_the_idempotency_lifecycle(store: Arc<dyn Store>) {
     let retain = Duration::from_secs(48 * 3600);
 
     let work = key("acme", "order-1");
-    assert_eq!(store.claim(&work, lease).await.unwrap(), Claim::Acquired);
-    assert_eq!(store.claim(&work, lease).await.unwrap(), Claim::InProgress);
+    assert_eq!(
+        store.claim(&work, "a", lease).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store.claim(&work, "b", lease).await.unwrap(),
+        Claim::InProgress
+    );
     store.complete(&work, retain).await.unwrap();
-    assert_eq!(store.claim(&work, lease).await.unwrap(), Claim::Done);
+    assert_eq!(store.claim(&work, "b", lease).await.unwrap(), Claim::Done);
     // Releasing finished work does not make it claimable again.
-    store.release(&work).await.unwrap();
-    assert_eq!(store.claim(&work, lease).await.unwrap(), Claim::Done);
+    store.release(&work, "a").await.unwrap();
+    assert_eq!(store.claim(&work, "b", lease).await.unwrap(), Claim::Done);
 
     let retried = key("acme", "order-2");
-    assert_eq!(store.claim(&retried, lease).await.unwrap(), Claim::Acquired);
-    store.release(&retried).await.unwrap();
-    assert_eq!(store.claim(&retried, lease).await.unwrap(), Claim::Acquired);
+    assert_eq!(
+        store.claim(&retried, "a", lease).await.unwrap(),
+        Claim::Acquired
+    );
+    store.release(&retried, "a").await.unwrap();
+    assert_eq!(
+        store.claim(&retried, "b", lease).await.unwrap(),
+        Claim::Acquired
+    );
 
     // Keys are per tenant, and releasing an unknown key is fine.
     assert_eq!(
-        store.claim(&key("other", "order-1"), lease).await.unwrap(),
+        store
+            .claim(&key("other", "order-1"), "a", lease)
+            .await
+            .unwrap(),
         Claim::Acquired
     );
-    store.release(&key("acme", "never-claimed")).await.unwrap();
+    store
+        .release(&key("acme", "never-claimed"), "a")
+        .await
+        .unwrap();
     assert_eq!(
         store
-            .claim(&key("acme", "never-claimed"), lease)
+            .claim(&key("acme", "never-claimed"), "a", lease)
             .await
             .unwrap(),
         Claim::Acquired
@@ -387,14 +442,14 @@ async fn expired_leases_and_done_markers_can_be_claimed_again(store: Arc<dyn Sto
     let short = Duration::from_millis(300);
     let abandoned = key("acme", "abandoned");
     assert_eq!(
-        store.claim(&abandoned, short).await.unwrap(),
+        store.claim(&abandoned, "first", short).await.unwrap(),
         Claim::Acquired
     );
     claim_once_expired(store.as_ref(), &abandoned, Claim::InProgress).await;
     // The new claim holds its own (long) lease.
     assert_eq!(
         store
-            .claim(&abandoned, Duration::from_secs(3600))
+            .claim(&abandoned, "third", Duration::from_secs(3600))
             .await
             .unwrap(),
         Claim::InProgress
@@ -403,7 +458,7 @@ async fn expired_leases_and_done_markers_can_be_claimed_again(store: Arc<dyn Sto
     let finished = key("acme", "finished");
     assert_eq!(
         store
-            .claim(&finished, Duration::from_secs(3600))
+            .claim(&finished, "first", Duration::from_secs(3600))
             .await
             .unwrap(),
         Claim::Acquired
@@ -440,35 +495,36 @@ async fn failures_come_newest_first_per_tenant(store: Arc<dyn Store>) {
 
 async fn sync_state_is_put_read_and_deleted(store: Arc<dyn Store>) {
     let acme = tenant_id("acme");
-    assert_eq!(store.sync_state(&acme, "p-1").await.unwrap(), None);
+    let p1 = profile_id("p-1");
+    assert_eq!(store.sync_state(&acme, &p1).await.unwrap(), None);
 
     let first = sync_state("acme", "p-1", "hash-1");
     store.put_sync_state(&first).await.unwrap();
-    assert_eq!(store.sync_state(&acme, "p-1").await.unwrap(), Some(first));
+    assert_eq!(store.sync_state(&acme, &p1).await.unwrap(), Some(first));
 
     let replaced = sync_state("acme", "p-1", "hash-2");
     store.put_sync_state(&replaced).await.unwrap();
-    assert_eq!(
-        store.sync_state(&acme, "p-1").await.unwrap(),
-        Some(replaced)
-    );
+    assert_eq!(store.sync_state(&acme, &p1).await.unwrap(), Some(replaced));
 
-    // Another tenant's profile with the same id, and an id with a `/`, are separate documents.
+    // Another tenant's profile with the same id, and another profile, are separate documents.
     let other = sync_state("other", "p-1", "hash-o");
-    let slashed = sync_state("acme", "region/7", "hash-s");
+    let second = sync_state("acme", "region-7", "hash-s");
     store.put_sync_state(&other).await.unwrap();
-    store.put_sync_state(&slashed).await.unwrap();
+    store.put_sync_state(&second).await.unwrap();
 
-    store.delete_sync_state(&acme, "p-1").await.unwrap();
-    assert_eq!(store.sync_state(&acme, "p-1").await.unwrap(), None);
-    store.delete_sync_state(&acme, "p-1").await.unwrap();
+    store.delete_sync_state(&acme, &p1).await.unwrap();
+    assert_eq!(store.sync_state(&acme, &p1).await.unwrap(), None);
+    store.delete_sync_state(&acme, &p1).await.unwrap();
     assert_eq!(
-        store.sync_state(&tenant_id("other"), "p-1").await.unwrap(),
+        store.sync_state(&tenant_id("other"), &p1).await.unwrap(),
         Some(other)
     );
     assert_eq!(
-        store.sync_state(&acme, "region/7").await.unwrap(),
-        Some(slashed)
+        store
+            .sync_state(&acme, &profile_id("region-7"))
+            .await
+            .unwrap(),
+        Some(second)
     );
 }
 
@@ -515,26 +571,59 @@ async fn klaviyo_accounts_bind_to_the_first_tenant(store: Arc<dyn Store>) {
 }
 
 async fn secrets_are_stored_sealed(store: Arc<dyn Store>) {
-    let keyring = Keyring::generate("k1");
+    let keyring = keyring();
     let acme = tenant("acme", &keyring);
     store.create_tenant(&acme).await.unwrap();
     let stored = store.tenant(&acme.id).await.unwrap().expect("stored");
-    for (sealed, plaintext) in [
-        (&stored.omneo_api_token, "omneo-token-plaintext"),
-        (&stored.omneo_signing_secret, "signing-secret-plaintext"),
-        (&stored.webhook_secret, "webhook-secret-plaintext"),
+    for (which, sealed, plaintext) in [
+        (
+            TenantSecret::OmneoApiToken,
+            &stored.omneo_api_token,
+            "omneo-token-plaintext",
+        ),
+        (
+            TenantSecret::OmneoSigningSecret,
+            &stored.omneo_signing_secret,
+            "signing-secret-plaintext",
+        ),
+        (
+            TenantSecret::WebhookSecret,
+            &stored.webhook_secret,
+            "webhook-secret-plaintext",
+        ),
     ] {
         assert!(!sealed.as_str().contains(plaintext));
         assert_eq!(sealed.key_id(), "k1");
-        assert_eq!(keyring.open(sealed).unwrap().expose_secret(), plaintext);
+        assert!(sealed.is_bound());
+        assert_eq!(
+            stored.open(&keyring, which).unwrap().expose_secret(),
+            plaintext
+        );
     }
+    // Bound to its place: the same ciphertext does not open as another field or tenant's.
+    assert!(
+        keyring
+            .open(
+                &stored.omneo_api_token,
+                &TenantSecret::WebhookSecret.at(&acme.id)
+            )
+            .is_err()
+    );
+    assert!(
+        keyring
+            .open(
+                &stored.omneo_api_token,
+                &TenantSecret::OmneoApiToken.at(&tenant_id("globex"))
+            )
+            .is_err()
+    );
 
-    let state = oauth_state("st-1", "acme", now() + Duration::from_secs(600), &keyring);
+    let state = oauth_state("5e1f", "acme", now() + Duration::from_secs(600), &keyring);
     store.put_oauth_state(&state).await.unwrap();
-    let taken = store.take_oauth_state("st-1").await.unwrap().expect("live");
+    let taken = store.take_oauth_state("5e1f").await.unwrap().expect("live");
     assert!(!taken.pkce_verifier.as_str().contains("pkce-verifier"));
     assert_eq!(
-        keyring.open(&taken.pkce_verifier).unwrap().expose_secret(),
+        taken.open_verifier(&keyring).unwrap().expose_secret(),
         "pkce-verifier-plaintext"
     );
 }
@@ -544,7 +633,10 @@ async fn racing_claims_acquire_exactly_once(store: Arc<dyn Store>) {
     let mut racers = JoinSet::new();
     for _ in 0..RACERS {
         let (store, work) = (store.clone(), work.clone());
-        racers.spawn(async move { store.claim(&work, Duration::from_secs(3600)).await });
+        racers.spawn(async move {
+            let holder = uuid::Uuid::new_v4().to_string();
+            store.claim(&work, &holder, Duration::from_secs(3600)).await
+        });
     }
     let outcomes: Vec<Claim> = racers
         .join_all()
@@ -595,7 +687,7 @@ async fn racing_install_updates_lose_nothing(store: Arc<dyn Store>) {
 }
 
 async fn records_come_back_at_firestore_precision(store: Arc<dyn Store>) {
-    let keyring = Keyring::generate("k1");
+    let keyring = keyring();
     let mut acme = tenant("acme", &keyring);
     acme.created_at = "2026-11-26T10:00:00.123456789Z".parse().unwrap();
     store.create_tenant(&acme).await.unwrap();
@@ -603,6 +695,151 @@ async fn records_come_back_at_firestore_precision(store: Arc<dyn Store>) {
     assert_eq!(
         stored.created_at,
         "2026-11-26T10:00:00.123456Z".parse::<Timestamp>().unwrap()
+    );
+}
+
+async fn released_claims_stay_with_whoever_holds_them(store: Arc<dyn Store>) {
+    let work = key("acme", "lapsed");
+    let short = Duration::from_millis(300);
+    assert_eq!(
+        store.claim(&work, "first", short).await.unwrap(),
+        Claim::Acquired
+    );
+    // The first holder's lease lapses; a second holder takes the key over.
+    claim_once_expired(store.as_ref(), &work, Claim::InProgress).await;
+    // `claim_once_expired` acquired it as "waiter": the first holder's late release is a no-op.
+    store.release(&work, "first").await.unwrap();
+    assert_eq!(
+        store
+            .claim(&work, "third", Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        Claim::InProgress,
+        "a release by a former holder must not free the current holder's claim"
+    );
+    store.release(&work, "waiter").await.unwrap();
+    assert_eq!(
+        store
+            .claim(&work, "third", Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+}
+
+async fn tenant_ids_list_every_registered_tenant(store: Arc<dyn Store>) {
+    assert!(store.tenant_ids().await.unwrap().is_empty());
+    let keyring = keyring();
+    for id in ["globex", "acme", "initech"] {
+        store.create_tenant(&tenant(id, &keyring)).await.unwrap();
+    }
+    assert_eq!(
+        store.tenant_ids().await.unwrap(),
+        [tenant_id("acme"), tenant_id("globex"), tenant_id("initech")]
+    );
+}
+
+async fn live_oauth_states_are_listed_until_they_expire(store: Arc<dyn Store>) {
+    let keyring = keyring();
+    let live = oauth_state("aa01", "acme", now() + Duration::from_secs(600), &keyring);
+    let expired = oauth_state("aa02", "acme", now() - Duration::from_secs(1), &keyring);
+    store.put_oauth_state(&live).await.unwrap();
+    store.put_oauth_state(&expired).await.unwrap();
+    assert_eq!(store.live_oauth_states().await.unwrap(), [live]);
+    store.take_oauth_state("aa01").await.unwrap();
+    assert!(store.live_oauth_states().await.unwrap().is_empty());
+}
+
+async fn queue_names_are_reserved_by_the_first_tenant(store: Arc<dyn Store>) {
+    let (acme, other) = (tenant_id("acme"), tenant_id("acme-au"));
+    let name = QueueName::parse("acme-au-klaviyo-inbound").unwrap();
+    assert_eq!(store.reserve_queue_name(&name, &acme).await.unwrap(), acme);
+    assert_eq!(store.reserve_queue_name(&name, &acme).await.unwrap(), acme);
+    assert_eq!(store.reserve_queue_name(&name, &other).await.unwrap(), acme);
+    let own = QueueName::parse("acme-au-klaviyo-outbound").unwrap();
+    assert_eq!(store.reserve_queue_name(&own, &other).await.unwrap(), other);
+}
+
+async fn writes_reseal_under_the_active_key(store: Arc<dyn Store>) {
+    // Records written with a retired key (or before values were bound to their place) come back
+    // from the store under its active key — here `k1`, which retired `k0`.
+    let retired = Keyring::parse(RETIRED_K0).unwrap();
+    let acme = tenant("acme", &retired);
+    assert_eq!(acme.omneo_api_token.key_id(), "k0");
+    store.create_tenant(&acme).await.unwrap();
+    let stored = store.tenant(&acme.id).await.unwrap().expect("stored");
+    let current = keyring();
+    for which in [
+        TenantSecret::OmneoApiToken,
+        TenantSecret::OmneoSigningSecret,
+        TenantSecret::WebhookSecret,
+    ] {
+        let sealed: &Sealed = match which {
+            TenantSecret::OmneoApiToken => &stored.omneo_api_token,
+            TenantSecret::OmneoSigningSecret => &stored.omneo_signing_secret,
+            TenantSecret::WebhookSecret => &stored.webhook_secret,
+        };
+        assert_eq!(sealed.key_id(), "k1", "{which:?}");
+        assert!(stored.open(&current, which).is_ok());
+    }
+
+    // An install's tokens are re-sealed on every update too.
+    let install = {
+        let mut install = Install::pending(acme.id.clone(), now());
+        install.tokens = Some(OAuthTokens {
+            access_token: TokenSecret::AccessToken.seal(&retired, &acme.id, &secret("access")),
+            refresh_token: TokenSecret::RefreshToken.seal(&retired, &acme.id, &secret("refresh")),
+            expires_at: now(),
+            scopes: Vec::new(),
+            last_refreshed_at: None,
+        });
+        install
+    };
+    let written = store
+        .update_install(&acme.id, &|_| Ok(install.clone()))
+        .await
+        .unwrap();
+    let tokens = written.tokens.expect("tokens");
+    assert_eq!(tokens.refresh_token.key_id(), "k1");
+    assert_eq!(
+        tokens
+            .open(&current, &acme.id, TokenSecret::RefreshToken)
+            .unwrap()
+            .expose_secret(),
+        "refresh"
+    );
+    // A value the store's keyring cannot open is left as it was (and the write still happens).
+    let stranger = Keyring::parse("k9:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=").unwrap();
+    let mut foreign = tenant("globex", &stranger);
+    foreign.omneo_api_url = "https://globex.example".into();
+    store.create_tenant(&foreign).await.unwrap();
+    let kept = store.tenant(&foreign.id).await.unwrap().expect("stored");
+    assert_eq!(kept.omneo_api_token, foreign.omneo_api_token);
+}
+
+async fn install_history_is_bounded(store: Arc<dyn Store>) {
+    let acme = tenant_id("acme");
+    store
+        .update_install(&acme, &|_| Ok(Install::pending(acme.clone(), now())))
+        .await
+        .unwrap();
+    for round in 0..(Install::HISTORY_LIMIT + 7) {
+        store
+            .update_install(&acme, &|current| {
+                let mut install = current.expect("exists");
+                install.transition(InstallStatus::Failed, Some(format!("round {round}")), now());
+                Ok(install)
+            })
+            .await
+            .unwrap();
+    }
+    let install = store.install(&acme).await.unwrap().expect("stored");
+    assert_eq!(install.history.len(), Install::HISTORY_LIMIT);
+    let last_round = Install::HISTORY_LIMIT + 6;
+    assert_eq!(
+        install.history.last().unwrap().reason.as_deref(),
+        Some(format!("round {last_round}").as_str()),
+        "the newest entries are kept"
     );
 }
 
@@ -617,22 +854,24 @@ fn field_type(doc: &gcloud_sdk::google::firestore::v1::Document, field: &str) ->
 #[tokio::test]
 async fn firestore_ttl_fields_are_real_timestamps() {
     let project = unique_project_id();
-    let store = firestore_store_in(&project).await;
+    let store = firestore_store_in(&project, keyring()).await;
     let raw = raw_db(&project).await;
-    let keyring = Keyring::generate("k1");
     let expires_at = now() + Duration::from_secs(600);
     store
-        .put_oauth_state(&oauth_state("st-ttl", "acme", expires_at, &keyring))
+        .put_oauth_state(&oauth_state("77aa", "acme", expires_at, &keyring()))
         .await
         .unwrap();
     let work = key("acme", "ttl");
-    store.claim(&work, Duration::from_secs(3600)).await.unwrap();
+    store
+        .claim(&work, "ttl", Duration::from_secs(3600))
+        .await
+        .unwrap();
 
     let state_doc = raw
         .fluent()
         .select()
         .by_id_in("oauth_states")
-        .one("st-ttl")
+        .one("77aa")
         .await
         .unwrap()
         .expect("state document");
@@ -647,7 +886,7 @@ async fn firestore_ttl_fields_are_real_timestamps() {
     }
     // Secrets are ciphertext in the document itself.
     match field_type(&state_doc, "pkce_verifier") {
-        ValueType::StringValue(text) => assert!(text.starts_with("k1:") && !text.contains("pkce")),
+        ValueType::StringValue(text) => assert!(text.starts_with("k1.") && !text.contains("pkce")),
         other => panic!("pkce_verifier is stored as {other:?}"),
     }
 
@@ -677,7 +916,7 @@ async fn firestore_undecodable_documents_are_corrupt() {
     }
 
     let project = unique_project_id();
-    let store = firestore_store_in(&project).await;
+    let store = firestore_store_in(&project, keyring()).await;
     raw_db(&project)
         .await
         .fluent()
@@ -716,9 +955,10 @@ async fn firestore_unreachable_backend_is_unavailable() {
             drop(connection);
         }
     });
-    let store = FirestoreStore::connect(&unique_project_id(), Some(&address.to_string()))
-        .await
-        .expect("connect");
+    let store =
+        FirestoreStore::connect(&unique_project_id(), Some(&address.to_string()), keyring())
+            .await
+            .expect("connect");
     match store.tenant(&tenant_id("acme")).await {
         Err(StoreError::Unavailable(err)) => {
             assert!(format!("{err:#}").contains("tenants/acme"), "{err:#}");

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use shared::app::App;
 use shared::config::Config;
 use shared::crypto::{new_keyring_spec, random_secret};
+use shared::store::TokenSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing_subscriber::fmt::MakeWriter;
@@ -198,18 +199,20 @@ impl TestApp {
         let granted = self.klaviyo.grant_tokens();
         let keyring = &self.app.config.keyring;
         let now = jiff::Timestamp::now();
+        let tenant_id = shared::domain::TenantId::parse(tenant).expect("tenant id");
+        let seal = |which: TokenSecret, token: &str| {
+            which.seal(keyring, &tenant_id, &secrecy::SecretString::from(token))
+        };
         let tokens = shared::store::OAuthTokens {
-            access_token: keyring.seal(&secrecy::SecretString::from(granted.access_token.clone())),
-            refresh_token: keyring
-                .seal(&secrecy::SecretString::from(granted.refresh_token.clone())),
-            expires_at: shared::install::tokens::expiry(
+            access_token: seal(TokenSecret::AccessToken, &granted.access_token),
+            refresh_token: seal(TokenSecret::RefreshToken, &granted.refresh_token),
+            expires_at: shared::access::tokens::expiry(
                 now,
                 std::time::Duration::from_secs(granted.expires_in),
             ),
             scopes: granted.scope.split(' ').map(str::to_owned).collect(),
             last_refreshed_at: None,
         };
-        let tenant_id = shared::domain::TenantId::parse(tenant).expect("tenant id");
         let account = self.klaviyo.options().account_id;
         self.app
             .store

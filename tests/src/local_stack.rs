@@ -337,8 +337,8 @@ async fn register_demo_tenant(
     omneo_signing_secret: SecretString,
 ) -> anyhow::Result<SecretString> {
     let request = Registration {
-        omneo_api_token: Some(omneo_token.expose_secret().to_owned()),
-        omneo_signing_secret: Some(omneo_signing_secret.expose_secret().to_owned()),
+        omneo_api_token: Some(omneo_token.clone()),
+        omneo_signing_secret: Some(omneo_signing_secret.clone()),
         ..Registration::default()
     };
     registration::register(app, tenant, request)

@@ -3,8 +3,10 @@
 //!
 //! Control API (used by `make dev` users with curl, and by tests through the Rust methods):
 //! - `POST /_sim/faults` `{"path": "/api/profile-import", "method": "POST"?, "count": 2, "status": 429,
-//!   "retry_after": 1?, "delay_ms": 0?}` — the next `count` matching calls answer `status` (with the
-//!   simulator's real error body), or are delayed by `delay_ms` first (with no `status`: only slow).
+//!   "retry_after": 1?, "delay_ms": 0?, "hold_ms": 0?}` — the next `count` matching calls answer
+//!   `status` (with the simulator's real error body), or are delayed by `delay_ms` before they are
+//!   handled (with no `status`: only slow), or are handled at once and their answer held back
+//!   `hold_ms` (the remote did the work; its answer is slow or lost to a client timeout).
 //! - `DELETE /_sim/faults` — clears faults.
 //! - `GET /_sim/requests` — every request received so far (method, path, query, headers, body).
 
@@ -75,9 +77,12 @@ pub struct FaultRule {
     /// `Retry-After` seconds on a 429/503 answer.
     #[serde(default)]
     pub retry_after: Option<u64>,
-    /// Wait this long before answering (a slow call).
+    /// Wait this long before handling the call (a slow call).
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// Handle the call at once, then hold its answer back this long.
+    #[serde(default)]
+    pub hold_ms: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -94,6 +99,7 @@ impl FaultRule {
             status: Some(status),
             retry_after: None,
             delay_ms: None,
+            hold_ms: None,
         }
     }
 
@@ -107,6 +113,17 @@ impl FaultRule {
             status: None,
             retry_after: None,
             delay_ms,
+            hold_ms: None,
+        }
+    }
+
+    /// The next `count` calls under `path` are handled at once, and their answers held back
+    /// `hold`: the work is done before the caller can know it.
+    pub fn slow_answer(path: &str, hold: Duration, count: u32) -> Self {
+        Self {
+            delay_ms: None,
+            hold_ms: Some(u64::try_from(hold.as_millis()).unwrap_or(u64::MAX)),
+            ..Self::slow(path, Duration::ZERO, count)
         }
     }
 
@@ -272,7 +289,8 @@ async fn record_and_inject(
             .collect(),
         body: String::from_utf8_lossy(&bytes).into_owned(),
     });
-    if let Some(fault) = instruments.faults.take(&method, &path) {
+    let fault = instruments.faults.take(&method, &path);
+    if let Some(fault) = &fault {
         if let Some(delay) = fault.delay_ms {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
@@ -280,8 +298,13 @@ async fn record_and_inject(
             return (instruments.render_error)(status, fault.retry_after);
         }
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    if let Some(hold) = fault.and_then(|f| f.hold_ms) {
+        tokio::time::sleep(Duration::from_millis(hold)).await;
+    }
+    response
 }
 
 async fn add_fault(
@@ -309,6 +332,15 @@ async fn clear_requests(State(instruments): State<Instruments>) -> StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_answer_is_a_rule_of_its_own() {
+        let rule = FaultRule::slow_answer("/oauth/token", Duration::from_millis(1500), 2);
+        assert_eq!(
+            (rule.hold_ms, rule.delay_ms, rule.status, rule.count),
+            (Some(1500), None, None, 2)
+        );
+    }
 
     #[test]
     fn fault_rules_are_consumed_in_order_and_by_method() {

@@ -55,7 +55,11 @@ mod tests {
         let start = Instant::now();
         pacer.turn(RateClass::Webhooks).await;
         pacer.turn(RateClass::DataSources).await;
-        assert_eq!(start.elapsed(), Duration::ZERO, "first turns of each class are immediate");
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "first turns of each class are immediate"
+        );
         pacer.turn(RateClass::Webhooks).await;
         assert_eq!(start.elapsed(), Duration::from_millis(1100));
         let third = pacer.turn(RateClass::Webhooks);

@@ -23,14 +23,19 @@
 //!
 //! **`invalid_grant`** means the customer uninstalled or the token died — but only for the token
 //! that is still stored. For a token that is no longer the stored one it means "someone already
-//! refreshed (or reinstalled)", and the caller gets the stored token. A dead stored token moves the
-//! install to `reauthorization_required`, after which every call fails fast with
+//! refreshed (or reinstalled)", and the caller gets the stored token. And a refresher that took
+//! over a *lapsed* lease does not end the install on `invalid_grant` either: with rotation, the
+//! lapsed holder's call may have spent the token first and may still store the live grant; the
+//! refresher answers [`TokenError::Busy`] (retry later) and marks its lease, so that the next
+//! refresher, if the token really is dead, does end it. A dead stored token moves the install to
+//! `reauthorization_required`, after which every call fails fast with
 //! [`TokenError::ReauthorizationRequired`], so workers park their tasks instead of calling Klaviyo.
 //! The refresh token Klaviyo returns is always stored.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -40,9 +45,7 @@ use crate::crypto::{CryptoError, Keyring, constant_time_eq};
 use crate::domain::TenantId;
 use crate::klaviyo::oauth::{KlaviyoOAuth, OAuthError, TokenGrant};
 use crate::remote::{Disposition, RemoteError};
-use crate::store::{
-    Install, InstallStatus, Lease, OAuthTokens, Store, StoreError, TokenSecret,
-};
+use crate::store::{Install, InstallStatus, Lease, OAuthTokens, Store, StoreError, TokenSecret};
 
 /// Refresh when the access token has less than this left.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(60);
@@ -147,6 +150,14 @@ enum LeaseRefusal {
     Busy,
 }
 
+/// A refresh lease taken, with the refresh token it lets the holder spend.
+struct Taken {
+    /// The stored refresh token, sealed.
+    refresh_token: crate::crypto::Sealed,
+    /// The lease was taken over from a refresher whose lease lapsed mid-refresh.
+    after_lapsed_refresh: bool,
+}
+
 /// Why a refresh's outcome was not written.
 enum WriteRefusal {
     /// The install is gone, uninstalled or holds no tokens.
@@ -229,7 +240,7 @@ impl TokenProvider {
         let mut superseded = 0;
         loop {
             match self.take_lease(tenant, stale, &holder).await? {
-                Ok(refresh_token) => match self.spend(tenant, &refresh_token, &holder).await? {
+                Ok(taken) => match self.spend(tenant, &taken, &holder).await? {
                     Spent::Issued(issued) => return Ok(issued),
                     Spent::Superseded if superseded < MAX_SUPERSEDED => superseded += 1,
                     Spent::Superseded => return Err(TokenError::Busy(tenant.clone())),
@@ -263,15 +274,21 @@ impl TokenProvider {
         tenant: &TenantId,
         stale: &SecretString,
         holder: &str,
-    ) -> Result<Result<crate::crypto::Sealed, LeaseRefusal>, TokenError> {
+    ) -> Result<Result<Taken, LeaseRefusal>, TokenError> {
         let now = Timestamp::now();
-        let until = now.saturating_add(signed(self.lease)).unwrap_or(Timestamp::MAX);
+        let until = now
+            .saturating_add(signed(self.lease))
+            .unwrap_or(Timestamp::MAX);
+        // Set by the (last) run of the transaction that took the lease.
+        let took_over = AtomicBool::new(false);
         let outcome = self
             .store
             .update_install_or(tenant, |install| {
                 let mut install = install.ok_or(LeaseRefusal::NotInstalled)?;
                 match install.status {
-                    InstallStatus::ReauthorizationRequired => return Err(LeaseRefusal::Reauthorize),
+                    InstallStatus::ReauthorizationRequired => {
+                        return Err(LeaseRefusal::Reauthorize);
+                    }
                     InstallStatus::Uninstalled | InstallStatus::Pending => {
                         return Err(LeaseRefusal::NotInstalled);
                     }
@@ -284,25 +301,28 @@ impl TokenProvider {
                 if replaced && remaining(tokens, now) > REFRESH_MARGIN {
                     return Err(LeaseRefusal::AlreadyRefreshed(tokens.access_token.clone()));
                 }
-                if install
-                    .refresh_lease
-                    .as_ref()
-                    .is_some_and(|lease| lease.holder != holder && lease.until > now)
-                {
+                let previous = install.refresh_lease.as_ref();
+                if previous.is_some_and(|lease| lease.holder != holder && lease.until > now) {
                     return Err(LeaseRefusal::Busy);
                 }
+                took_over.store(
+                    previous.is_some_and(|lease| lease.holder != holder && !lease.refused_grant),
+                    Ordering::Relaxed,
+                );
                 install.refresh_lease = Some(Lease {
                     holder: holder.to_owned(),
                     until,
+                    refused_grant: false,
                 });
                 Ok(install)
             })
             .await?;
-        Ok(outcome.map(|install| {
-            install
+        Ok(outcome.map(|install| Taken {
+            refresh_token: install
                 .tokens
                 .expect("a lease is only taken on an install with tokens")
-                .refresh_token
+                .refresh_token,
+            after_lapsed_refresh: took_over.load(Ordering::Relaxed),
         }))
     }
 
@@ -310,12 +330,12 @@ impl TokenProvider {
     async fn spend(
         &self,
         tenant: &TenantId,
-        refresh_token: &crate::crypto::Sealed,
+        taken: &Taken,
         holder: &str,
     ) -> Result<Spent, TokenError> {
         let spent = match self
             .keyring
-            .open(refresh_token, &TokenSecret::RefreshToken.at(tenant))
+            .open(&taken.refresh_token, &TokenSecret::RefreshToken.at(tenant))
         {
             Ok(spent) => spent,
             Err(error) => {
@@ -326,7 +346,14 @@ impl TokenProvider {
         match self.oauth.refresh(&spent).await {
             Ok(grant) => self.store_grant(tenant, &spent, grant, holder).await,
             Err(OAuthError::InvalidGrant(description)) => {
-                self.refused(tenant, &spent, holder, &description).await
+                self.refused(
+                    tenant,
+                    &spent,
+                    holder,
+                    taken.after_lapsed_refresh,
+                    &description,
+                )
+                .await
             }
             Err(other) => {
                 self.release(tenant, holder).await;
@@ -362,6 +389,14 @@ impl TokenProvider {
                 }
                 install.tokens = Some(fresh.clone());
                 release_if_held(&mut install, holder);
+                // A holder that held back on `invalid_grant` for this token was waiting for us.
+                if install
+                    .refresh_lease
+                    .as_ref()
+                    .is_some_and(|l| l.refused_grant)
+                {
+                    install.refresh_lease = None;
+                }
                 Ok(install)
             })
             .await?;
@@ -392,14 +427,39 @@ impl TokenProvider {
     }
 
     /// Klaviyo refused the spent refresh token: the install needs reauthorizing — if that token is
-    /// still the stored one.
+    /// still the stored one, and no lapsed refresher may still store a live grant for it (then the
+    /// lease is kept, marked, and the caller told to retry).
     async fn refused(
         &self,
         tenant: &TenantId,
         spent: &SecretString,
         holder: &str,
+        after_lapsed_refresh: bool,
         description: &str,
     ) -> Result<Spent, TokenError> {
+        if after_lapsed_refresh {
+            let held = self
+                .store
+                .update_install_or(tenant, |install| {
+                    let mut install = install.ok_or(WriteRefusal::Inactive)?;
+                    self.still_spent(&install, tenant, spent)?;
+                    match install.refresh_lease.as_mut() {
+                        Some(lease) if lease.holder == holder => lease.refused_grant = true,
+                        _ => return Err(WriteRefusal::Superseded),
+                    }
+                    Ok(install)
+                })
+                .await?;
+            return match held {
+                Ok(_) => {
+                    tracing::warn!(%tenant, "invalid_grant after taking over a lapsed refresh; waiting for it before asking for reauthorization");
+                    Err(TokenError::Busy(tenant.clone()))
+                }
+                Err(WriteRefusal::Superseded) => Ok(Spent::Superseded),
+                Err(WriteRefusal::Inactive) => Err(TokenError::NotInstalled(tenant.clone())),
+                Err(WriteRefusal::Sealed(error)) => Err(TokenError::Sealed(error)),
+            };
+        }
         let outcome = self
             .store
             .update_install_or(tenant, |install| {

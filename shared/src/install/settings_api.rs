@@ -127,7 +127,10 @@ fn view(keyring: &crate::crypto::Keyring, tenant: &Tenant) -> Result<Value, ApiE
         "exclude_logic".into(),
         tenant.settings.exclude_logic_value().unwrap_or(Value::Null),
     );
-    for which in [TenantSecret::WebhookSecret, TenantSecret::OmneoSigningSecret] {
+    for which in [
+        TenantSecret::WebhookSecret,
+        TenantSecret::OmneoSigningSecret,
+    ] {
         let secret = tenant
             .open(keyring, which)
             .map_err(|e| ApiError::internal(&e))?;
@@ -256,9 +259,7 @@ pub(crate) async fn check_queue_settings(
     let changed_field = match current {
         None => Some("task_queue_name"),
         Some(current) if current.namespace != new.namespace => Some("namespace"),
-        Some(current) if current.task_queue_name != new.task_queue_name => {
-            Some("task_queue_name")
-        }
+        Some(current) if current.task_queue_name != new.task_queue_name => Some("task_queue_name"),
         Some(_) => None,
     };
     let Some(field) = changed_field else {

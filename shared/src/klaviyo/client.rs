@@ -12,6 +12,7 @@ use super::models::{
     UnsubscribeJob, Webhook, WebhookTopic, WebhookUpdate, bulk_record_document, equals,
     record_document,
 };
+use crate::domain::KlaviyoProfileId;
 use crate::remote::{
     Answer, Idempotency, Remote, RemoteError, RetryPolicy, Service, bearer, endpoint, found,
 };
@@ -182,6 +183,8 @@ impl KlaviyoClient {
             .await?;
         let created = answer.status == StatusCode::CREATED;
         let id = answer.json::<Document<Identifier>>()?.data.id;
+        let id = KlaviyoProfileId::parse(id)
+            .map_err(|e| answer.invalid(format!("the imported profile's id: {e}")))?;
         Ok(ImportedProfile { id, created })
     }
 
@@ -189,9 +192,9 @@ impl KlaviyoClient {
     pub async fn profile(
         &self,
         token: &SecretString,
-        id: &str,
+        id: &KlaviyoProfileId,
     ) -> Result<Option<Profile>, RemoteError> {
-        let mut url = self.url(&["profiles", id]);
+        let mut url = self.url(&["profiles", id.as_str()]);
         with_subscriptions(&mut url);
         self.get_one(token, url).await
     }
@@ -380,12 +383,12 @@ impl KlaviyoClient {
         self.get_raw(token, url).await?.json()
     }
 
-    async fn get_one<A: DeserializeOwned>(
+    async fn get_one<A: DeserializeOwned, I: DeserializeOwned>(
         &self,
         token: &SecretString,
         url: Url,
-    ) -> Result<Option<Resource<A>>, RemoteError> {
-        let document = found(self.get::<Document<Resource<A>>>(token, url).await)?;
+    ) -> Result<Option<Resource<A, I>>, RemoteError> {
+        let document = found(self.get::<Document<Resource<A, I>>>(token, url).await)?;
         Ok(document.map(|d| d.data))
     }
 

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use url::Url;
 
+use crate::domain::{ConsentState, E164Phone, KlaviyoProfileId, OmneoProfileId};
+
 /// A JSON:API document: `{"data": …, "links": {…}}`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Document<T> {
@@ -40,14 +42,14 @@ pub struct Identifier {
     pub id: String,
 }
 
-/// A resource object with typed attributes.
+/// A resource object with typed attributes (and a typed id where the product has a type for it).
 #[derive(Debug, Clone, Deserialize)]
-pub struct Resource<A> {
+pub struct Resource<A, I = String> {
     /// The resource type.
     #[serde(rename = "type")]
     pub kind: String,
     /// The id.
-    pub id: String,
+    pub id: I,
     /// The attributes.
     pub attributes: A,
     /// Relationships by name.
@@ -55,7 +57,7 @@ pub struct Resource<A> {
     pub relationships: BTreeMap<String, Relationship>,
 }
 
-impl<A> Resource<A> {
+impl<A, I> Resource<A, I> {
     /// The ids a relationship links to (empty when absent).
     pub fn related_ids(&self, name: &str) -> Vec<&str> {
         match self.relationships.get(name).and_then(|r| r.data.as_ref()) {
@@ -300,8 +302,8 @@ pub struct ProfileAttributes {
     pub subscriptions: Option<Subscriptions>,
 }
 
-/// A profile.
-pub type Profile = Resource<ProfileAttributes>;
+/// A profile (its id parsed as a [`KlaviyoProfileId`]).
+pub type Profile = Resource<ProfileAttributes, KlaviyoProfileId>;
 
 /// A profile's consent, per channel.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -365,6 +367,18 @@ pub enum Consent {
     Unknown,
 }
 
+impl Consent {
+    /// What the state means for marketing: subscribed or not; `None` for a state this code does
+    /// not know.
+    pub fn state(self) -> Option<ConsentState> {
+        match self {
+            Self::Subscribed => Some(ConsentState::Subscribed),
+            Self::Unsubscribed | Self::NeverSubscribed => Some(ConsentState::NotSubscribed),
+            Self::Unknown => None,
+        }
+    }
+}
+
 /// A field of a profile upsert: left alone, cleared (`null`), or set.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum Patch<T> {
@@ -402,16 +416,16 @@ impl<T: Serialize> Serialize for Patch<T> {
 pub struct ProfileUpsert {
     /// Update this Klaviyo profile (else Klaviyo matches by identifiers).
     #[serde(skip)]
-    pub id: Option<String>,
+    pub id: Option<KlaviyoProfileId>,
     /// Email.
     #[serde(skip_serializing_if = "Patch::is_keep")]
     pub email: Patch<String>,
-    /// Phone, E.164.
+    /// Phone.
     #[serde(skip_serializing_if = "Patch::is_keep")]
-    pub phone_number: Patch<String>,
+    pub phone_number: Patch<E164Phone>,
     /// The Omneo profile id.
     #[serde(skip_serializing_if = "Patch::is_keep")]
-    pub external_id: Patch<String>,
+    pub external_id: Patch<OmneoProfileId>,
     /// First name.
     #[serde(skip_serializing_if = "Patch::is_keep")]
     pub first_name: Patch<String>,
@@ -441,7 +455,7 @@ impl ProfileUpsert {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportedProfile {
     /// The Klaviyo profile id.
-    pub id: String,
+    pub id: KlaviyoProfileId,
     /// True when it was created (201), false when updated (200).
     pub created: bool,
 }
@@ -449,21 +463,21 @@ pub struct ImportedProfile {
 /// How to find profiles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProfileFilter {
-    /// `equals(external_id,"…")`.
-    ExternalId(String),
+    /// `equals(external_id,"…")`: the Omneo profile id.
+    ExternalId(OmneoProfileId),
     /// `equals(email,"…")`.
     Email(String),
     /// `equals(phone_number,"…")`.
-    PhoneNumber(String),
+    PhoneNumber(E164Phone),
 }
 
 impl ProfileFilter {
     /// The `filter` query value.
     pub fn to_query(&self) -> String {
         let (field, value) = match self {
-            Self::ExternalId(v) => ("external_id", v),
-            Self::Email(v) => ("email", v),
-            Self::PhoneNumber(v) => ("phone_number", v),
+            Self::ExternalId(v) => ("external_id", v.as_str()),
+            Self::Email(v) => ("email", v.as_str()),
+            Self::PhoneNumber(v) => ("phone_number", v.as_str()),
         };
         equals(field, value)
     }
@@ -480,8 +494,8 @@ pub(crate) fn equals(field: &str, value: &str) -> String {
 pub struct Subscriber {
     /// Email (needed for the email channel).
     pub email: Option<String>,
-    /// Phone, E.164 (needed for SMS).
-    pub phone_number: Option<String>,
+    /// Phone (needed for SMS).
+    pub phone_number: Option<E164Phone>,
     /// Change email marketing.
     pub email_marketing: bool,
     /// Change SMS marketing.
@@ -509,7 +523,7 @@ impl Subscriber {
             attributes["email"] = json!(email);
         }
         if let Some(phone) = &self.phone_number {
-            attributes["phone_number"] = json!(phone);
+            attributes["phone_number"] = json!(phone.as_str());
         }
         json!({"type": "profile", "attributes": attributes})
     }
@@ -592,7 +606,7 @@ fn job_document(kind: &str, attributes: Value, list_id: Option<&str>) -> Value {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventProfile {
     /// A Klaviyo profile id.
-    Id(String),
+    Id(KlaviyoProfileId),
     /// An email.
     Email(String),
 }
@@ -618,7 +632,7 @@ impl NewEvent {
     /// The request document.
     pub fn to_document(&self) -> Value {
         let profile = match &self.profile {
-            EventProfile::Id(id) => json!({"type": "profile", "id": id}),
+            EventProfile::Id(id) => json!({"type": "profile", "id": id.as_str()}),
             EventProfile::Email(email) => {
                 json!({"type": "profile", "attributes": {"email": email}})
             }
@@ -672,7 +686,7 @@ fn data_source_relationship(id: &str) -> Value {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeletionTarget {
     /// A Klaviyo profile id.
-    ProfileId(String),
+    ProfileId(KlaviyoProfileId),
     /// Every profile with this email.
     Email(String),
 }
@@ -681,7 +695,7 @@ impl DeletionTarget {
     /// The request document.
     pub fn to_document(&self) -> Value {
         let profile = match self {
-            Self::ProfileId(id) => json!({"type": "profile", "id": id}),
+            Self::ProfileId(id) => json!({"type": "profile", "id": id.as_str()}),
             Self::Email(email) => json!({"type": "profile", "attributes": {"email": email}}),
         };
         json!({"data": {
@@ -698,10 +712,10 @@ mod tests {
     #[test]
     fn profile_upsert_keeps_clears_and_sets() {
         let upsert = ProfileUpsert {
-            id: Some("01H".into()),
+            id: Some(KlaviyoProfileId::parse("01H").unwrap()),
             email: Patch::Set("a@b.com".into()),
             phone_number: Patch::Clear,
-            external_id: Patch::from_option(Some("omneo-1".into())),
+            external_id: Patch::from_option(Some(OmneoProfileId::parse("omneo-1").unwrap())),
             ..ProfileUpsert::default()
         };
         assert_eq!(
@@ -716,7 +730,7 @@ mod tests {
         let job = SubscribeJob {
             subscribers: vec![Subscriber {
                 email: Some("a@b.com".into()),
-                phone_number: Some("+61400000000".into()),
+                phone_number: Some(E164Phone::parse("+61400000000").unwrap()),
                 email_marketing: true,
                 sms_marketing: true,
             }],

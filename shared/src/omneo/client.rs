@@ -11,6 +11,7 @@ use super::models::{
     Comms, Created, IdToken, Identity, NewBenefit, NewInteraction, NewReward, NewWebhook, Profile,
     ProfileUpdate, Webhook, WebhookUpdate,
 };
+use crate::domain::OmneoProfileId;
 use crate::remote::{
     Answer, Idempotency, Remote, RemoteError, RetryPolicy, Service, bearer, endpoint, found,
 };
@@ -63,9 +64,12 @@ impl OmneoClient {
     }
 
     /// `GET /profiles/{id}`; `None` when it does not exist (treat as deleted).
-    pub async fn profile(&self, id: &str) -> Result<Option<Profile>, RemoteError> {
-        found(self.get::<Data<Profile>>(self.api(&["profiles", id])).await)
-            .map(|d| d.map(|d| d.data))
+    pub async fn profile(&self, id: &OmneoProfileId) -> Result<Option<Profile>, RemoteError> {
+        found(
+            self.get::<Data<Profile>>(self.api(&["profiles", id.as_str()]))
+                .await,
+        )
+        .map(|d| d.map(|d| d.data))
     }
 
     /// `GET /profiles?filter[email]=…`: the first page of profiles with this email.
@@ -96,31 +100,35 @@ impl OmneoClient {
     /// `PUT /profiles/{id}`: a partial update.
     pub async fn update_profile(
         &self,
-        id: &str,
+        id: &OmneoProfileId,
         update: &ProfileUpdate,
     ) -> Result<Profile, RemoteError> {
-        self.put(self.api(&["profiles", id]), &json!(update)).await
+        self.put(self.api(&["profiles", id.as_str()]), &json!(update))
+            .await
     }
 
     /// `GET /profiles/{id}/attributes/comms`.
-    pub async fn comms(&self, profile_id: &str) -> Result<Comms, RemoteError> {
-        let url = self.api(&["profiles", profile_id, "attributes", "comms"]);
+    pub async fn comms(&self, profile_id: &OmneoProfileId) -> Result<Comms, RemoteError> {
+        let url = self.api(&["profiles", profile_id.as_str(), "attributes", "comms"]);
         Ok(self.get::<Data<Comms>>(url).await?.data)
     }
 
     /// `PUT /profiles/{id}/attributes/comms` with the fields that are set; returns the result.
     pub async fn update_comms(
         &self,
-        profile_id: &str,
+        profile_id: &OmneoProfileId,
         comms: &Comms,
     ) -> Result<Comms, RemoteError> {
-        let url = self.api(&["profiles", profile_id, "attributes", "comms"]);
+        let url = self.api(&["profiles", profile_id.as_str(), "attributes", "comms"]);
         self.put(url, &json!(comms)).await
     }
 
     /// `GET /profiles/{id}/identities`.
-    pub async fn identities(&self, profile_id: &str) -> Result<Vec<Identity>, RemoteError> {
-        let url = self.api(&["profiles", profile_id, "identities"]);
+    pub async fn identities(
+        &self,
+        profile_id: &OmneoProfileId,
+    ) -> Result<Vec<Identity>, RemoteError> {
+        let url = self.api(&["profiles", profile_id.as_str(), "identities"]);
         Ok(self.get::<Data<Vec<Identity>>>(url).await?.data)
     }
 
@@ -129,16 +137,16 @@ impl OmneoClient {
     /// profile holds the identifier).
     pub async fn upsert_identity(
         &self,
-        profile_id: &str,
+        profile_id: &OmneoProfileId,
         handle: &str,
         identifier: &str,
     ) -> Result<Identity, RemoteError> {
-        let url = self.api(&["profiles", profile_id, "identities", handle]);
+        let url = self.api(&["profiles", profile_id.as_str(), "identities", handle]);
         let body = json!({"identifier": identifier});
         if let Some(identity) = found(self.put::<Identity>(url, &body).await)? {
             return Ok(identity);
         }
-        let url = self.api(&["profiles", profile_id, "identities"]);
+        let url = self.api(&["profiles", profile_id.as_str(), "identities"]);
         let body = json!({"handle": handle, "identifier": identifier});
         let answer = self
             .send(Method::POST, url, Some(&body), Idempotency::Unsafe)
@@ -147,8 +155,12 @@ impl OmneoClient {
     }
 
     /// `DELETE /profiles/{id}/identities/{handle}`; an absent one counts as deleted.
-    pub async fn delete_identity(&self, profile_id: &str, handle: &str) -> Result<(), RemoteError> {
-        self.delete(self.api(&["profiles", profile_id, "identities", handle]))
+    pub async fn delete_identity(
+        &self,
+        profile_id: &OmneoProfileId,
+        handle: &str,
+    ) -> Result<(), RemoteError> {
+        self.delete(self.api(&["profiles", profile_id.as_str(), "identities", handle]))
             .await
     }
 

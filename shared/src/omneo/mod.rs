@@ -9,7 +9,9 @@ use url::{Host, Url};
 
 /// A base URL the Omneo client refuses to send a tenant's token to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the Omneo API URL must be https (http only for a loopback address, as in local runs and tests)")]
+#[error(
+    "the Omneo API URL must be https (http only for a loopback address, as in local runs and tests)"
+)]
 pub struct InsecureUrl;
 
 /// The outbound HTTP policy for a tenant's Omneo base URL: `https`, or `http` to a loopback
@@ -48,7 +50,11 @@ mod tests {
             "http://localhost.evil.example",
             "ftp://127.0.0.1",
         ] {
-            assert_eq!(check_base_url(&bad.parse().unwrap()), Err(InsecureUrl), "{bad}");
+            assert_eq!(
+                check_base_url(&bad.parse().unwrap()),
+                Err(InsecureUrl),
+                "{bad}"
+            );
         }
     }
 }

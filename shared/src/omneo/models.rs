@@ -10,6 +10,8 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use crate::domain::{ConsentState, OmneoProfileId};
+
 /// An Omneo date-time: written `YYYY-MM-DD HH:MM:SS` in UTC, read in that form or ISO 8601.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OmneoTime(pub Timestamp);
@@ -58,6 +60,11 @@ fn id_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Er
             "expected a string or number id, got {other}"
         ))),
     }
+}
+
+/// Reads a profile id given as a string or a number, then parses it.
+fn profile_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OmneoProfileId, D::Error> {
+    OmneoProfileId::parse(id_string(deserializer)?).map_err(de::Error::custom)
 }
 
 /// A marketing channel of the comms attributes.
@@ -131,11 +138,13 @@ impl Comms {
         }
     }
 
-    /// Subscribed to the channel's marketing ⇔ `X_promo !== false && X_optout !== true &&
+    /// The channel's marketing consent: subscribed ⇔ `X_promo !== false && X_optout !== true &&
     /// X_bounced !== true` (null passes).
-    pub fn subscribed(&self, channel: Channel) -> bool {
+    pub fn consent(&self, channel: Channel) -> ConsentState {
         let (promo, optout, bounced) = self.flags(channel);
-        promo != Some(false) && optout != Some(true) && bounced != Some(true)
+        ConsentState::from_subscribed(
+            promo != Some(false) && optout != Some(true) && bounced != Some(true),
+        )
     }
 }
 
@@ -255,8 +264,8 @@ pub enum ProfileType {
 /// mappings (which read arbitrary dot paths).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
-    /// UUID.
-    pub id: String,
+    /// Its id (a UUID).
+    pub id: OmneoProfileId,
     /// First name.
     pub first_name: Option<String>,
     /// Last name.
@@ -301,8 +310,8 @@ impl<'de> Deserialize<'de> for Profile {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Fields {
-            #[serde(deserialize_with = "id_string")]
-            id: String,
+            #[serde(deserialize_with = "profile_id")]
+            id: OmneoProfileId,
             #[serde(default)]
             first_name: Option<String>,
             #[serde(default)]
@@ -417,7 +426,7 @@ pub struct WebhookUpdate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InteractionProfile {
     /// An Omneo profile id.
-    ProfileId(String),
+    ProfileId(OmneoProfileId),
     /// An identity `{id, handle}`.
     Identity {
         /// The identifier.
@@ -530,7 +539,7 @@ impl NewInteraction {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewReward {
     /// Whose.
-    pub profile_id: String,
+    pub profile_id: OmneoProfileId,
     /// Which reward definition.
     pub reward_definition_id: Value,
     /// Initial value.
@@ -555,7 +564,7 @@ pub struct NewReward {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewBenefit {
     /// Whose.
-    pub profile_id: String,
+    pub profile_id: OmneoProfileId,
     /// Which benefit definition.
     pub benefit_definition_id: Value,
     /// Issued at (now when absent).
@@ -627,16 +636,16 @@ mod tests {
     #[test]
     fn subscribed_follows_the_null_passes_rule() {
         let mut comms = Comms::default();
-        assert!(comms.subscribed(Channel::Email));
+        assert!(comms.consent(Channel::Email).is_subscribed());
         comms.email_promo = Some(true);
         comms.email_bounced = Some(true);
-        assert!(!comms.subscribed(Channel::Email));
+        assert!(!comms.consent(Channel::Email).is_subscribed());
         comms.sms_promo = Some(false);
-        assert!(!comms.subscribed(Channel::Sms));
+        assert_eq!(comms.consent(Channel::Sms), ConsentState::NotSubscribed);
         comms.post_optout = Some(true);
-        assert!(!comms.subscribed(Channel::Post));
+        assert!(!comms.consent(Channel::Post).is_subscribed());
         comms.push_optout = Some(false);
-        assert!(comms.subscribed(Channel::Push));
+        assert!(comms.consent(Channel::Push).is_subscribed());
     }
 
     #[test]

@@ -99,7 +99,13 @@ impl TenantQueues {
             let raw = format!("{prefix}-{}-{}", settings.namespace, direction.as_str());
             let cleaned: String = raw
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
                 .collect();
             QueueName::parse(&cleaned).ok_or_else(|| {
                 let field = if custom.is_some() {
@@ -196,7 +202,10 @@ mod tests {
         assert_eq!(queues.inbound.as_str(), "acme-klaviyo-inbound");
         assert_eq!(queues.outbound.as_str(), "acme-klaviyo-outbound");
         assert_eq!(queues.inbound.direction(), Some(Direction::Inbound));
-        assert_eq!(queues.get(Direction::Outbound).direction(), Some(Direction::Outbound));
+        assert_eq!(
+            queues.get(Direction::Outbound).direction(),
+            Some(Direction::Outbound)
+        );
         let custom = TenantQueues::of(&tenant("acme"), &settings(Some("acme-au"), "kl_x")).unwrap();
         assert_eq!(custom.outbound.as_str(), "acme-au-kl-x-outbound");
     }
@@ -204,8 +213,8 @@ mod tests {
     #[test]
     fn a_custom_prefix_must_belong_to_the_tenant() {
         for foreign in ["globex", "acmex", "acm", "x-acme"] {
-            let error = TenantQueues::of(&tenant("acme"), &settings(Some(foreign), "klaviyo"))
-                .unwrap_err();
+            let error =
+                TenantQueues::of(&tenant("acme"), &settings(Some(foreign), "klaviyo")).unwrap_err();
             assert_eq!(error.field, "task_queue_name", "{foreign}");
         }
         assert!(TenantQueues::of(&tenant("acme"), &settings(Some("acme"), "klaviyo")).is_ok());

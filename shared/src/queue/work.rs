@@ -48,9 +48,10 @@ impl TaskKind {
     /// Which worker runs tasks of this kind.
     pub fn direction(self) -> Direction {
         match self {
-            Self::SyncProfile | Self::ProfileDeleted | Self::SendMetric | Self::DataSourceRecord => {
-                Direction::Outbound
-            }
+            Self::SyncProfile
+            | Self::ProfileDeleted
+            | Self::SendMetric
+            | Self::DataSourceRecord => Direction::Outbound,
             Self::KlaviyoEvents | Self::FlowAction => Direction::Inbound,
         }
     }
@@ -202,14 +203,18 @@ mod tests {
             json,
             json!({"tenant": "acme", "kind": "sync_profile", "payload": {"profile_id": "p-1"}})
         );
-        assert_eq!(serde_json::from_value::<TaskEnvelope>(json).unwrap(), envelope);
+        assert_eq!(
+            serde_json::from_value::<TaskEnvelope>(json).unwrap(),
+            envelope
+        );
     }
 
     #[test]
     fn unknown_kinds_and_bad_payloads_do_not_parse() {
         let unknown = json!({"tenant": "acme", "kind": "teleport", "payload": {}});
         assert!(serde_json::from_value::<TaskEnvelope>(unknown).is_err());
-        let bad_id = json!({"tenant": "acme", "kind": "sync_profile", "payload": {"profile_id": "a/b"}});
+        let bad_id =
+            json!({"tenant": "acme", "kind": "sync_profile", "payload": {"profile_id": "a/b"}});
         assert!(serde_json::from_value::<TaskEnvelope>(bad_id).is_err());
     }
 
@@ -221,7 +226,11 @@ mod tests {
         assert_eq!(work.payload(), json!({"profile_id": "p-2"}));
         assert_eq!(Work::from_parts(work.kind(), work.payload()).unwrap(), work);
         assert_eq!(TaskKind::FlowAction.direction(), Direction::Inbound);
-        for kind in [TaskKind::KlaviyoEvents, TaskKind::SendMetric, TaskKind::FlowAction] {
+        for kind in [
+            TaskKind::KlaviyoEvents,
+            TaskKind::SendMetric,
+            TaskKind::FlowAction,
+        ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
     }

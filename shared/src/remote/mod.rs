@@ -33,5 +33,5 @@ mod send;
 
 pub use error::{Disposition, ErrorKind, Problem, RemoteError, Service};
 pub use retry::RetryPolicy;
-pub use send::{Idempotency, MAX_ANSWER_BYTES, ReadError, read_capped};
 pub(crate) use send::{Answer, Remote, bearer, endpoint, found};
+pub use send::{Idempotency, MAX_ANSWER_BYTES, ReadError, read_capped};

@@ -208,14 +208,15 @@ impl Remote {
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         if status.is_success() {
-            let body = read_capped(response, MAX_ANSWER_BYTES)
-                .await
-                .map_err(|error| match error {
-                    ReadError::Transport(error) => transport(error),
-                    too_large @ ReadError::TooLarge { .. } => {
-                        ErrorKind::InvalidResponse(too_large.to_string())
-                    }
-                })?;
+            let body =
+                read_capped(response, MAX_ANSWER_BYTES)
+                    .await
+                    .map_err(|error| match error {
+                        ReadError::Transport(error) => transport(error),
+                        too_large @ ReadError::TooLarge { .. } => {
+                            ErrorKind::InvalidResponse(too_large.to_string())
+                        }
+                    })?;
             return Ok((status, body));
         }
         let retry_after = response

@@ -21,10 +21,10 @@ use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::{
-    Binding, Change, Claim, FAILURES, Failure, INSTALLS, IdempotencyKey, Install,
-    KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES,
-    SYNC_STATE, Step, Store, StoreError, StoreResult, SyncState, TENANTS, Tenant, decode,
-    resealed, sync_state_id, take_state_step, update_step,
+    Binding, Change, Claim, FAILURES, Failure, INSTALLS, IdempotencyKey, Install, KLAVIYO_ACCOUNTS,
+    Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES, SYNC_STATE, Step, Store,
+    StoreError, StoreResult, SyncState, TENANTS, Tenant, decode, resealed, sync_state_id,
+    take_state_step, update_step,
 };
 use crate::crypto::Keyring;
 use crate::domain::{OmneoProfileId, TenantId};

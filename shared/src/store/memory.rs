@@ -20,10 +20,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Binding, Change, Claim, FAILURES, Failure, INSTALLS, IdempotencyKey, Install,
-    KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES,
-    SYNC_STATE, Step, Store, StoreError, StoreResult, SyncState, TENANTS, Tenant, decode,
-    resealed, sync_state_id, take_state_step, update_step,
+    Binding, Change, Claim, FAILURES, Failure, INSTALLS, IdempotencyKey, Install, KLAVIYO_ACCOUNTS,
+    Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES, SYNC_STATE, Step, Store,
+    StoreError, StoreResult, SyncState, TENANTS, Tenant, decode, resealed, sync_state_id,
+    take_state_step, update_step,
 };
 use crate::crypto::Keyring;
 use crate::domain::{OmneoProfileId, TenantId};
@@ -336,11 +336,8 @@ impl Store for MemoryStore {
         tenant: &TenantId,
     ) -> StoreResult<TenantId> {
         let at = (QUEUE_NAMES, name.as_str());
-        read_modify_write(
-            &mut self.lock().queue_names,
-            at,
-            name.clone(),
-            |current| Binding::bind_step(current, tenant),
-        )
+        read_modify_write(&mut self.lock().queue_names, at, name.clone(), |current| {
+            Binding::bind_step(current, tenant)
+        })
     }
 }

@@ -131,8 +131,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Claims an idempotency key for `holder` for `lease`; see [`Claim`]. An expired lease can be
     /// re-claimed (by anyone).
-    async fn claim(&self, key: &IdempotencyKey, holder: &str, lease: Duration)
-    -> StoreResult<Claim>;
+    async fn claim(
+        &self,
+        key: &IdempotencyKey,
+        holder: &str,
+        lease: Duration,
+    ) -> StoreResult<Claim>;
     /// Marks a claimed key done; it answers [`Claim::Done`] for `retain` (≥ 48 h in production).
     async fn complete(&self, key: &IdempotencyKey, retain: Duration) -> StoreResult<()>;
     /// Gives up `holder`'s claim (after a retryable failure, or at the end of a lease's work) so the
@@ -175,8 +179,11 @@ pub trait Store: Send + Sync + 'static {
     /// Reserves a Cloud Tasks queue name for a tenant if nobody holds it; returns the tenant that
     /// holds it afterwards (the caller's, or another one that got there first). Reservations are
     /// never released: a queue outlives an uninstall, and its name must not pass to another tenant.
-    async fn reserve_queue_name(&self, name: &QueueName, tenant: &TenantId)
-    -> StoreResult<TenantId>;
+    async fn reserve_queue_name(
+        &self,
+        name: &QueueName,
+        tenant: &TenantId,
+    ) -> StoreResult<TenantId>;
 }
 
 /// Keeps the reason a typed mutation refused, across the re-runs of a transaction.
@@ -191,7 +198,10 @@ impl<E> Refusal<E> {
     /// ended the update).
     fn keep<T>(&self, decided: Result<T, E>) -> Result<T, Abort> {
         decided.map_err(|reason| {
-            *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+            *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
             Abort
         })
     }

@@ -135,7 +135,11 @@ const PREVIOUS_WEBHOOK_SECRET: &str = "previous_webhook_secret.secret";
 
 impl Tenant {
     /// Opens one of the tenant's secrets.
-    pub fn open(&self, keyring: &Keyring, which: TenantSecret) -> Result<SecretString, CryptoError> {
+    pub fn open(
+        &self,
+        keyring: &Keyring,
+        which: TenantSecret,
+    ) -> Result<SecretString, CryptoError> {
         let sealed = match which {
             TenantSecret::OmneoApiToken => &self.omneo_api_token,
             TenantSecret::OmneoSigningSecret => &self.omneo_signing_secret,
@@ -204,12 +208,18 @@ impl SealedRecord for Tenant {
     fn sealed_values(&mut self) -> Vec<(SealedAt, &mut Sealed)> {
         let id = self.id.clone();
         let mut values = vec![
-            (TenantSecret::OmneoApiToken.at(&id), &mut self.omneo_api_token),
+            (
+                TenantSecret::OmneoApiToken.at(&id),
+                &mut self.omneo_api_token,
+            ),
             (
                 TenantSecret::OmneoSigningSecret.at(&id),
                 &mut self.omneo_signing_secret,
             ),
-            (TenantSecret::WebhookSecret.at(&id), &mut self.webhook_secret),
+            (
+                TenantSecret::WebhookSecret.at(&id),
+                &mut self.webhook_secret,
+            ),
         ];
         if let Some(previous) = &mut self.previous_webhook_secret {
             let at = SealedAt::new(TENANTS, id.as_str(), PREVIOUS_WEBHOOK_SECRET);
@@ -324,8 +334,14 @@ impl SealedRecord for Install {
         let tenant = self.tenant.clone();
         match &mut self.tokens {
             Some(tokens) => vec![
-                (TokenSecret::AccessToken.at(&tenant), &mut tokens.access_token),
-                (TokenSecret::RefreshToken.at(&tenant), &mut tokens.refresh_token),
+                (
+                    TokenSecret::AccessToken.at(&tenant),
+                    &mut tokens.access_token,
+                ),
+                (
+                    TokenSecret::RefreshToken.at(&tenant),
+                    &mut tokens.refresh_token,
+                ),
             ],
             None => Vec::new(),
         }
@@ -398,6 +414,11 @@ pub struct Lease {
     /// When the lease lapses by itself.
     #[serde(with = "firestore::serialize_as_timestamp")]
     pub until: Timestamp,
+    /// The holder's refresh was refused (`invalid_grant`) after it took over a lapsed lease: it
+    /// did not end the install, because the lapsed holder may still store a live grant; the next
+    /// holder may.
+    #[serde(default)]
+    pub refused_grant: bool,
 }
 
 /// Resources provisioning created or reused.

@@ -198,10 +198,12 @@ impl IntoResponse for Settled {
             Self::Done => (StatusCode::OK, status("done")).into_response(),
             Self::Rescheduled { .. } => (StatusCode::OK, status("rescheduled")).into_response(),
             Self::Failed { .. } => (StatusCode::OK, status("failed")).into_response(),
-            Self::Retry { reason } => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::RetryLater, reason)
-                    .into_response()
-            }
+            Self::Retry { reason } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::RetryLater,
+                reason,
+            )
+            .into_response(),
             Self::Unavailable(error) => error.into_response(),
         }
     }

@@ -6,6 +6,7 @@ use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions, REVISION, RateLimits, topi
 use harness::sim::FaultRule;
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
+use shared::domain::{E164Phone, KlaviyoProfileId, OmneoProfileId};
 use shared::klaviyo::KlaviyoClient;
 use shared::klaviyo::models::{
     Consent, DeletionTarget, EventProfile, NewDataSource, NewEvent, NewWebhook, Patch,
@@ -48,7 +49,7 @@ fn client_of(sim: &KlaviyoSim, revision: &str, retry: RetryPolicy) -> KlaviyoCli
 fn upsert(email: &str, external_id: &str) -> ProfileUpsert {
     ProfileUpsert {
         email: Patch::Set(email.into()),
-        external_id: Patch::Set(external_id.into()),
+        external_id: Patch::Set(OmneoProfileId::parse(external_id).unwrap()),
         first_name: Patch::Set("Ann".into()),
         ..ProfileUpsert::default()
     }
@@ -232,13 +233,13 @@ async fn profile_import_creates_updates_and_types_duplicates() {
     assert!(first.created, "201 for a new profile");
     let again = ProfileUpsert {
         first_name: Patch::Set("Annie".into()),
-        phone_number: Patch::Set("+61412345678".into()),
+        phone_number: Patch::Set(E164Phone::parse("+61412345678").unwrap()),
         ..upsert("ann@example.org", "omneo-ann")
     };
     let second = client.import_profile(&token, &again).await.unwrap();
     assert!(!second.created, "200 for an update");
     assert_eq!(second.id, first.id);
-    let stored = sim.profile(&first.id).unwrap();
+    let stored = sim.profile(first.id.as_str()).unwrap();
     assert_eq!(stored.first_name.as_deref(), Some("Annie"));
     assert_eq!(stored.phone_number.as_deref(), Some("+61412345678"));
 
@@ -249,7 +250,7 @@ async fn profile_import_creates_updates_and_types_duplicates() {
         ..ProfileUpsert::default()
     };
     client.import_profile(&token, &clear).await.unwrap();
-    let stored = sim.profile(&first.id).unwrap();
+    let stored = sim.profile(first.id.as_str()).unwrap();
     assert_eq!(stored.phone_number, None);
     assert_eq!(stored.first_name.as_deref(), Some("Annie"));
 
@@ -263,7 +264,7 @@ async fn profile_import_creates_updates_and_types_duplicates() {
     match &error.kind {
         ErrorKind::DuplicateProfile {
             duplicate_profile_id,
-        } => assert_eq!(duplicate_profile_id, &bob.id),
+        } => assert_eq!(duplicate_profile_id, bob.id.as_str()),
         other => panic!("expected duplicate_profile, got {other:?}"),
     }
     assert_eq!(error.disposition(), Disposition::Permanent);
@@ -301,14 +302,17 @@ async fn profiles_are_read_with_subscriptions_and_searched() {
     assert_eq!(consent.consent, Consent::NeverSubscribed);
     assert!(
         client
-            .profile(&token, "01JNOSUCHPROFILE0000000000")
+            .profile(
+                &token,
+                &KlaviyoProfileId::parse("01JNOSUCHPROFILE0000000000").unwrap()
+            )
             .await
             .unwrap()
             .is_none()
     );
 
     for filter in [
-        ProfileFilter::ExternalId("omneo-cleo".into()),
+        ProfileFilter::ExternalId(OmneoProfileId::parse("omneo-cleo").unwrap()),
         ProfileFilter::Email("CLEO@example.org".into()),
     ] {
         let found = client.find_profiles(&token, &filter).await.unwrap();
@@ -316,7 +320,7 @@ async fn profiles_are_read_with_subscriptions_and_searched() {
         assert_eq!(found[0].id, imported.id);
         assert!(found[0].attributes.subscriptions.is_some());
     }
-    let quoted = ProfileFilter::ExternalId("no \"such\" id".into());
+    let quoted = ProfileFilter::Email("no \"such\" one@example.org".into());
     assert!(
         client
             .find_profiles(&token, &quoted)
@@ -392,7 +396,10 @@ async fn subscribe_and_unsubscribe_jobs_are_read_back_as_consent_and_membership(
         .unwrap();
     assert_eq!(marketing.consent, Consent::Unsubscribed);
     assert_eq!(
-        sim.consent(&dan.id).unwrap().email_marketing.consent,
+        sim.consent(dan.id.as_str())
+            .unwrap()
+            .email_marketing
+            .consent,
         harness::klaviyo::ConsentState::Unsubscribed
     );
 
@@ -401,7 +408,7 @@ async fn subscribe_and_unsubscribe_jobs_are_read_back_as_consent_and_membership(
     let historical = SubscribeJob {
         subscribers: vec![Subscriber {
             email: Some("ivy@example.org".into()),
-            phone_number: Some("+61412000111".into()),
+            phone_number: Some(E164Phone::parse("+61412000111").unwrap()),
             email_marketing: true,
             sms_marketing: true,
         }],
@@ -419,7 +426,7 @@ async fn subscribe_and_unsubscribe_jobs_are_read_back_as_consent_and_membership(
     let sms = subscriptions.sms.and_then(|s| s.marketing).unwrap();
     assert_eq!(email.consent, Consent::Subscribed);
     assert_eq!(sms.consent, Consent::Subscribed);
-    let stored = sim.consent(&found[0].id).unwrap();
+    let stored = sim.consent(found[0].id.as_str()).unwrap();
     let at: jiff::Timestamp = "2025-06-01T08:00:00Z".parse().unwrap();
     assert_eq!(stored.email_marketing.consent_timestamp, Some(at));
     assert_eq!(stored.sms_marketing.consent_timestamp, Some(at));
@@ -453,7 +460,7 @@ async fn events_dedupe_on_unique_id_and_records_and_deletions_go_through() {
         .expect("created by the event");
     assert!(events.iter().all(|e| e.profile_id == eve.id));
     let by_id = NewEvent {
-        profile: EventProfile::Id(eve.id.clone()),
+        profile: EventProfile::Id(KlaviyoProfileId::parse(eve.id.clone()).unwrap()),
         ..event(Some("points-2"), "unused@example.org")
     };
     client.create_event(&token, &by_id).await.unwrap();

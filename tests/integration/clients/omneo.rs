@@ -6,6 +6,7 @@ use harness::omneo::{NewProfile, OmneoSim, OmneoSimOptions, TenantSpec};
 use harness::sim::FaultRule;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
+use shared::domain::OmneoProfileId;
 use shared::omneo::OmneoClient;
 use shared::omneo::models::{
     Comms, InteractionAction, InteractionChannel, InteractionProfile, NewBenefit, NewInteraction,
@@ -39,6 +40,11 @@ fn client_with(sim: &OmneoSim, token: &str, retry: RetryPolicy) -> OmneoClient {
     )
 }
 
+/// An Omneo profile id as the client takes it (the simulator deals in plain strings).
+fn pid(raw: &str) -> OmneoProfileId {
+    OmneoProfileId::parse(raw).expect("a valid Omneo profile id")
+}
+
 fn client(sim: &OmneoSim) -> OmneoClient {
     client_with(sim, TOKEN, fast_retries(4))
 }
@@ -63,8 +69,12 @@ async fn profiles_are_read_found_and_updated() {
     let shopify_id = seeded.identities[0].identifier.clone();
     let client = client(&sim);
 
-    let profile = client.profile(&seeded.id).await.unwrap().expect("found");
-    assert_eq!(profile.id, seeded.id);
+    let profile = client
+        .profile(&pid(&seeded.id))
+        .await
+        .unwrap()
+        .expect("found");
+    assert_eq!(profile.id.as_str(), seeded.id);
     assert_eq!(profile.email, seeded.email);
     assert_eq!(profile.first_name, seeded.first_name);
     assert_eq!(profile.mobile_phone, seeded.mobile_phone);
@@ -77,7 +87,11 @@ async fn profiles_are_read_found_and_updated() {
     assert_eq!(profile.custom_attributes.len(), 2);
     assert!(profile.updated_at.is_some());
     assert!(
-        client.profile("no-such-profile").await.unwrap().is_none(),
+        client
+            .profile(&pid("no-such-profile"))
+            .await
+            .unwrap()
+            .is_none(),
         "a 404 reads as absent"
     );
 
@@ -87,7 +101,7 @@ async fn profiles_are_read_found_and_updated() {
         .await
         .unwrap();
     assert_eq!(by_email.len(), 1);
-    assert_eq!(by_email[0].id, seeded.id);
+    assert_eq!(by_email[0].id.as_str(), seeded.id);
     assert!(
         client
             .find_profiles_by_email("nobody@example.org")
@@ -101,7 +115,7 @@ async fn profiles_are_read_found_and_updated() {
         .await
         .unwrap()
         .expect("found by identity");
-    assert_eq!(by_identity.id, seeded.id);
+    assert_eq!(by_identity.id.as_str(), seeded.id);
     assert!(
         client
             .find_profile_by_identity("shopify", "0")
@@ -114,7 +128,10 @@ async fn profiles_are_read_found_and_updated() {
         first_name: Some("Olive".into()),
         ..ProfileUpdate::default()
     };
-    let updated = client.update_profile(&seeded.id, &update).await.unwrap();
+    let updated = client
+        .update_profile(&pid(&seeded.id), &update)
+        .await
+        .unwrap();
     assert_eq!(updated.first_name.as_deref(), Some("Olive"));
     assert_eq!(updated.last_name, seeded.last_name, "a partial update");
     let stored = sim.profile(TENANT, &seeded.id).unwrap();
@@ -140,7 +157,7 @@ async fn comms_are_written_partially_with_consent_timestamps_in_omneos_format() 
     let seeded = sim.seed_profile(TENANT, NewProfile::demo(2)).unwrap();
     let client = client(&sim);
 
-    let before = client.comms(&seeded.id).await.unwrap();
+    let before = client.comms(&pid(&seeded.id)).await.unwrap();
     assert_eq!(before.email_promo, Some(true));
     assert_eq!(
         before.email_consent_updated_at,
@@ -153,7 +170,10 @@ async fn comms_are_written_partially_with_consent_timestamps_in_omneos_format() 
         email_consent_updated_at: Some(OmneoTime(at)),
         ..Comms::default()
     };
-    let after = client.update_comms(&seeded.id, &change).await.unwrap();
+    let after = client
+        .update_comms(&pid(&seeded.id), &change)
+        .await
+        .unwrap();
     assert_eq!(after.email_promo, Some(false));
     assert_eq!(after.email_optout, before.email_optout, "left alone");
     assert_eq!(after.sms_promo, before.sms_promo, "left alone");
@@ -179,7 +199,7 @@ async fn comms_are_written_partially_with_consent_timestamps_in_omneos_format() 
         stored.email_consent_updated_at.as_deref(),
         Some("2026-03-01 10:20:30")
     );
-    assert_eq!(client.comms(&seeded.id).await.unwrap(), after);
+    assert_eq!(client.comms(&pid(&seeded.id)).await.unwrap(), after);
 }
 
 #[tokio::test]
@@ -191,7 +211,7 @@ async fn identities_are_upserted_put_first_then_post_and_deleted() {
     let identity_path = format!("{ADMIN}/profiles/{}/identities", profile.id);
 
     let created = client
-        .upsert_identity(&profile.id, "klaviyo", "01KFIRST")
+        .upsert_identity(&pid(&profile.id), "klaviyo", "01KFIRST")
         .await
         .unwrap();
     assert_eq!(created.handle, "klaviyo");
@@ -214,14 +234,14 @@ async fn identities_are_upserted_put_first_then_post_and_deleted() {
 
     sim.recorder().clear();
     let changed = client
-        .upsert_identity(&profile.id, "klaviyo", "01KSECOND")
+        .upsert_identity(&pid(&profile.id), "klaviyo", "01KSECOND")
         .await
         .unwrap();
     assert_eq!(changed.identifier, "01KSECOND");
     assert_eq!(sim.recorder().requests().len(), 1, "an existing one is PUT");
     assert_eq!(sim.recorder().matching("PUT", &identity_path).len(), 1);
 
-    let listed = client.identities(&profile.id).await.unwrap();
+    let listed = client.identities(&pid(&profile.id)).await.unwrap();
     let mut handles: Vec<(&str, &str)> = listed
         .iter()
         .map(|i| (i.handle.as_str(), i.identifier.as_str()))
@@ -232,7 +252,7 @@ async fn identities_are_upserted_put_first_then_post_and_deleted() {
 
     // (handle, identifier) is unique across profiles: the POST's 422 names the field.
     let clash = client
-        .upsert_identity(&other.id, "klaviyo", "01KSECOND")
+        .upsert_identity(&pid(&other.id), "klaviyo", "01KSECOND")
         .await
         .unwrap_err();
     assert_eq!(clash.disposition(), Disposition::Permanent);
@@ -247,7 +267,7 @@ async fn identities_are_upserted_put_first_then_post_and_deleted() {
     assert_eq!(clash.attempts, 1, "a 422 is not retried");
 
     client
-        .delete_identity(&profile.id, "klaviyo")
+        .delete_identity(&pid(&profile.id), "klaviyo")
         .await
         .unwrap();
     assert!(
@@ -256,7 +276,7 @@ async fn identities_are_upserted_put_first_then_post_and_deleted() {
             .all(|i| i.handle != "klaviyo")
     );
     client
-        .delete_identity(&profile.id, "klaviyo")
+        .delete_identity(&pid(&profile.id), "klaviyo")
         .await
         .expect("an absent identity counts as deleted");
 }
@@ -336,13 +356,13 @@ async fn interactions_rewards_and_benefits_are_created() {
     let profile = sim.seed_profile(TENANT, NewProfile::demo(5)).unwrap();
     let client = client(&sim);
     client
-        .upsert_identity(&profile.id, "klaviyo", "01KACTIVITY")
+        .upsert_identity(&pid(&profile.id), "klaviyo", "01KACTIVITY")
         .await
         .unwrap();
 
     let by_id = client
         .create_interaction(&interaction(
-            InteractionProfile::ProfileId(profile.id.clone()),
+            InteractionProfile::ProfileId(pid(&profile.id)),
             "Klaviyo: unsubscribed from email",
         ))
         .await
@@ -374,7 +394,7 @@ async fn interactions_rewards_and_benefits_are_created() {
 
     let reward = client
         .create_reward(&NewReward {
-            profile_id: profile.id.clone(),
+            profile_id: pid(&profile.id),
             reward_definition_id: json!(7),
             value_initial: 15.0,
             value_remaining: 15.0,
@@ -395,7 +415,7 @@ async fn interactions_rewards_and_benefits_are_created() {
 
     let benefit = client
         .create_benefit(&NewBenefit {
-            profile_id: profile.id.clone(),
+            profile_id: pid(&profile.id),
             benefit_definition_id: json!("birthday"),
             issued_at: None,
             expires_at: None,
@@ -464,7 +484,10 @@ async fn validation_errors_are_permanent_and_name_the_field() {
         email: bob.email.clone(),
         ..ProfileUpdate::default()
     };
-    let error = client.update_profile(&ann.id, &update).await.unwrap_err();
+    let error = client
+        .update_profile(&pid(&ann.id), &update)
+        .await
+        .unwrap_err();
     assert_eq!(error.disposition(), Disposition::Permanent);
     assert_eq!(error.attempts, 1);
     let problem = error
@@ -476,7 +499,7 @@ async fn validation_errors_are_permanent_and_name_the_field() {
     assert!(error.to_string().contains("PUT /acme/api/v3/profiles/"));
 
     let reward = NewReward {
-        profile_id: "no-such-profile".into(),
+        profile_id: pid("no-such-profile"),
         reward_definition_id: json!(1),
         value_initial: 1.0,
         value_remaining: 1.0,
@@ -503,7 +526,7 @@ async fn a_rejected_token_is_permanent_and_says_to_replace_it() {
     let profile = sim.seed_profile(TENANT, NewProfile::demo(9)).unwrap();
     let client = client_with(&sim, "revoked-token-value", fast_retries(4));
 
-    let error = client.profile(&profile.id).await.unwrap_err();
+    let error = client.profile(&pid(&profile.id)).await.unwrap_err();
     assert!(matches!(
         error.kind,
         ErrorKind::Unauthorized {
@@ -528,8 +551,8 @@ async fn a_429_is_retried_no_earlier_than_its_retry_after() {
         .inject(FaultRule::status(&path, 429, 1).retry_after(1));
 
     let started = Instant::now();
-    let found = client.profile(&profile.id).await.unwrap();
-    assert_eq!(found.unwrap().id, profile.id);
+    let found = client.profile(&pid(&profile.id)).await.unwrap();
+    assert_eq!(found.unwrap().id.as_str(), profile.id);
     assert!(
         started.elapsed() >= Duration::from_millis(900),
         "Retry-After: 1 was honoured"
@@ -546,7 +569,7 @@ async fn a_retry_after_beyond_the_policy_ends_the_call_for_rescheduling() {
     sim.faults()
         .inject(FaultRule::status(&path, 429, 1).retry_after(120));
 
-    let error = client.profile(&profile.id).await.unwrap_err();
+    let error = client.profile(&pid(&profile.id)).await.unwrap_err();
     assert_eq!(
         error.disposition(),
         Disposition::RetryAfter(Duration::from_secs(120))
@@ -567,7 +590,10 @@ async fn server_errors_are_retried_until_they_pass() {
         sms_optout: Some(true),
         ..Comms::default()
     };
-    let comms = client.update_comms(&profile.id, &change).await.unwrap();
+    let comms = client
+        .update_comms(&pid(&profile.id), &change)
+        .await
+        .unwrap();
     assert_eq!(comms.sms_optout, Some(true));
     assert_eq!(sim.recorder().matching("PUT", &path).len(), 3);
 }
@@ -580,7 +606,7 @@ async fn exhausted_retries_come_back_retryable() {
     let path = format!("{ADMIN}/profiles/{}", profile.id);
     sim.faults().inject(FaultRule::status(&path, 503, 10));
 
-    let error = client.profile(&profile.id).await.unwrap_err();
+    let error = client.profile(&pid(&profile.id)).await.unwrap_err();
     assert_eq!(error.disposition(), Disposition::Retryable);
     assert_eq!(error.attempts, 3);
     assert_eq!(error.status().map(|s| s.as_u16()), Some(503));
@@ -595,7 +621,7 @@ async fn an_interaction_is_not_repeated_after_a_server_error_but_is_after_a_429(
     let client = client(&sim);
     let path = format!("{ADMIN}/interactions");
     let new = interaction(
-        InteractionProfile::ProfileId(profile.id.clone()),
+        InteractionProfile::ProfileId(pid(&profile.id)),
         "Klaviyo: clicked email",
     );
 
@@ -631,7 +657,7 @@ async fn an_unreachable_tenant_is_retried_then_retryable() {
         SecretString::from(TOKEN),
         fast_retries(3),
     );
-    let error = client.profile("any").await.unwrap_err();
+    let error = client.profile(&pid("any")).await.unwrap_err();
     assert!(matches!(error.kind, ErrorKind::Connect(_)), "{error:?}");
     assert_eq!(error.disposition(), Disposition::Retryable);
     assert_eq!(error.attempts, 3);
@@ -651,14 +677,14 @@ async fn a_timed_out_read_is_retried_but_a_timed_out_create_is_not() {
 
     let path = format!("{ADMIN}/profiles/{}", profile.id);
     sim.faults().inject(FaultRule::slow(&path, stall, 1));
-    let found = client.profile(&profile.id).await.unwrap();
-    assert_eq!(found.unwrap().id, profile.id);
+    let found = client.profile(&pid(&profile.id)).await.unwrap();
+    assert_eq!(found.unwrap().id.as_str(), profile.id);
     assert_eq!(sim.recorder().matching("GET", &path).len(), 2);
 
     let path = format!("{ADMIN}/interactions");
     sim.faults().inject(FaultRule::slow(&path, stall, 1));
     let new = interaction(
-        InteractionProfile::ProfileId(profile.id.clone()),
+        InteractionProfile::ProfileId(pid(&profile.id)),
         "Klaviyo: received SMS",
     );
     let error = client.create_interaction(&new).await.unwrap_err();

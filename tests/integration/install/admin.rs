@@ -6,6 +6,7 @@ use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Value, json};
 use shared::domain::TenantId;
+use shared::store::TokenSecret;
 
 use crate::support::{TestApp, TestAppOptions};
 
@@ -208,9 +209,10 @@ async fn install_status_shows_resources_and_token_health_but_never_a_token() {
             install.resources.klaviyo_webhook_id = Some("01WH".into());
             install.resources.omneo_webhooks =
                 [("profile.updated".to_owned(), "17".to_owned())].into();
-            install.resources.queues = vec!["acme-klaviyo-inbound".into()];
+            install.resources.queues =
+                vec![shared::queue::QueueName::parse("acme-klaviyo-inbound").unwrap()];
             install.last_error = Some(shared::store::StepError {
-                step: "omneo_webhooks".into(),
+                step: shared::store::InstallStep::OmneoWebhooks,
                 message: "Omneo answered 503".into(),
                 at,
             });
@@ -247,8 +249,11 @@ async fn install_status_shows_resources_and_token_health_but_never_a_token() {
     );
     let text = body.to_string();
     let keyring = &t.app.config.keyring;
-    for sealed in [&tokens.access_token, &tokens.refresh_token] {
-        let plaintext = keyring.open(sealed).unwrap();
+    for (which, sealed) in [
+        (TokenSecret::AccessToken, &tokens.access_token),
+        (TokenSecret::RefreshToken, &tokens.refresh_token),
+    ] {
+        let plaintext = tokens.open(keyring, &install.tenant, which).unwrap();
         assert!(!text.contains(secrecy::ExposeSecret::expose_secret(&plaintext)));
         assert!(!text.contains(sealed.as_str()));
     }

@@ -13,10 +13,15 @@ use shared::config::KlaviyoConfig;
 use shared::domain::TenantId;
 use shared::install::link;
 use shared::klaviyo::oauth::{KlaviyoOAuth, OAuthError, SCOPES, new_pkce_verifier};
-use shared::store::{Install, InstallStatus, OAuthState};
+use shared::store::{Install, InstallStatus, OAuthState, TokenSecret};
 use url::Url;
 
 use crate::support::{StoreKind, TestApp, TestAppOptions};
+
+/// The store's id of an OAuth `state` value: its SHA-256.
+fn hash(state: &str) -> String {
+    OAuthState::hash(&SecretString::from(state))
+}
 
 fn id(tenant: &str) -> TenantId {
     TenantId::parse(tenant).unwrap()
@@ -177,7 +182,13 @@ async fn a_valid_link_redirects_to_klaviyo_with_state_scopes_and_pkce_s256() {
     );
 
     // The stored state: this tenant, 10 minutes, and the verifier whose S256 challenge was sent.
-    let stored = t.app.store.take_oauth_state(&state).await.unwrap().unwrap();
+    let stored = t
+        .app
+        .store
+        .take_oauth_state(&hash(&state))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.tenant, id("acme"));
     let lifetime = stored.expires_at.duration_since(started);
     assert!(
@@ -185,7 +196,7 @@ async fn a_valid_link_redirects_to_klaviyo_with_state_scopes_and_pkce_s256() {
             && lifetime <= SignedDuration::from_secs(10 * 60 + 5),
         "{lifetime:?}"
     );
-    let verifier = t.app.config.keyring.open(&stored.pkce_verifier).unwrap();
+    let verifier = stored.open_verifier(&t.app.config.keyring).unwrap();
     assert!(
         !serde_json::to_string(&stored)
             .unwrap()
@@ -282,8 +293,12 @@ async fn happy_path_then_replay(store: StoreKind) {
     // Tokens are sealed, open to working tokens, and appear nowhere in plaintext.
     let tokens = install.tokens.clone().expect("tokens");
     let keyring = &t.app.config.keyring;
-    let access = keyring.open(&tokens.access_token).unwrap();
-    let refresh = keyring.open(&tokens.refresh_token).unwrap();
+    let access = tokens
+        .open(keyring, &id("acme"), TokenSecret::AccessToken)
+        .unwrap();
+    let refresh = tokens
+        .open(keyring, &id("acme"), TokenSecret::RefreshToken)
+        .unwrap();
     let document = serde_json::to_string(&install).unwrap();
     for secret in [access.expose_secret(), refresh.expose_secret()] {
         assert!(!document.contains(secret), "plaintext token in the store");
@@ -405,13 +420,18 @@ async fn an_expired_state_is_refused_before_any_exchange() {
     let t = TestApp::spawn(TestAppOptions::default()).await;
     t.register("acme").await;
     let verifier = new_pkce_verifier();
-    let state = "expired-state-0123456789abcdefghijklmnopqrstu";
+    let state = "expired-state-0123456789abcdefghijklmnopqrs";
+    let state_hash = hash(state);
     t.app
         .store
         .put_oauth_state(&OAuthState {
-            state: state.into(),
+            pkce_verifier: t
+                .app
+                .config
+                .keyring
+                .seal(&verifier, &OAuthState::verifier_at(&state_hash)),
+            state_hash,
             tenant: id("acme"),
-            pkce_verifier: t.app.config.keyring.seal(&verifier),
             expires_at: Timestamp::now() - SignedDuration::from_secs(1),
         })
         .await
@@ -435,8 +455,17 @@ async fn a_wrong_pkce_verifier_is_refused_by_klaviyo_and_changes_nothing() {
     let authorize = authorize_url(&t, &link_url(&t, "acme", &acme.admin_key).await).await;
     let state = param(&authorize, "state").unwrap();
     // Swap the stored verifier for another one: the challenge Klaviyo holds no longer matches.
-    let mut stored = t.app.store.take_oauth_state(&state).await.unwrap().unwrap();
-    stored.pkce_verifier = t.app.config.keyring.seal(&new_pkce_verifier());
+    let mut stored = t
+        .app
+        .store
+        .take_oauth_state(&hash(&state))
+        .await
+        .unwrap()
+        .unwrap();
+    stored.pkce_verifier = t.app.config.keyring.seal(
+        &new_pkce_verifier(),
+        &OAuthState::verifier_at(&stored.state_hash),
+    );
     t.app.store.put_oauth_state(&stored).await.unwrap();
 
     let callback = t.klaviyo.approve(&authorize).await.unwrap();
@@ -481,7 +510,7 @@ async fn access_denied_shows_cancelled_consumes_the_state_and_changes_nothing() 
     assert_eq!(install_record(&t, "acme").await, before, "status unchanged");
     let state = param(&authorize, "state").unwrap();
     assert_eq!(
-        t.app.store.take_oauth_state(&state).await.unwrap(),
+        t.app.store.take_oauth_state(&hash(&state)).await.unwrap(),
         None,
         "the state was consumed"
     );
@@ -517,19 +546,44 @@ async fn one_klaviyo_account_cannot_serve_two_tenants() {
 #[tokio::test]
 async fn klaviyo_errors_are_named_and_escaped() {
     let t = TestApp::spawn(TestAppOptions::default()).await;
+    let acme = t.register("acme").await;
     let attack = "<script>alert(1)</script>\"><img src=x onerror=alert(2)>";
-    let mut url = Url::parse(&format!("{}/oauth/callback", t.url)).unwrap();
-    url.query_pairs_mut()
-        .append_pair("error", "server_error<b>")
-        .append_pair("error_description", attack)
-        .append_pair("state", "whatever");
-    let (status, body) = page(&t, url.as_str()).await;
+    let error_redirect = |state: &str| {
+        let mut url = Url::parse(&format!("{}/oauth/callback", t.url)).unwrap();
+        url.query_pairs_mut()
+            .append_pair("error", "server_error<b>")
+            .append_pair("error_description", attack)
+            .append_pair("state", state);
+        url
+    };
+
+    // A forged redirect (no state of ours): the code is named, the description is not shown.
+    let (status, body) = page(&t, error_redirect("whatever").as_str()).await;
     assert_eq!(status, 400);
     assert!(body.contains("server_error&lt;b&gt;"), "{body}");
     assert!(!body.contains("<script>"), "{body}");
     assert!(!body.contains("<img"), "{body}");
     assert!(!body.contains("<b>"), "{body}");
-    assert!(body.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img"));
+    assert!(
+        !body.contains("alert"),
+        "a forged description is not shown: {body}"
+    );
+
+    // A real state, consumed: Klaviyo's description is shown, escaped.
+    let authorize = authorize_url(&t, &link_url(&t, "acme", &acme.admin_key).await).await;
+    let state = param(&authorize, "state").unwrap();
+    let (status, body) = page(&t, error_redirect(&state).as_str()).await;
+    assert_eq!(status, 400);
+    assert!(
+        body.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;&gt;&lt;img"),
+        "{body}"
+    );
+    assert!(!body.contains("<script>"), "{body}");
+    assert_eq!(
+        t.app.store.take_oauth_state(&hash(&state)).await.unwrap(),
+        None,
+        "the state was consumed"
+    );
 
     // Query parameters of /oauth/install are never echoed.
     let (_, body) = page(

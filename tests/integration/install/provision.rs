@@ -14,16 +14,17 @@ use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use shared::app::App;
-use shared::domain::TenantId;
+use shared::domain::{OmneoProfileId, TenantId};
 use shared::install::provision::{
-    DATA_SOURCES, OMNEO_TRIGGERS, ProvisionErrorKind, SYSTEM_WEBHOOK_TOPICS, provision,
+    DATA_SOURCES, OMNEO_TRIGGERS, ProvisionError, SYSTEM_WEBHOOK_TOPICS, provision,
 };
 use shared::klaviyo::models::{NewDataSource, Visibility};
 use shared::omneo::models::WebhookUpdate;
 use shared::queue::{
-    Direction, Enqueued, Queue, QueueError, QueueName, QueueSettings, Task, TaskEnvelope, TaskName,
+    Direction, Enqueued, Queue, QueueError, QueueName, QueueSettings, SyncProfile, Task,
+    TaskEnvelope, TaskName, Work,
 };
-use shared::store::{Install, InstallStatus, Tenant};
+use shared::store::{Install, InstallStatus, Tenant, TenantSecret};
 
 use crate::support::{StoreKind, TestApp, TestAppOptions};
 
@@ -103,7 +104,9 @@ pub(super) async fn assert_provisioned_once(t: &TestApp, tenant: &TenantId) {
         format!("{}/{tenant}/api/v1/webhooks/klaviyo/system", t.url)
     );
     let record = tenant_record(t, tenant).await;
-    let secret = t.app.config.keyring.open(&record.webhook_secret).unwrap();
+    let secret = record
+        .open(&t.app.config.keyring, TenantSecret::WebhookSecret)
+        .unwrap();
     assert_eq!(webhook.secret_key, secret.expose_secret());
     let topics: BTreeSet<&str> = webhook.topics.iter().map(String::as_str).collect();
     assert_eq!(topics, SYSTEM_WEBHOOK_TOPICS.into_iter().collect());
@@ -127,23 +130,35 @@ pub(super) async fn assert_provisioned_once(t: &TestApp, tenant: &TenantId) {
         );
     }
 
-    // Both queues exist: a task far in the future is accepted by each (and never runs here).
-    let expected: Vec<String> = [Direction::Inbound, Direction::Outbound]
-        .map(|d| {
-            QueueName::new(tenant.as_str(), "klaviyo", d)
-                .as_str()
-                .to_owned()
-        })
+    // Both queues exist, named `{tenant}-klaviyo-{direction}` and reserved for the tenant, and the
+    // install says where each direction enqueues: a task far in the future is accepted by each
+    // (and never runs here).
+    let expected: Vec<QueueName> = [Direction::Inbound, Direction::Outbound]
+        .map(|d| QueueName::parse(&format!("{tenant}-klaviyo-{}", d.as_str())).unwrap())
         .to_vec();
     assert_eq!(install.resources.queues, expected);
     for direction in [Direction::Inbound, Direction::Outbound] {
+        let queue = install
+            .queue(direction)
+            .expect("a queue per direction")
+            .clone();
+        assert_eq!(
+            t.app
+                .store
+                .reserve_queue_name(&queue, &TenantId::parse("intruder").unwrap())
+                .await
+                .unwrap(),
+            *tenant,
+            "the name is reserved for the tenant"
+        );
         let task = Task {
-            queue: QueueName::new(tenant.as_str(), "klaviyo", direction),
+            queue,
             direction,
             envelope: TaskEnvelope {
                 tenant: tenant.clone(),
-                kind: "probe".into(),
-                payload: Value::Null,
+                work: Work::SyncProfile(SyncProfile {
+                    profile_id: OmneoProfileId::parse("probe").unwrap(),
+                }),
             },
             name: TaskName::from_parts(&[
                 "probe",
@@ -262,7 +277,7 @@ async fn reinstall_reuses_everything_repairs_drift_and_never_flips_is_active() {
         .await
         .unwrap();
     let new_secret = SecretString::from("rotated-webhook-secret-0123456789".to_owned());
-    let sealed = t.app.config.keyring.seal(&new_secret);
+    let sealed = TenantSecret::WebhookSecret.seal(&t.app.config.keyring, &tenant, &new_secret);
     t.app
         .store
         .update_tenant(&tenant, &|current| {
@@ -414,16 +429,15 @@ async fn a_failure_at_each_step_is_recorded_and_reprovision_resumes() {
         }
 
         let error = provision(&runner, &tenant).await.unwrap_err();
-        assert_eq!(error.step, step, "{error}");
-        assert_eq!(
-            error.kind,
-            ProvisionErrorKind::StepFailed,
+        assert_eq!(error.step().as_str(), step, "{error}");
+        assert!(
+            matches!(error, ProvisionError::StepFailed { .. }),
             "{step}: {error}"
         );
         let failed = install_record(&t, &tenant).await;
         assert_eq!(failed.status, InstallStatus::Failed, "{step}");
         let last = failed.last_error.as_ref().expect("last_error");
-        assert_eq!(last.step, step);
+        assert_eq!(last.step.as_str(), step);
         assert!(!last.message.is_empty());
         // What the steps before it did is recorded; the failed step and later ones are not.
         let index = [
@@ -539,12 +553,13 @@ async fn concurrent_runs_of_one_tenant_do_not_duplicate_anything() {
     let t = TestApp::spawn(TestAppOptions::default()).await;
     let (tenant, _) = installable(&t, "acme").await;
     let (a, b) = tokio::join!(provision(&t.app, &tenant), provision(&t.app, &tenant));
-    assert!(a.is_ok() || b.is_ok(), "{a:?} {b:?}");
-    for result in [&a, &b] {
-        if let Err(error) = result {
-            assert_eq!(error.kind, ProvisionErrorKind::Busy, "{error}");
-        }
-    }
+    // Exactly one runs; the other is refused while the first holds the lease.
+    let busy = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(ProvisionError::Busy(_))))
+        .count();
+    let ran = [&a, &b].iter().filter(|r| r.is_ok()).count();
+    assert_eq!((ran, busy), (1, 1), "{a:?} {b:?}");
     assert_provisioned_once(&t, &tenant).await;
     // The lease was given back: a later run goes ahead.
     provision(&t.app, &tenant).await.expect("a later run");

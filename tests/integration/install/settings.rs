@@ -9,9 +9,10 @@ use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use shared::domain::TenantId;
-use shared::install::settings_api::{MASK, PREVIOUS_SECRET_GRACE};
+use shared::install::settings_api::MASK;
+
 use shared::klaviyo::models::NewWebhook;
-use shared::store::{InstallStatus, Tenant};
+use shared::store::{InstallStatus, Tenant, TenantSecret};
 
 use crate::support::{TestApp, TestAppOptions};
 
@@ -25,12 +26,22 @@ async fn stored(t: &TestApp) -> Tenant {
     t.app.store.tenant(&acme()).await.unwrap().expect("tenant")
 }
 
-fn open(t: &TestApp, sealed: &shared::crypto::Sealed) -> String {
-    t.app
-        .config
-        .keyring
-        .open(sealed)
+/// One of the tenant's secrets, opened.
+fn open(t: &TestApp, tenant: &Tenant, which: TenantSecret) -> String {
+    tenant
+        .open(&t.app.config.keyring, which)
         .unwrap()
+        .expose_secret()
+        .to_owned()
+}
+
+/// The secret the last `webhook_secret` change replaced, opened (even after its grace).
+fn previous(t: &TestApp, tenant: &Tenant) -> String {
+    let far_past = jiff::Timestamp::UNIX_EPOCH;
+    tenant
+        .previous_webhook_secret(&t.app.config.keyring, far_past)
+        .unwrap()
+        .expect("a previous secret")
         .expose_secret()
         .to_owned()
 }
@@ -91,7 +102,7 @@ fn sim_webhook_secret(t: &TestApp, id: &str) -> String {
 async fn get_shows_the_settings_with_the_secrets_masked() {
     let t = TestApp::spawn(TestAppOptions::default()).await;
     let registered = t.register("acme").await;
-    let webhook_secret = open(&t, &stored(&t).await.webhook_secret);
+    let webhook_secret = open(&t, &stored(&t).await, TenantSecret::WebhookSecret);
 
     let response = t
         .request(Method::GET, PATH, Some(&registered.admin_key))
@@ -131,7 +142,7 @@ async fn bad_settings_name_the_field_and_store_nothing() {
     let t = TestApp::spawn(TestAppOptions::default()).await;
     let key = t.register("acme").await.admin_key;
     t.seed_tokens("acme", InstallStatus::Installed).await;
-    let old_secret = open(&t, &stored(&t).await.webhook_secret);
+    let old_secret = open(&t, &stored(&t).await, TenantSecret::WebhookSecret);
     let webhook_id = seed_webhook(&t, &old_secret).await;
     let list = t.klaviyo.create_list("Everyone");
     // Some settings to keep, so "unchanged" means more than "still the defaults".
@@ -139,8 +150,10 @@ async fn bad_settings_name_the_field_and_store_nothing() {
         &t,
         Method::PATCH,
         &key,
-        Some(&json!({"namespace": "loyalty", "master_list_id": list,
-            "mappings": [{"source": "tier.name", "target": "properties.tier"}]})),
+        Some(
+            &json!({"identity_handle": "loyalty-id", "master_list_id": list,
+            "mappings": [{"source": "tier.name", "target": "properties.tier"}]}),
+        ),
     )
     .await;
     assert_eq!(status, 200);
@@ -399,7 +412,10 @@ async fn patch_merges_and_put_replaces() {
     assert!(!body.to_string().contains(new_signing));
     assert_eq!(body["omneo_signing_secret"], format!("{MASK}0001"));
     let record = stored(&t).await;
-    assert_eq!(open(&t, &record.omneo_signing_secret), new_signing);
+    assert_eq!(
+        open(&t, &record, TenantSecret::OmneoSigningSecret),
+        new_signing
+    );
     assert!(
         !serde_json::to_string(&record)
             .unwrap()
@@ -493,10 +509,12 @@ async fn changing_the_webhook_secret_updates_klaviyo_and_keeps_the_old_one_for_t
     let key = t.register("acme").await.admin_key;
     t.seed_tokens("acme", InstallStatus::Installed).await;
     let before = stored(&t).await;
-    let old_secret = open(&t, &before.webhook_secret);
+    let old_secret = open(&t, &before, TenantSecret::WebhookSecret);
     let webhook_id = seed_webhook(&t, &old_secret).await;
+    let now = jiff::Timestamp::now();
 
-    // Klaviyo refuses the update: 502, nothing stored.
+    // Klaviyo refuses the update: 502, and the store says so — the new secret is stored but
+    // pending, and the old one stays accepted (Klaviyo still signs with it) however long it takes.
     let new_secret = "the-new-webhook-secret-2f9c1d7e5a";
     t.klaviyo
         .faults()
@@ -510,24 +528,39 @@ async fn changing_the_webhook_secret_updates_klaviyo_and_keeps_the_old_one_for_t
     .await;
     assert_eq!(status, 502, "{error}");
     assert!(!error.to_string().contains(new_secret));
-    assert_eq!(stored(&t).await, before);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stored"),
+        "{error}"
+    );
     assert_eq!(sim_webhook_secret(&t, &webhook_id), old_secret);
+    let pending = stored(&t).await;
+    assert_eq!(open(&t, &pending, TenantSecret::WebhookSecret), new_secret);
+    assert!(pending.webhook_secret_pending_since.is_some());
+    let an_hour_later = now + jiff::SignedDuration::from_hours(1);
+    assert_eq!(
+        pending
+            .previous_webhook_secret(&t.app.config.keyring, an_hour_later)
+            .unwrap()
+            .map(|s| s.expose_secret().to_owned()),
+        Some(old_secret.clone()),
+        "while pending, the old secret is accepted past the grace period"
+    );
 
-    // Klaviyo unavailable (every retry): 503, nothing stored.
+    // Klaviyo unavailable (every retry): 503, still pending.
     t.klaviyo
         .faults()
         .inject(FaultRule::status(&format!("/api/webhooks/{webhook_id}"), 503, 10).method("PATCH"));
-    let (status, error) = call(
-        &t,
-        Method::PATCH,
-        &key,
-        Some(&json!({"webhook_secret": new_secret})),
-    )
-    .await;
+    let (status, error) = call(&t, Method::PATCH, &key, Some(&json!({}))).await;
     assert_eq!(status, 503, "{error}");
-    assert_eq!(stored(&t).await, before);
+    assert!(stored(&t).await.webhook_secret_pending_since.is_some());
+    assert_eq!(sim_webhook_secret(&t, &webhook_id), old_secret);
     t.klaviyo.faults().clear();
 
+    // The next settings write repairs it: Klaviyo gets the secret, the change is confirmed, and the
+    // old secret is accepted for ten minutes from now.
     let (status, body) = call(
         &t,
         Method::PATCH,
@@ -535,27 +568,37 @@ async fn changing_the_webhook_secret_updates_klaviyo_and_keeps_the_old_one_for_t
         Some(&json!({"webhook_secret": new_secret})),
     )
     .await;
-    let changed_at = jiff::Timestamp::now();
+    let confirmed_at = jiff::Timestamp::now();
     assert_eq!(status, 200, "{body}");
     assert!(!body.to_string().contains(new_secret));
     assert_eq!(body["webhook_secret"], format!("{MASK}7e5a"));
     assert_eq!(sim_webhook_secret(&t, &webhook_id), new_secret);
 
     let after = stored(&t).await;
-    assert_eq!(open(&t, &after.webhook_secret), new_secret);
+    assert_eq!(after.webhook_secret_pending_since, None);
+    assert_eq!(open(&t, &after, TenantSecret::WebhookSecret), new_secret);
     let document = serde_json::to_string(&after).unwrap();
     assert!(!document.contains(new_secret) && !document.contains(&old_secret));
-    let previous = after.previous_webhook_secret.expect("previous secret kept");
-    assert_eq!(open(&t, &previous.secret), old_secret);
-    let grace = jiff::SignedDuration::try_from(PREVIOUS_SECRET_GRACE).unwrap();
+    assert_eq!(previous(&t, &after), old_secret);
+    let accepted_until = after
+        .previous_webhook_secret
+        .as_ref()
+        .expect("previous secret kept")
+        .accepted_until;
+    let grace = Tenant::PREVIOUS_WEBHOOK_SECRET_GRACE;
     let slack = jiff::SignedDuration::from_secs(30);
     assert!(
-        previous.accepted_until > changed_at + grace - slack
-            && previous.accepted_until <= changed_at + grace,
-        "accepted until {}",
-        previous.accepted_until
+        accepted_until > confirmed_at + grace - slack && accepted_until <= confirmed_at + grace,
+        "accepted until {accepted_until}"
     );
-    assert_eq!(PREVIOUS_SECRET_GRACE, Duration::from_secs(600));
+    assert_eq!(grace, jiff::SignedDuration::from_mins(10));
+    assert!(
+        after
+            .previous_webhook_secret(&t.app.config.keyring, confirmed_at + grace)
+            .unwrap()
+            .is_none(),
+        "confirmed, the old secret expires after the grace period"
+    );
 
     // Sending the masked value back changes nothing and does not call Klaviyo.
     t.klaviyo.recorder().clear();
@@ -577,10 +620,57 @@ async fn changing_the_webhook_secret_updates_klaviyo_and_keeps_the_old_one_for_t
 }
 
 #[tokio::test]
+async fn a_webhook_secret_change_racing_another_write_leaves_store_and_klaviyo_agreeing() {
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    let key = t.register("acme").await.admin_key;
+    t.seed_tokens("acme", InstallStatus::Installed).await;
+    let old_secret = open(&t, &stored(&t).await, TenantSecret::WebhookSecret);
+    let webhook_id = seed_webhook(&t, &old_secret).await;
+
+    // Klaviyo is slow to take the new secret; meanwhile another settings write lands.
+    t.klaviyo.faults().inject(
+        FaultRule::slow(
+            &format!("/api/webhooks/{webhook_id}"),
+            Duration::from_millis(800),
+            1,
+        )
+        .method("PATCH"),
+    );
+    let new_secret = "racing-webhook-secret-7c4e2a9b1f";
+    let change_body = json!({"webhook_secret": new_secret});
+    let change = call(&t, Method::PATCH, &key, Some(&change_body));
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        call(
+            &t,
+            Method::PATCH,
+            &key,
+            Some(&json!({"phone_default_country": "NZ"})),
+        )
+        .await
+    };
+    let ((status, body), (other_status, other_body)) = tokio::join!(change, other);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        other_status == 200 || other_status == 409,
+        "{other_status}: {other_body}"
+    );
+    // Whatever the interleaving, Klaviyo signs with the secret the store holds, and nothing is
+    // left pending.
+    let record = stored(&t).await;
+    assert_eq!(
+        sim_webhook_secret(&t, &webhook_id),
+        open(&t, &record, TenantSecret::WebhookSecret)
+    );
+    assert_eq!(open(&t, &record, TenantSecret::WebhookSecret), new_secret);
+    assert_eq!(record.webhook_secret_pending_since, None);
+}
+
+#[tokio::test]
 async fn a_webhook_secret_change_before_install_only_changes_the_stored_secret() {
     let t = TestApp::spawn(TestAppOptions::default()).await;
     let key = t.register("acme").await.admin_key;
-    let old = open(&t, &stored(&t).await.webhook_secret);
+    let old = open(&t, &stored(&t).await, TenantSecret::WebhookSecret);
     let new_secret = "pre-install-webhook-secret-000000";
     let (status, body) = call(
         &t,
@@ -591,10 +681,7 @@ async fn a_webhook_secret_change_before_install_only_changes_the_stored_secret()
     .await;
     assert_eq!(status, 200, "{body}");
     let record = stored(&t).await;
-    assert_eq!(open(&t, &record.webhook_secret), new_secret);
-    assert_eq!(
-        open(&t, &record.previous_webhook_secret.unwrap().secret),
-        old
-    );
+    assert_eq!(open(&t, &record, TenantSecret::WebhookSecret), new_secret);
+    assert_eq!(previous(&t, &record), old);
     assert!(t.klaviyo.recorder().requests().is_empty());
 }

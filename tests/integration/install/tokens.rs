@@ -11,14 +11,15 @@ use ::firestore::{FirestoreDb, FirestoreDbOptions};
 use gcloud_sdk::google::firestore::v1::value::ValueType;
 use gcloud_sdk::google_cloud_auth::credentials::anonymous;
 use harness::klaviyo::KlaviyoSimOptions;
+use harness::sim::FaultRule;
 use jiff::{SignedDuration, Timestamp};
 use secrecy::{ExposeSecret, SecretString};
+use shared::access::tokens::{KlaviyoCallError, REFRESH_MARGIN, TokenError, TokenProvider};
 use shared::config::{LogFormat, StoreConfig};
 use shared::domain::TenantId;
-use shared::install::tokens::{KlaviyoCallError, REFRESH_MARGIN, TokenError, TokenProvider};
 use shared::klaviyo::oauth::OAuthError;
 use shared::runtime::telemetry;
-use shared::store::{Install, InstallStatus};
+use shared::store::{Install, InstallStatus, TokenSecret};
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
 
@@ -53,13 +54,13 @@ async fn plaintext_tokens(t: &TestApp) -> (String, String) {
     let tokens = install(t).await.tokens.expect("tokens");
     let keyring = &t.app.config.keyring;
     (
-        keyring
-            .open(&tokens.access_token)
+        tokens
+            .open(keyring, &acme(), TokenSecret::AccessToken)
             .unwrap()
             .expose_secret()
             .to_owned(),
-        keyring
-            .open(&tokens.refresh_token)
+        tokens
+            .open(keyring, &acme(), TokenSecret::RefreshToken)
             .unwrap()
             .expose_secret()
             .to_owned(),
@@ -470,9 +471,357 @@ async fn tokens_never_appear_in_the_raw_firestore_document_or_the_logs() {
     for field in ["access_token", "refresh_token"] {
         match &map.fields[field].value_type {
             Some(ValueType::StringValue(sealed)) => {
-                assert!(sealed.starts_with("test:"), "{field} is not sealed")
+                assert!(sealed.starts_with("test."), "{field} is not sealed")
             }
             other => panic!("{field} is stored as {other:?}"),
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Refreshes racing each other, a reinstall and an uninstall, with a slow token endpoint.
+
+/// How long one token call may take in these tests (the lease is three of them).
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Another instance of the extension: its own token provider over the same store.
+fn instance(t: &TestApp) -> TokenProvider {
+    TokenProvider::new(
+        t.app.store.clone(),
+        t.app.config.keyring.clone(),
+        t.app.oauth.clone().with_call_timeout(CALL_TIMEOUT),
+    )
+}
+
+/// Waits until some refresher holds the lease on the install.
+async fn lease_taken(t: &TestApp) {
+    for _ in 0..200 {
+        if install(t).await.refresh_lease.is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("nobody took the refresh lease");
+}
+
+/// Lets the current lease lapse, as if its holder had been paused for longer than the lease.
+async fn lapse_the_lease(t: &TestApp) {
+    let past = Timestamp::now() - SignedDuration::from_secs(1);
+    t.app
+        .store
+        .update_install(&acme(), &|install| {
+            let mut install = install.expect("install");
+            install.refresh_lease.as_mut().expect("a lease").until = past;
+            Ok(install)
+        })
+        .await
+        .unwrap();
+}
+
+/// Waits until the simulator has handled `n` successful refreshes.
+async fn refreshed_at_klaviyo(t: &TestApp, n: u32) {
+    for _ in 0..200 {
+        if refreshes(t) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("Klaviyo never handled refresh number {n}");
+}
+
+/// A call that Klaviyo answers 401 the first time (so the provider refreshes reactively, whatever
+/// the stored expiry says), and that returns the token it was given the second time.
+async fn call_with_a_401_first(tokens: &TokenProvider) -> Result<SecretString, KlaviyoCallError> {
+    let calls = AtomicUsize::new(0);
+    tokens
+        .call(&acme(), |token| {
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    Err(shared::remote::RemoteError {
+                        service: shared::remote::Service::Klaviyo,
+                        call: "GET /api/accounts".into(),
+                        attempts: 1,
+                        kind: shared::remote::ErrorKind::Unauthorized {
+                            service: shared::remote::Service::Klaviyo,
+                        },
+                    })
+                } else {
+                    Ok(token)
+                }
+            }
+        })
+        .await
+}
+
+async fn a_slow_refresh_keeps_its_lease_and_the_others_wait(store: StoreKind) {
+    let t = spawn(store, KlaviyoSimOptions::default()).await;
+    let (a, b) = (instance(&t), instance(&t));
+    assert!(
+        a.lease() >= CALL_TIMEOUT * 2,
+        "a lease of {:?} must clearly outlast a call of {CALL_TIMEOUT:?}",
+        a.lease()
+    );
+    expire_stored_token_in(&t, Duration::ZERO).await;
+    // The token endpoint takes most of the call's timeout to answer.
+    t.klaviyo.faults().inject(FaultRule::slow_answer(
+        "/oauth/token",
+        Duration::from_millis(2200),
+        1,
+    ));
+    let first = tokio::spawn(async move { a.access_token(&acme()).await });
+    lease_taken(&t).await;
+    let second = b
+        .access_token(&acme())
+        .await
+        .expect("the second waits, then reuses");
+    let first = first.await.unwrap().expect("the slow refresh succeeds");
+    assert_eq!(first.expose_secret(), second.expose_secret());
+    assert_eq!(
+        refreshes(&t),
+        1,
+        "{store:?}: the refresh token was spent once"
+    );
+    assert_eq!(token_endpoint_calls(&t), 1);
+    let stored = install(&t).await;
+    assert_eq!(stored.status, InstallStatus::Installed);
+    assert_eq!(stored.refresh_lease, None);
+}
+
+async fn a_lapsed_refresher_that_spent_the_token_first_keeps_the_install(store: StoreKind) {
+    let t = spawn(store, KlaviyoSimOptions::default()).await;
+    let (a, b) = (instance(&t), instance(&t));
+    expire_stored_token_in(&t, Duration::ZERO).await;
+    // A's refresh is handled at once (the token rotates) but its answer is slow to come back…
+    t.klaviyo.faults().inject(FaultRule::slow_answer(
+        "/oauth/token",
+        Duration::from_millis(1500),
+        1,
+    ));
+    let first = tokio::spawn(async move { a.access_token(&acme()).await });
+    lease_taken(&t).await;
+    refreshed_at_klaviyo(&t, 1).await;
+    // … and meanwhile its lease lapses: B takes over and spends the token A already spent.
+    lapse_the_lease(&t).await;
+    let second = b.access_token(&acme()).await;
+    assert!(
+        matches!(second, Err(TokenError::Busy(_))),
+        "{store:?}: B must ask to retry, not end the install: {second:?}"
+    );
+    assert_ne!(
+        install(&t).await.status,
+        InstallStatus::ReauthorizationRequired
+    );
+
+    let first = first.await.unwrap().expect("A stores the live grant");
+    let stored = install(&t).await;
+    assert_eq!(stored.status, InstallStatus::Installed, "{store:?}");
+    assert!(
+        stored
+            .history
+            .iter()
+            .all(|change| change.status != InstallStatus::ReauthorizationRequired),
+        "{store:?}: the install was never marked for reauthorization"
+    );
+    assert_eq!(stored.refresh_lease, None);
+    let (access, refresh) = plaintext_tokens(&t).await;
+    assert_eq!(access, first.expose_secret());
+    assert!(t.klaviyo.refresh_token_is_live(&refresh));
+    // B's retry gets A's token without another refresh.
+    let retried = instance(&t).access_token(&acme()).await.unwrap();
+    assert_eq!(retried.expose_secret(), access);
+    assert_eq!(refreshes(&t), 1);
+}
+
+async fn invalid_grant_for_a_replaced_token_keeps_the_install(store: StoreKind) {
+    let t = spawn(store, KlaviyoSimOptions::default()).await;
+    let (a, b) = (instance(&t), instance(&t));
+    expire_stored_token_in(&t, Duration::ZERO).await;
+    // A's refresh is slow to reach Klaviyo; its lease lapses, B refreshes first.
+    t.klaviyo.faults().inject(FaultRule::slow(
+        "/oauth/token",
+        Duration::from_millis(1200),
+        1,
+    ));
+    let first = tokio::spawn(async move { a.access_token(&acme()).await });
+    lease_taken(&t).await;
+    lapse_the_lease(&t).await;
+    let second = b.access_token(&acme()).await.expect("B refreshes");
+    // A's request then reaches Klaviyo with the rotated-away token: invalid_grant — for a token
+    // that is no longer the stored one.
+    let first = first.await.unwrap().expect("A gets the token B stored");
+    assert_eq!(first.expose_secret(), second.expose_secret(), "{store:?}");
+    let stored = install(&t).await;
+    assert_eq!(stored.status, InstallStatus::Installed, "{store:?}");
+    assert_eq!(refreshes(&t), 1);
+    assert_eq!(
+        token_endpoint_calls(&t),
+        2,
+        "A's call was refused, not repeated"
+    );
+    let (_, refresh) = plaintext_tokens(&t).await;
+    assert!(t.klaviyo.refresh_token_is_live(&refresh));
+}
+
+async fn a_refresh_finishing_after_a_reinstall_keeps_the_new_tokens(store: StoreKind) {
+    let t = spawn(store, KlaviyoSimOptions::default()).await;
+    let a = instance(&t);
+    expire_stored_token_in(&t, Duration::ZERO).await;
+    t.klaviyo.faults().inject(FaultRule::slow_answer(
+        "/oauth/token",
+        Duration::from_millis(1200),
+        1,
+    ));
+    let refreshing = tokio::spawn(async move { a.access_token(&acme()).await });
+    lease_taken(&t).await;
+    // The customer installs again meanwhile: a new grant replaces the tokens.
+    t.seed_tokens("acme", InstallStatus::Installed).await;
+    let reinstalled = plaintext_tokens(&t).await;
+
+    let got = refreshing
+        .await
+        .unwrap()
+        .expect("the refresh hands out a token");
+    assert_eq!(
+        plaintext_tokens(&t).await,
+        reinstalled,
+        "{store:?}: the old grant overwrote the reinstall's tokens"
+    );
+    assert_eq!(
+        got.expose_secret(),
+        reinstalled.0,
+        "the caller gets the new install's token"
+    );
+    assert_eq!(install(&t).await.status, InstallStatus::Installed);
+}
+
+async fn a_refresh_finishing_after_an_uninstall_revokes_its_grant(store: StoreKind) {
+    let t = spawn(store, KlaviyoSimOptions::default()).await;
+    let a = instance(&t);
+    assert_eq!(t.klaviyo.live_grants(), 1);
+    // A refreshes after a 401, and Klaviyo is slow to answer the refresh it has already made.
+    t.klaviyo.faults().inject(FaultRule::slow_answer(
+        "/oauth/token",
+        Duration::from_millis(1500),
+        1,
+    ));
+    let refreshing = tokio::spawn(async move { call_with_a_401_first(&a).await });
+    lease_taken(&t).await;
+    refreshed_at_klaviyo(&t, 1).await;
+    // The tenant uninstalls meanwhile.
+    let operator = t.operator_token.clone();
+    let response = t
+        .request(
+            reqwest::Method::DELETE,
+            "/acme/api/v1/install",
+            Some(&operator),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+
+    let result = refreshing.await.unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(KlaviyoCallError::Token(TokenError::NotInstalled(_)))
+        ),
+        "{store:?}: {result:?}"
+    );
+    let stored = install(&t).await;
+    assert_eq!(stored.status, InstallStatus::Uninstalled);
+    assert_eq!(
+        stored.tokens, None,
+        "{store:?}: the old grant was written back"
+    );
+    assert_eq!(
+        t.klaviyo.live_grants(),
+        0,
+        "{store:?}: the grant the late refresh obtained was left alive"
+    );
+}
+
+async fn an_uninstall_racing_a_refresh_revokes_the_grant_the_refresh_stored(store: StoreKind) {
+    let t = spawn(store, KlaviyoSimOptions::default()).await;
+    let a = instance(&t);
+    // The uninstall's revocation is slow to reach Klaviyo; a refresh lands in between.
+    t.klaviyo.faults().inject(FaultRule::slow(
+        "/oauth/revoke",
+        Duration::from_millis(1200),
+        1,
+    ));
+    let operator = t.operator_token.clone();
+    let uninstall = t
+        .request(
+            reqwest::Method::DELETE,
+            "/acme/api/v1/install",
+            Some(&operator),
+        )
+        .send();
+    let refresh = async {
+        // Once the uninstall is waiting on its revocation, the refresh runs to completion.
+        for _ in 0..200 {
+            if !t
+                .klaviyo
+                .recorder()
+                .matching("POST", "/oauth/revoke")
+                .is_empty()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        call_with_a_401_first(&a).await
+    };
+    let (response, refreshed) = tokio::join!(uninstall, refresh);
+    let response = response.unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    refreshed.expect("the refresh finished before the uninstall cleared the tokens");
+    assert_eq!(refreshes(&t), 1);
+    let stored = install(&t).await;
+    assert_eq!(stored.status, InstallStatus::Uninstalled);
+    assert_eq!(stored.tokens, None);
+    assert_eq!(
+        t.klaviyo.live_grants(),
+        0,
+        "{store:?}: the refreshed grant outlived the uninstall"
+    );
+    assert_eq!(
+        t.klaviyo.recorder().matching("POST", "/oauth/revoke").len(),
+        2,
+        "the revoked token, then the one the refresh stored"
+    );
+}
+
+/// Each race, on the memory store and on the Firestore emulator.
+macro_rules! on_both_stores {
+    ($($race:ident),* $(,)?) => {
+        mod races {
+            $(
+                pub mod $race {
+                    use crate::support::StoreKind;
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn memory() {
+                        super::super::$race(StoreKind::Memory).await;
+                    }
+
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn firestore() {
+                        super::super::$race(StoreKind::Firestore).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    a_slow_refresh_keeps_its_lease_and_the_others_wait,
+    a_lapsed_refresher_that_spent_the_token_first_keeps_the_install,
+    invalid_grant_for_a_replaced_token_keeps_the_install,
+    a_refresh_finishing_after_a_reinstall_keeps_the_new_tokens,
+    a_refresh_finishing_after_an_uninstall_revokes_its_grant,
+    an_uninstall_racing_a_refresh_revokes_the_grant_the_refresh_stored,
+);

@@ -10,7 +10,7 @@ use shared::domain::TenantId;
 use shared::install::provision::provision;
 use shared::klaviyo::oauth::OAuthError;
 use shared::omneo::models::WebhookUpdate;
-use shared::store::InstallStatus;
+use shared::store::{InstallStatus, TokenSecret};
 
 use super::provision::{install_record, installable};
 use crate::support::{StoreKind, TestApp, TestAppOptions};
@@ -26,7 +26,9 @@ async fn uninstall(t: &TestApp, tenant: &str, bearer: Option<&str>) -> reqwest::
 async fn refresh_token(t: &TestApp, tenant: &TenantId) -> SecretString {
     let install = install_record(t, tenant).await;
     let tokens = install.tokens.expect("tokens");
-    t.app.config.keyring.open(&tokens.refresh_token).unwrap()
+    tokens
+        .open(&t.app.config.keyring, tenant, TokenSecret::RefreshToken)
+        .unwrap()
 }
 
 async fn uninstall_twice(store: StoreKind) {

@@ -264,6 +264,18 @@ impl KlaviyoSim {
         self.ctx.lock().oauth.expire_access_tokens();
     }
 
+    /// How many authorizations of the app are alive (not revoked): what an uninstall must bring
+    /// to zero.
+    pub fn live_grants(&self) -> usize {
+        self.ctx.lock().oauth.live_grants()
+    }
+
+    /// Whether this refresh token still stands for a live grant (neither rotated away nor
+    /// revoked).
+    pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
+        self.ctx.lock().oauth.refresh_token_is_live(refresh_token)
+    }
+
     /// How many tokens were issued, refreshed and revoked.
     pub fn token_counts(&self) -> TokenCounts {
         self.ctx.lock().oauth.counts

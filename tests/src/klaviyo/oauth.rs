@@ -146,6 +146,16 @@ impl OAuthState {
         }
     }
 
+    /// How many grants are not revoked.
+    pub fn live_grants(&self) -> usize {
+        self.grants.iter().filter(|g| !g.revoked).count()
+    }
+
+    /// Whether a refresh token still stands for a live grant.
+    pub fn refresh_token_is_live(&self, refresh_token: &str) -> bool {
+        self.live_grant(refresh_token).is_some()
+    }
+
     fn live_grant(&self, refresh_token: &str) -> Option<usize> {
         self.grants
             .iter()

@@ -12,7 +12,7 @@ use crate::domain::TenantId;
 use crate::install::failure::StepFailure;
 use crate::klaviyo::KlaviyoClient;
 use crate::klaviyo::models::{NewWebhook, WebhookUpdate};
-use crate::store::{TenantSecret, Tenant};
+use crate::store::{Tenant, TenantSecret};
 
 /// The topics of the Klaviyo system webhook (klaviyo.md §System webhooks): exactly the topics the
 /// inbound worker maps to Omneo comms (product.md §7.2) — bounce (`bounced_email`,
@@ -59,8 +59,9 @@ pub(super) async fn ensure(run: &Run<'_>) -> Result<String, StepFailure> {
         .map_err(StepFailure::Sealed)?;
     let sent = secret_key.clone();
     let topics: Vec<String> = SYSTEM_WEBHOOK_TOPICS.map(str::to_owned).to_vec();
-    let mut ours =
-        find_klaviyo_webhooks(&app.tokens, &app.klaviyo, tenant, &run.pacer).await?.into_iter();
+    let mut ours = find_klaviyo_webhooks(&app.tokens, &app.klaviyo, tenant, &run.pacer)
+        .await?
+        .into_iter();
     let id = match ours.next() {
         None => {
             let webhook = NewWebhook {

@@ -7,8 +7,8 @@ use crate::queue::{QueueName, QueueSettings, TenantQueues};
 
 /// Reserves both queue names for the tenant, then ensures both queues; their names.
 pub(super) async fn ensure(run: &Run<'_>) -> Result<Vec<QueueName>, StepFailure> {
-    let queues = TenantQueues::of(run.tenant, &run.record.settings)
-        .map_err(StepFailure::QueueSettings)?;
+    let queues =
+        TenantQueues::of(run.tenant, &run.record.settings).map_err(StepFailure::QueueSettings)?;
     reserve(run.app.store.as_ref(), run.tenant, &queues).await?;
     let mut names = Vec::new();
     for name in queues.both() {
