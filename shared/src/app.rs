@@ -60,7 +60,7 @@ impl App {
         let klaviyo = KlaviyoClient::new(
             http.clone(),
             config.klaviyo.api_url.clone(),
-            config.klaviyo.revision.clone(),
+            &config.klaviyo.revision,
             RetryPolicy::default(),
         );
         Arc::new(Self {

@@ -98,7 +98,36 @@ pub struct KlaviyoConfig {
     /// `KLAVIYO_API_URL`: a base; request paths start with `/api/`.
     pub api_url: Url,
     /// `KLAVIYO_REVISION`, sent as the `revision` header.
-    pub revision: String,
+    pub revision: ApiRevision,
+}
+
+/// A Klaviyo API revision: a date `YYYY-MM-DD`, or a beta revision `YYYY-MM-DD.pre`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiRevision(String);
+
+impl ApiRevision {
+    /// Parses a revision; the error says what is wrong (without echoing the value).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let date = raw.strip_suffix(".pre").unwrap_or(raw);
+        let well_formed = date.len() == 10
+            && date.bytes().enumerate().all(|(i, b)| {
+                if i == 4 || i == 7 {
+                    b == b'-'
+                } else {
+                    b.is_ascii_digit()
+                }
+            });
+        if well_formed && date.parse::<jiff::civil::Date>().is_ok() {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err("must be a Klaviyo API revision: a date YYYY-MM-DD (or YYYY-MM-DD.pre)".into())
+        }
+    }
+
+    /// The revision as sent.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Everything the functions read from the environment.
@@ -237,7 +266,10 @@ impl Config {
             token_url: r.url_or_default("KLAVIYO_TOKEN_URL", defaults::KLAVIYO_TOKEN_URL)?,
             revoke_url: r.url_or_default("KLAVIYO_REVOKE_URL", defaults::KLAVIYO_REVOKE_URL)?,
             api_url: r.url_or_default("KLAVIYO_API_URL", defaults::KLAVIYO_API_URL)?,
-            revision: r.or_default("KLAVIYO_REVISION", defaults::KLAVIYO_REVISION),
+            revision: ApiRevision::parse(
+                &r.or_default("KLAVIYO_REVISION", defaults::KLAVIYO_REVISION),
+            )
+            .map_err(|reason| invalid("KLAVIYO_REVISION", reason))?,
         };
         let omneo_api_url_template =
             r.or_default("OMNEO_API_URL_TEMPLATE", defaults::OMNEO_API_URL_TEMPLATE);
@@ -365,7 +397,7 @@ mod tests {
             defaults::KLAVIYO_TOKEN_URL
         );
         assert_eq!(config.klaviyo.api_url.as_str(), "https://a.klaviyo.com/");
-        assert_eq!(config.klaviyo.revision, "2026-07-15");
+        assert_eq!(config.klaviyo.revision.as_str(), "2026-07-15");
         assert_eq!(
             config.urls.inbound_task.as_str(),
             "https://ext.example.com/"
@@ -422,6 +454,14 @@ mod tests {
             ("LOG_FORMAT", Some("xml"), "LOG_FORMAT"),
             ("KLAVIYO_API_URL", Some("ftp://x"), "KLAVIYO_API_URL"),
             (
+                "KLAVIYO_REVISION",
+                Some("bad\nrevision"),
+                "KLAVIYO_REVISION",
+            ),
+            ("KLAVIYO_REVISION", Some("latest"), "KLAVIYO_REVISION"),
+            ("KLAVIYO_REVISION", Some("2026-13-40"), "KLAVIYO_REVISION"),
+            ("ENCRYPTION_KEY", Some("c2hvcnQ="), "ENCRYPTION_KEY"),
+            (
                 "OMNEO_API_URL_TEMPLATE",
                 Some("https://api.example.com"),
                 "OMNEO_API_URL_TEMPLATE",
@@ -443,6 +483,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn revisions_and_bare_keys_are_accepted_as_documented() {
+        let mut vars = base();
+        vars.insert("KLAVIYO_REVISION", "2026-10-15.pre".into());
+        // What `head -c32 /dev/urandom | base64` prints.
+        vars.insert(
+            "ENCRYPTION_KEY",
+            "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=".into(),
+        );
+        let config = parse(&vars).unwrap();
+        assert_eq!(config.klaviyo.revision.as_str(), "2026-10-15.pre");
+        assert_eq!(config.keyring.key_ids().len(), 1);
     }
 
     #[test]

@@ -40,3 +40,6 @@ pub mod runtime;
 pub mod settings;
 pub mod store;
 pub mod worker;
+
+#[cfg(test)]
+mod redaction_tests;

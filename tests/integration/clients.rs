@@ -2,6 +2,7 @@
 //! sockets: every call round-trips, and the retry policy meets injected faults and real rate
 //! limits. What the remote received is checked through the simulator's recorder and state.
 
+mod http_policy;
 mod klaviyo;
 mod omneo;
 

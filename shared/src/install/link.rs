@@ -24,8 +24,9 @@ pub const LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// The key-derivation purpose of install-link signatures.
 pub const PURPOSE: &str = "install-link";
 
-/// A freshly issued link token and its expiry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A freshly issued link token and its expiry. The token is a capability (anyone holding it can
+/// start the tenant's install until it expires), so `{:?}` does not show it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct InstallLink {
     /// The `link` query parameter.
     pub token: String,
@@ -41,6 +42,15 @@ impl InstallLink {
             .append_pair("tenant", tenant.as_str())
             .append_pair("link", &self.token);
         url
+    }
+}
+
+impl std::fmt::Debug for InstallLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallLink")
+            .field("token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish()
     }
 }
 

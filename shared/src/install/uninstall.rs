@@ -324,8 +324,8 @@ async fn disable_omneo_webhooks(
         .await
         .map_err(|e| failed(e.into()))?;
     let off = WebhookUpdate {
-        url: None,
         is_active: Some(false),
+        ..WebhookUpdate::default()
     };
     for webhook in webhooks.iter().filter(|w| w.is_active) {
         let ours = recorded.contains(webhook.id.as_str())

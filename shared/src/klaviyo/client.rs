@@ -12,6 +12,7 @@ use super::models::{
     UnsubscribeJob, Webhook, WebhookTopic, WebhookUpdate, bulk_record_document, equals,
     record_document,
 };
+use crate::config::ApiRevision;
 use crate::domain::KlaviyoProfileId;
 use crate::remote::{
     Answer, Idempotency, Remote, RemoteError, RetryPolicy, Service, bearer, endpoint, found,
@@ -31,14 +32,17 @@ pub struct KlaviyoClient {
 
 impl KlaviyoClient {
     /// A client of the API at `api_url` (`https://a.klaviyo.com`), pinned to `revision`.
-    ///
-    /// # Panics
-    /// When `revision` is not a valid header value (it is a date like `2026-07-15`).
-    pub fn new(http: reqwest::Client, api_url: Url, revision: String, retry: RetryPolicy) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        api_url: Url,
+        revision: &ApiRevision,
+        retry: RetryPolicy,
+    ) -> Self {
         Self {
             remote: Remote::new(http, retry, Service::Klaviyo),
             api_url,
-            revision: HeaderValue::try_from(revision).expect("the revision is a header value"),
+            revision: HeaderValue::from_str(revision.as_str())
+                .expect("a parsed revision is digits, dashes and `.pre`"),
         }
     }
 
@@ -457,7 +461,7 @@ mod tests {
         KlaviyoClient::new(
             reqwest::Client::new(),
             api_url.parse().unwrap(),
-            "2026-07-15".into(),
+            &ApiRevision::parse("2026-07-15").unwrap(),
             RetryPolicy::no_retries(),
         )
     }

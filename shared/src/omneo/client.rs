@@ -166,11 +166,21 @@ impl OmneoClient {
 
     /// `GET /webhooks?filter[namespace]=…`, every page.
     pub async fn webhooks(&self, namespace: &str) -> Result<Vec<Webhook>, RemoteError> {
+        self.webhooks_where("filter[namespace]", namespace).await
+    }
+
+    /// `GET /webhooks?filter[trigger]=…`, every page, whatever their namespace.
+    pub async fn webhooks_with_trigger(&self, trigger: &str) -> Result<Vec<Webhook>, RemoteError> {
+        self.webhooks_where("filter[trigger]", trigger).await
+    }
+
+    /// `GET /webhooks?{filter}={value}`, every page.
+    async fn webhooks_where(&self, filter: &str, value: &str) -> Result<Vec<Webhook>, RemoteError> {
         let mut webhooks = Vec::new();
         for number in 1.. {
             let mut url = self.api(&["webhooks"]);
             url.query_pairs_mut()
-                .append_pair("filter[namespace]", namespace)
+                .append_pair(filter, value)
                 .append_pair("page[number]", &number.to_string());
             let page: Page<Webhook> = self.get(url).await?;
             let empty = page.data.is_empty();

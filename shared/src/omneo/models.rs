@@ -417,6 +417,9 @@ pub struct WebhookUpdate {
     /// New URL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// New namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Turn it on or off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub is_active: Option<bool>,

@@ -4,8 +4,9 @@ use std::time::{Duration, Instant};
 
 use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions, REVISION, RateLimits, topics};
 use harness::sim::FaultRule;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
+use shared::config::ApiRevision;
 use shared::domain::{E164Phone, KlaviyoProfileId, OmneoProfileId};
 use shared::klaviyo::KlaviyoClient;
 use shared::klaviyo::models::{
@@ -38,12 +39,8 @@ async fn setup_with(retry: RetryPolicy) -> Setup {
 }
 
 fn client_of(sim: &KlaviyoSim, revision: &str, retry: RetryPolicy) -> KlaviyoClient {
-    KlaviyoClient::new(
-        http(),
-        sim.url().parse().expect("a URL"),
-        revision.into(),
-        retry,
-    )
+    let revision = ApiRevision::parse(revision).expect("a valid revision");
+    KlaviyoClient::new(http(), sim.url().parse().expect("a URL"), &revision, retry)
 }
 
 fn upsert(email: &str, external_id: &str) -> ProfileUpsert {
@@ -579,11 +576,21 @@ async fn invalid_inputs_are_permanent_and_point_at_the_field() {
         Some("/data/relationships/data-source/data/id")
     );
 
-    // A missing revision is a 400 naming the parameter.
-    let unrevised = client_of(&sim, "", fast_retries(4));
-    let error = unrevised.account_id(&token).await.unwrap_err();
-    assert_eq!(error.disposition(), Disposition::Permanent);
-    assert_eq!(error.problems()[0].field.as_deref(), Some("revision"));
+    // A missing revision is a 400 naming the parameter (our client cannot send one without: it
+    // takes a parsed revision, so this request is made by hand).
+    let unrevised = http()
+        .get(format!("{}/api/accounts", sim.url()))
+        .bearer_auth(token.expose_secret())
+        .header("accept", "application/vnd.api+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unrevised.status(), 400);
+    let body: Value = unrevised.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["source"]["parameter"], "revision",
+        "{body}"
+    );
 }
 
 #[tokio::test]

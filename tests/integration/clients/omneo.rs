@@ -323,6 +323,7 @@ async fn webhooks_are_listed_across_pages_by_namespace_created_updated_and_delet
     assert_eq!(crm.webhooks("crm").await.unwrap().len(), 1);
 
     let update = WebhookUpdate {
+        namespace: None,
         is_active: Some(true),
         url: Some("http://127.0.0.1:9/acme/omneo/moved".into()),
     };

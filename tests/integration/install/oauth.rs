@@ -617,7 +617,7 @@ fn interop_client(client_secret: &str) -> KlaviyoOAuth {
         token_url: endpoint("/token"),
         revoke_url: endpoint("/revoke"),
         api_url: base.clone(),
-        revision: "2026-07-15".into(),
+        revision: shared::config::ApiRevision::parse("2026-07-15").unwrap(),
     };
     let redirect = Url::parse("http://127.0.0.1:9/oauth/callback").unwrap();
     KlaviyoOAuth::new(&config, &redirect, reqwest::Client::new())

@@ -261,6 +261,7 @@ async fn reinstall_reuses_everything_repairs_drift_and_never_flips_is_active() {
             updated,
             &WebhookUpdate {
                 url: None,
+                namespace: None,
                 is_active: Some(true),
             },
         )
@@ -271,6 +272,7 @@ async fn reinstall_reuses_everything_repairs_drift_and_never_flips_is_active() {
             deleted,
             &WebhookUpdate {
                 url: Some("https://old-host.example.com/acme/api/v1/webhooks/omneo".into()),
+                namespace: None,
                 is_active: None,
             },
         )

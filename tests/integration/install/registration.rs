@@ -106,6 +106,21 @@ async fn bad_registrations_name_the_field_and_store_nothing() {
         ),
         (
             "acme",
+            json!({"omneo_api_token": "t", "omneo_signing_secret": "s", "omneo_api_url": "http://api.acme.getomneo.com"}),
+            "omneo_api_url",
+        ),
+        (
+            "acme",
+            json!({"omneo_api_token": "t", "omneo_signing_secret": "s", "omneo_api_url": "http://10.0.0.8:8080"}),
+            "omneo_api_url",
+        ),
+        (
+            "acme",
+            json!({"omneo_api_token": "t", "omneo_signing_secret": "s", "settings": {"task_queue_name": "globex"}}),
+            "settings.task_queue_name",
+        ),
+        (
+            "acme",
             json!({"omneo_api_token": "t", "omneo_signing_secret": "s", "colour": "red"}),
             "colour",
         ),

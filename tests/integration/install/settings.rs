@@ -1,6 +1,8 @@
 //! `GET`/`PUT`/`PATCH /{tenant}/api/v1/settings` (product.md §2, §4): masking, merge vs replace,
-//! validation that names the field and stores nothing, the master list check against Klaviyo, and
-//! `webhook_secret` rotation (Klaviyo webhook updated, old secret kept for 10 minutes).
+//! validation that names the field and stores nothing, the master list check against Klaviyo,
+//! `webhook_secret` rotation (stored first and pending until Klaviyo's webhook has it; the old
+//! secret kept for 10 minutes after), and the queue settings (valid, reserved, fixed while
+//! installed).
 
 use std::time::Duration;
 
@@ -684,4 +686,176 @@ async fn a_webhook_secret_change_before_install_only_changes_the_stored_secret()
     assert_eq!(open(&t, &record, TenantSecret::WebhookSecret), new_secret);
     assert_eq!(previous(&t, &record), old);
     assert!(t.klaviyo.recorder().requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The settings that name the queues: `namespace` and `task_queue_name`.
+
+/// The tenant's queue names reserved in the store, as another tenant would see them.
+async fn reserved_by(t: &TestApp, name: &str) -> TenantId {
+    let queue = shared::queue::QueueName::parse(name).unwrap();
+    let nobody = TenantId::parse("nobody").unwrap();
+    t.app
+        .store
+        .reserve_queue_name(&queue, &nobody)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn queue_settings_are_fixed_while_the_tenant_is_installed() {
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    let key = t.register("acme").await.admin_key;
+    t.seed_tokens("acme", InstallStatus::Installed).await;
+    let before = stored(&t).await;
+    for (body, field) in [
+        (json!({"namespace": "loyalty"}), "namespace"),
+        (json!({"task_queue_name": "acme-eu"}), "task_queue_name"),
+    ] {
+        let (status, error) = call(&t, Method::PATCH, &key, Some(&body)).await;
+        assert_eq!(status, 409, "{body}: {error}");
+        assert_eq!(error["error"]["field"], field, "{error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("uninstall"),
+            "{error}"
+        );
+        assert_eq!(stored(&t).await, before, "nothing stored");
+    }
+    // Other settings still change.
+    let (status, _) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"coalesce_seconds": 9})),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn queue_names_are_reserved_for_their_tenant_and_never_shared() {
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    // Registration reserves the default names.
+    let key = t.register("acme").await.admin_key;
+    t.register("acme-au").await;
+    assert_eq!(reserved_by(&t, "acme-klaviyo-outbound").await, acme());
+    assert_eq!(
+        reserved_by(&t, "acme-au-klaviyo-inbound").await,
+        TenantId::parse("acme-au").unwrap()
+    );
+
+    // `acme` + namespace `au-klaviyo` would name `acme-au`'s queues: refused, nothing stored.
+    let before = stored(&t).await;
+    let (status, error) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"namespace": "au-klaviyo"})),
+    )
+    .await;
+    assert_eq!(status, 409, "{error}");
+    assert_eq!(error["error"]["field"], "namespace");
+    assert_eq!(stored(&t).await, before);
+
+    // A prefix that is not the tenant's own is refused outright.
+    let (status, error) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"task_queue_name": "acme-au"})),
+    )
+    .await;
+    assert_eq!(status, 409, "acme-au-klaviyo-* is taken: {error}");
+    let (status, error) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"task_queue_name": "globex"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["field"], "task_queue_name");
+
+    // Longer than Cloud Tasks allows: refused naming the field.
+    let long = format!("acme-{}", "q".repeat(58));
+    let (status, error) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"task_queue_name": long, "namespace": "n".repeat(40)})),
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["field"], "task_queue_name");
+
+    // A free name of the tenant's own is taken and reserved.
+    let (status, body) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"task_queue_name": "acme-eu"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(reserved_by(&t, "acme-eu-klaviyo-inbound").await, acme());
+}
+
+#[tokio::test]
+async fn changed_queue_settings_take_effect_at_the_next_install() {
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    let key = t.register("acme").await.admin_key;
+    t.seed_tokens("acme", InstallStatus::Provisioning).await;
+    let installed = shared::install::provision::provision(&t.app, &acme())
+        .await
+        .expect("provisioning");
+    let queue = |install: &shared::store::Install, direction| {
+        install
+            .queue(direction)
+            .map(|q| q.as_str().to_owned())
+            .expect("a queue")
+    };
+    use shared::queue::Direction::{Inbound, Outbound};
+    assert_eq!(queue(&installed, Outbound), "acme-klaviyo-outbound");
+
+    // Uninstall, change the namespace, install again: the receivers' queues follow.
+    let operator = t.operator_token.clone();
+    let response = t
+        .request(Method::DELETE, "/acme/api/v1/install", Some(&operator))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, body) = call(
+        &t,
+        Method::PATCH,
+        &key,
+        Some(&json!({"namespace": "loyalty"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    t.seed_tokens("acme", InstallStatus::Provisioning).await;
+    let reinstalled = shared::install::provision::provision(&t.app, &acme())
+        .await
+        .expect("provisioning again");
+    assert_eq!(queue(&reinstalled, Inbound), "acme-loyalty-inbound");
+    assert_eq!(queue(&reinstalled, Outbound), "acme-loyalty-outbound");
+    // Both exist: a task is accepted on each.
+    for direction in [Inbound, Outbound] {
+        let task = shared::queue::Task {
+            queue: reinstalled.queue(direction).unwrap().clone(),
+            direction,
+            envelope: shared::queue::TaskEnvelope {
+                tenant: acme(),
+                work: shared::queue::Work::SyncProfile(shared::queue::SyncProfile {
+                    profile_id: shared::domain::OmneoProfileId::parse("p-1").unwrap(),
+                }),
+            },
+            name: shared::queue::TaskName::from_parts(&["probe", direction.as_str()]),
+            schedule_at: Some(jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)),
+        };
+        t.app.queue.enqueue(&task).await.expect("the queue exists");
+    }
 }

@@ -48,6 +48,7 @@ async fn uninstall_twice(store: StoreKind) {
             &installed.resources.omneo_webhooks["profile.updated"],
             &WebhookUpdate {
                 url: None,
+                namespace: None,
                 is_active: Some(true),
             },
         )

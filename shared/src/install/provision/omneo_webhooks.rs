@@ -1,5 +1,9 @@
 //! Step `omneo_webhooks`: the tenant's three Omneo webhooks (product.md §5.4), reused by
 //! (namespace, trigger), created disabled; `is_active` is never touched.
+//!
+//! Omneo keeps (trigger, URL) unique across namespaces. A webhook of ours left in another
+//! namespace — the tenant changed `namespace` while uninstalled — is moved into the current one
+//! rather than duplicated (which Omneo would refuse).
 
 use std::collections::BTreeMap;
 
@@ -44,13 +48,28 @@ pub(super) async fn ensure(run: &Run<'_>) -> Result<BTreeMap<String, String>, St
             Some(found) => {
                 let update = omneo::WebhookUpdate {
                     url: Some(url.clone()),
-                    is_active: None,
+                    ..omneo::WebhookUpdate::default()
                 };
                 client.update_webhook(&found.id, &update).await?;
                 tracing::info!(%tenant, trigger, webhook = %found.id, "fixed the URL of an Omneo webhook");
                 found.id.clone()
             }
             None => {
+                let elsewhere = client
+                    .webhooks_with_trigger(trigger)
+                    .await?
+                    .into_iter()
+                    .find(|w| w.url == url);
+                if let Some(moved) = elsewhere {
+                    let update = omneo::WebhookUpdate {
+                        namespace: Some(namespace.to_owned()),
+                        ..omneo::WebhookUpdate::default()
+                    };
+                    client.update_webhook(&moved.id, &update).await?;
+                    tracing::info!(%tenant, trigger, webhook = %moved.id, "moved an Omneo webhook of ours into the tenant's namespace");
+                    ids.insert(trigger.to_owned(), moved.id);
+                    continue;
+                }
                 let created = client
                     .create_webhook(&omneo::NewWebhook {
                         trigger: trigger.to_owned(),
