@@ -2,6 +2,7 @@
 //! simulators (through the same `start_simulators` as the local stack), with the memory store or
 //! the Firestore emulator (a unique project per app).
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +34,8 @@ pub struct TestAppOptions {
     pub store: StoreKind,
     /// The Klaviyo simulator's behaviour (rate limits off by default here; turn them on per test).
     pub klaviyo: KlaviyoSimOptions,
+    /// `ENCRYPTION_KEY` (default: a fresh key with id `test`).
+    pub encryption_key: Option<String>,
 }
 
 impl Default for TestAppOptions {
@@ -40,7 +43,23 @@ impl Default for TestAppOptions {
         Self {
             store: StoreKind::Memory,
             klaviyo: KlaviyoSimOptions::default().without_rate_limits(),
+            encryption_key: None,
         }
+    }
+}
+
+/// Another instance of the extension a [`TestApp`] started (see [`TestApp::instance_with_key`]).
+pub struct Instance {
+    /// Its base URL.
+    pub url: String,
+    /// Its state.
+    pub app: Arc<App>,
+    server: JoinHandle<()>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.server.abort();
     }
 }
 
@@ -58,6 +77,8 @@ pub struct TestApp {
     pub operator_token: String,
     /// A plain HTTP client that does not follow redirects.
     pub http: reqwest::Client,
+    /// The configuration variables the app was started with.
+    vars: HashMap<&'static str, String>,
     server: JoinHandle<()>,
 }
 
@@ -101,7 +122,9 @@ impl TestApp {
             ("QUEUE", "local".to_owned()),
             (
                 "ENCRYPTION_KEY",
-                new_keyring_spec("test").expose_secret().to_owned(),
+                options
+                    .encryption_key
+                    .unwrap_or_else(|| new_keyring_spec("test").expose_secret().to_owned()),
             ),
             ("OPERATOR_TOKEN", operator_token.clone()),
         ]);
@@ -121,13 +144,7 @@ impl TestApp {
                 );
             }
         }
-        let config =
-            Config::from_env(&|name: &str| vars.get(name).cloned()).expect("test configuration");
-        let app = App::from_config(config).await.expect("app");
-        let router = shared::runtime::http::wrap("test", shared::functions::all(app.clone()));
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router).await.expect("test server");
-        });
+        let (app, server) = serve(&vars, listener).await;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -139,8 +156,21 @@ impl TestApp {
             omneo,
             operator_token,
             http,
+            vars,
             server,
         }
+    }
+
+    /// Another instance of the extension over the same store (Firestore: the same project) and
+    /// simulators, configured alike but with `ENCRYPTION_KEY` = `key` — what a redeploy with a
+    /// rotated keyring starts.
+    pub async fn instance_with_key(&self, key: &str) -> Instance {
+        let mut vars = self.vars.clone();
+        vars.insert("ENCRYPTION_KEY", key.to_owned());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (app, server) = serve(&vars, listener).await;
+        Instance { url, app, server }
     }
 
     /// Registers `tenant` through the admin API (and on the Omneo simulator, with the same token).
@@ -227,6 +257,21 @@ impl TestApp {
             .await
             .expect("seeding tokens");
     }
+}
+
+/// Builds the app from `vars` and serves all five routers on `listener`.
+async fn serve(
+    vars: &HashMap<&'static str, String>,
+    listener: TcpListener,
+) -> (Arc<App>, JoinHandle<()>) {
+    let config =
+        Config::from_env(&|name: &str| vars.get(name).cloned()).expect("test configuration");
+    let app = App::from_config(config).await.expect("app");
+    let router = shared::runtime::http::wrap("test", shared::functions::all(app.clone()));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).await.expect("test server");
+    });
+    (app, server)
 }
 
 /// Log output captured in memory.

@@ -16,7 +16,11 @@ use shared::klaviyo::oauth::{KlaviyoOAuth, OAuthError, SCOPES, new_pkce_verifier
 use shared::store::{Install, InstallStatus, OAuthState, TokenSecret};
 use url::Url;
 
-use crate::support::{StoreKind, TestApp, TestAppOptions};
+use shared::config::LogFormat;
+use shared::runtime::telemetry;
+use tracing_subscriber::EnvFilter;
+
+use crate::support::{LogBuffer, StoreKind, TestApp, TestAppOptions};
 
 /// The store's id of an OAuth `state` value: its SHA-256.
 fn hash(state: &str) -> String {
@@ -180,6 +184,10 @@ async fn a_valid_link_redirects_to_klaviyo_with_state_scopes_and_pkce_s256() {
         32,
         "256-bit state"
     );
+
+    // The store knows the state only by its SHA-256: the value itself is no key.
+    assert_eq!(t.app.store.take_oauth_state(&state).await.unwrap(), None);
+    assert_eq!(hash(&state).len(), 64);
 
     // The stored state: this tenant, 10 minutes, and the verifier whose S256 challenge was sent.
     let stored = t
@@ -693,4 +701,103 @@ async fn klaviyo_oauth_interoperates_with_a_third_party_oauth_server() {
 
     // Revocation is accepted.
     oauth.revoke(&second_refresh).await.unwrap();
+}
+
+#[tokio::test]
+async fn states_not_of_our_shape_are_refused_without_touching_the_store() {
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    t.register("acme").await;
+    // Documents keyed by the malformed values themselves and by their hashes: whichever the
+    // callback looked up, it would consume one.
+    let malformed = [
+        "short".to_owned(),
+        "x".repeat(44),
+        format!("{}/", "a".repeat(42)),
+        format!("{}%", "a".repeat(42)),
+    ];
+    let expires_at = Timestamp::now() + SignedDuration::from_mins(10);
+    for value in &malformed {
+        for key in [value.clone(), hash(value)] {
+            t.app
+                .store
+                .put_oauth_state(&OAuthState {
+                    pkce_verifier: t
+                        .app
+                        .config
+                        .keyring
+                        .seal(&new_pkce_verifier(), &OAuthState::verifier_at(&key)),
+                    state_hash: key,
+                    tenant: id("acme"),
+                    expires_at,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    for value in &malformed {
+        let mut url = Url::parse(&format!("{}/oauth/callback", t.url)).unwrap();
+        url.query_pairs_mut()
+            .append_pair("code", "some-code")
+            .append_pair("state", value);
+        let (status, body) = page(&t, url.as_str()).await;
+        assert_eq!(status, 400, "{value}: {body}");
+        assert!(!body.contains(value.as_str()), "the state is not echoed");
+    }
+    for value in &malformed {
+        for key in [value.clone(), hash(value)] {
+            assert!(
+                t.app.store.take_oauth_state(&key).await.unwrap().is_some(),
+                "{value}: the store was touched"
+            );
+        }
+    }
+    assert_eq!(t.klaviyo.token_counts().issued, 0, "no code exchange");
+}
+
+#[tokio::test]
+async fn a_state_never_appears_in_the_logs_or_a_page() {
+    let logs = LogBuffer::default();
+    let subscriber =
+        telemetry::subscriber(LogFormat::Json, None, EnvFilter::new("trace"), logs.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let t = TestApp::spawn(TestAppOptions::default()).await;
+    let acme = t.register("acme").await;
+
+    // A full install, a replay of its callback, an error redirect and an unknown state.
+    let link = link_url(&t, "acme", &acme.admin_key).await;
+    let authorize = authorize_url(&t, &link).await;
+    let state = param(&authorize, "state").unwrap();
+    let callback = t.klaviyo.approve(&authorize).await.unwrap().to_string();
+    let mut pages = Vec::new();
+    for url in [callback.clone(), callback] {
+        pages.push(page(&t, &url).await.1);
+    }
+    let second = authorize_url(&t, &link_url(&t, "acme", &acme.admin_key).await).await;
+    let second_state = param(&second, "state").unwrap();
+    let denied = t.klaviyo.deny(&second).await.unwrap();
+    pages.push(page(&t, denied.as_str()).await.1);
+    let unknown = "u".repeat(43);
+    pages.push(
+        page(
+            &t,
+            &format!("{}/oauth/callback?code=c&state={unknown}", t.url),
+        )
+        .await
+        .1,
+    );
+
+    let text = logs.text();
+    assert!(
+        text.contains("install complete"),
+        "the install was logged: {text}"
+    );
+    for value in [&state, &second_state, &unknown] {
+        assert!(
+            !text.contains(value.as_str()),
+            "a state value is in the logs"
+        );
+        for body in &pages {
+            assert!(!body.contains(value.as_str()), "a state value is on a page");
+        }
+    }
 }

@@ -520,6 +520,7 @@ async fn provisioning_succeeds_under_klaviyos_real_rate_limits() {
     let t = TestApp::spawn(TestAppOptions {
         store: StoreKind::Memory,
         klaviyo: KlaviyoSimOptions::default(),
+        ..TestAppOptions::default()
     })
     .await;
     assert!(t.klaviyo.options().rate_limits.enabled);

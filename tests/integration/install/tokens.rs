@@ -33,6 +33,7 @@ async fn spawn(store: StoreKind, klaviyo: KlaviyoSimOptions) -> TestApp {
     let t = TestApp::spawn(TestAppOptions {
         store,
         klaviyo: klaviyo.without_rate_limits(),
+        ..TestAppOptions::default()
     })
     .await;
     t.register("acme").await;
