@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use shared::crypto::{Keyring, Sealed};
 use shared::domain::{ConsentState, KlaviyoProfileId, OmneoProfileId, TenantId};
-use shared::queue::{QueueName, TaskKind};
+use shared::queue::{QueueName, TaskKind, TaskName};
 use shared::settings::Settings;
 use shared::store::{
     Abort, Claim, ConsentSent, Failure, FirestoreStore, IdempotencyKey, Install, InstallStatus,
@@ -164,9 +164,9 @@ fn failure(id: &str, tenant: &str, at: Timestamp) -> Failure {
     Failure {
         id: id.to_owned(),
         tenant: tenant_id(tenant),
-        queue: format!("{tenant}-outbound"),
+        queue: QueueName::parse(&format!("{tenant}-klaviyo-outbound")).unwrap(),
         task_kind: TaskKind::SyncProfile,
-        task_name: format!("tasks/{id}"),
+        task_name: TaskName::from_parts(&["tasks", id]),
         payload: r#"{"profile_id":"p1","nested":[[1,2],[3]]}"#.into(),
         error: "Klaviyo answered 400".into(),
         attempts: 3,

@@ -161,6 +161,24 @@ impl TestApp {
         }
     }
 
+    /// The tenant's stored Klaviyo tokens, opened: (access, refresh).
+    pub async fn stored_tokens(&self, tenant: &str) -> (String, String) {
+        let tenant = shared::domain::TenantId::parse(tenant).expect("tenant id");
+        let install = self.app.store.install(&tenant).await.unwrap();
+        let tokens = install.and_then(|i| i.tokens).expect("stored tokens");
+        let open = |which| {
+            tokens
+                .open(&self.app.config.keyring, &tenant, which)
+                .expect("a token of this keyring")
+                .expose_secret()
+                .to_owned()
+        };
+        (
+            open(TokenSecret::AccessToken),
+            open(TokenSecret::RefreshToken),
+        )
+    }
+
     /// Another instance of the extension over the same store (Firestore: the same project) and
     /// simulators, configured alike but with `ENCRYPTION_KEY` = `key` — what a redeploy with a
     /// rotated keyring starts.

@@ -408,6 +408,13 @@ A fresh link:     curl -X POST -H 'Authorization: Bearer {admin}' {base}/{DEMO_T
 Install status:   curl -H 'Authorization: Bearer {admin}' {base}/{DEMO_TENANT}/api/v1/install
 Settings:         curl -H 'Authorization: Bearer {admin}' {base}/{DEMO_TENANT}/api/v1/settings
 Uninstall:        curl -X DELETE -H 'Authorization: Bearer {admin}' {base}/{DEMO_TENANT}/api/v1/install
+Queue settings:   curl -X PATCH -H 'Authorization: Bearer {admin}' -H 'content-type: application/json' \
+                    -d '{{\"namespace\":\"loyalty\"}}' {base}/{DEMO_TENANT}/api/v1/settings
+                  (reserved per tenant; 409 while installed — uninstall first)
+Sealed secrets:   curl -H 'Authorization: Bearer <operator>' {base}/api/v1/keyring
+                  (key rotation: redeploy with ENCRYPTION_KEY=new:…,old:…, then
+                   curl -X POST -H 'Authorization: Bearer <operator>' {base}/api/v1/keyring/reseal —
+                   docs/operations.md)
 
 Watch and poke:
   curl {base}/health

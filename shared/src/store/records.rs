@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::{INSTALLS, OAUTH_STATES, TENANTS};
 use crate::crypto::{CryptoError, Keyring, Sealed, SealedAt};
 use crate::domain::{ConsentState, KlaviyoProfileId, OmneoProfileId, TenantId};
-use crate::queue::{Direction, QueueName, TaskKind};
+use crate::queue::{Direction, QueueName, TaskKind, TaskName};
 use crate::settings::Settings;
 
 /// A record holding sealed values: it names each one's place, so the store can re-seal them under
@@ -569,11 +569,11 @@ pub struct Failure {
     /// The tenant.
     pub tenant: TenantId,
     /// The queue the task came from.
-    pub queue: String,
+    pub queue: QueueName,
     /// What the task was to do.
     pub task_kind: TaskKind,
     /// Cloud Tasks task name.
-    pub task_name: String,
+    pub task_name: TaskName,
     /// The task's payload as JSON text (JSON may hold nested arrays, which Firestore does not).
     pub payload: String,
     /// What went wrong.

@@ -294,9 +294,9 @@ async fn record_failure(
     let failure = Failure {
         id: format!("{}:{}", request.queue, request.name),
         tenant: task.envelope.tenant.clone(),
-        queue: request.queue.to_string(),
+        queue: request.queue.clone(),
         task_kind: task.envelope.work.kind(),
-        task_name: request.name.to_string(),
+        task_name: request.name.clone(),
         payload: task.envelope.work.payload().to_string(),
         error: reason.to_owned(),
         attempts: request.retry_count.saturating_add(1),
@@ -614,9 +614,9 @@ mod tests {
         let failure = &failures[0];
         assert_eq!(&failure.id, failure_id);
         assert_eq!(failure.tenant.as_str(), "acme");
-        assert_eq!(failure.queue, "acme-klaviyo-outbound");
+        assert_eq!(failure.queue.as_str(), "acme-klaviyo-outbound");
         assert_eq!(failure.task_kind, TaskKind::SyncProfile);
-        assert_eq!(failure.task_name, "abc123");
+        assert_eq!(failure.task_name.as_str(), "abc123");
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&failure.payload).unwrap(),
             fixture.envelope.work.payload()

@@ -82,6 +82,16 @@ fn app_config(api_url: &str, token_url: &str) -> Config {
     Config::from_env(&|name: &str| vars.get(name).cloned()).expect("configuration")
 }
 
+/// The Klaviyo OAuth app with its token and revocation endpoints at `base`.
+fn oauth_at(base: &str) -> KlaviyoOAuth {
+    let config = app_config(base, &format!("{base}/oauth/token"));
+    KlaviyoOAuth::new(
+        &config.klaviyo,
+        &config.redirect_uri(),
+        shared::app::http_client().unwrap(),
+    )
+}
+
 fn klaviyo(base: &str) -> KlaviyoClient {
     KlaviyoClient::new(
         shared::app::http_client().unwrap(),
@@ -126,12 +136,7 @@ async fn redirects_are_answers_and_the_token_stays_home() {
         "{error}"
     );
 
-    let config = app_config(&redirecting, &format!("{redirecting}/oauth/token"));
-    let oauth = KlaviyoOAuth::new(
-        &config.klaviyo,
-        &config.redirect_uri(),
-        shared::app::http_client().unwrap(),
-    );
+    let oauth = oauth_at(&redirecting);
     let refused = oauth.refresh(&SecretString::from("a-refresh-token")).await;
     assert!(
         refused.is_err(),
@@ -195,13 +200,7 @@ async fn answers_over_the_cap_are_refused_not_buffered() {
 
     // The token endpoint answers a few hundred bytes: 100 KiB is refused.
     let base = oversized(100 * 1024, false).await;
-    let config = app_config(&base, &format!("{base}/oauth/token"));
-    let oauth = KlaviyoOAuth::new(
-        &config.klaviyo,
-        &config.redirect_uri(),
-        shared::app::http_client().unwrap(),
-    );
-    let error = oauth
+    let error = oauth_at(&base)
         .refresh(&SecretString::from("a-refresh-token"))
         .await
         .unwrap_err();

@@ -9,7 +9,7 @@ use serde_json::Value;
 use shared::app::OmneoAccessError;
 use shared::crypto::CryptoError;
 use shared::domain::TenantId;
-use shared::store::{InstallStatus, TenantSecret, TokenSecret};
+use shared::store::{InstallStatus, TenantSecret};
 
 use crate::support::{StoreKind, TestApp, TestAppOptions};
 
@@ -43,12 +43,7 @@ async fn a_rotation_reports_reseals_and_lets_the_old_key_go() {
     let acme = t.register("acme").await;
     t.register("globex").await;
     t.seed_tokens("acme", InstallStatus::Installed).await;
-    let install = t.app.store.install(&id("acme")).await.unwrap().unwrap();
-    let acme_token = install
-        .tokens
-        .unwrap()
-        .open(&t.app.config.keyring, &id("acme"), TokenSecret::AccessToken)
-        .unwrap();
+    let (acme_token, _) = t.stored_tokens("acme").await;
     // An install in flight holds an OAuth state sealed under k1 too.
     let link: Value = t
         .request(
@@ -148,7 +143,7 @@ async fn a_rotation_reports_reseals_and_lets_the_old_key_go() {
         }
     }
     let token = k2_only.app.tokens.access_token(&id("acme")).await.unwrap();
-    assert_eq!(token.expose_secret(), acme_token.expose_secret());
+    assert_eq!(token.expose_secret(), acme_token);
     let settings = reqwest::Client::new()
         .get(format!("{}/acme/api/v1/settings", k2_only.url))
         .bearer_auth(&acme.admin_key)

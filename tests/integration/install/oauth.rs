@@ -27,6 +27,30 @@ fn hash(state: &str) -> String {
     OAuthState::hash(&SecretString::from(state))
 }
 
+/// Stores a pending OAuth state of `acme` by hand, under `state_hash`.
+async fn store_state(
+    t: &TestApp,
+    state_hash: String,
+    verifier: &SecretString,
+    expires_at: Timestamp,
+) {
+    let pkce_verifier = t
+        .app
+        .config
+        .keyring
+        .seal(verifier, &OAuthState::verifier_at(&state_hash));
+    t.app
+        .store
+        .put_oauth_state(&OAuthState {
+            state_hash,
+            tenant: id("acme"),
+            pkce_verifier,
+            expires_at,
+        })
+        .await
+        .unwrap();
+}
+
 fn id(tenant: &str) -> TenantId {
     TenantId::parse(tenant).unwrap()
 }
@@ -429,21 +453,8 @@ async fn an_expired_state_is_refused_before_any_exchange() {
     t.register("acme").await;
     let verifier = new_pkce_verifier();
     let state = "expired-state-0123456789abcdefghijklmnopqrs";
-    let state_hash = hash(state);
-    t.app
-        .store
-        .put_oauth_state(&OAuthState {
-            pkce_verifier: t
-                .app
-                .config
-                .keyring
-                .seal(&verifier, &OAuthState::verifier_at(&state_hash)),
-            state_hash,
-            tenant: id("acme"),
-            expires_at: Timestamp::now() - SignedDuration::from_secs(1),
-        })
-        .await
-        .unwrap();
+    let expired = Timestamp::now() - SignedDuration::from_secs(1);
+    store_state(&t, hash(state), &verifier, expired).await;
     let authorize = t.app.oauth.authorize_url(state, &verifier);
     let callback = t.klaviyo.approve(authorize.as_str()).await.unwrap();
     let (status, body) = page(&t, callback.as_str()).await;
@@ -718,20 +729,7 @@ async fn states_not_of_our_shape_are_refused_without_touching_the_store() {
     let expires_at = Timestamp::now() + SignedDuration::from_mins(10);
     for value in &malformed {
         for key in [value.clone(), hash(value)] {
-            t.app
-                .store
-                .put_oauth_state(&OAuthState {
-                    pkce_verifier: t
-                        .app
-                        .config
-                        .keyring
-                        .seal(&new_pkce_verifier(), &OAuthState::verifier_at(&key)),
-                    state_hash: key,
-                    tenant: id("acme"),
-                    expires_at,
-                })
-                .await
-                .unwrap();
+            store_state(&t, key, &new_pkce_verifier(), expires_at).await;
         }
     }
     for value in &malformed {

@@ -19,7 +19,7 @@ use shared::config::{LogFormat, StoreConfig};
 use shared::domain::TenantId;
 use shared::klaviyo::oauth::OAuthError;
 use shared::runtime::telemetry;
-use shared::store::{Install, InstallStatus, TokenSecret};
+use shared::store::{Install, InstallStatus};
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
 
@@ -52,20 +52,7 @@ async fn install(t: &TestApp) -> Install {
 
 /// The stored tokens, opened: (access, refresh).
 async fn plaintext_tokens(t: &TestApp) -> (String, String) {
-    let tokens = install(t).await.tokens.expect("tokens");
-    let keyring = &t.app.config.keyring;
-    (
-        tokens
-            .open(keyring, &acme(), TokenSecret::AccessToken)
-            .unwrap()
-            .expose_secret()
-            .to_owned(),
-        tokens
-            .open(keyring, &acme(), TokenSecret::RefreshToken)
-            .unwrap()
-            .expose_secret()
-            .to_owned(),
-    )
+    t.stored_tokens("acme").await
 }
 
 /// Makes the stored access token expire `in_` from now (without touching Klaviyo).

@@ -283,6 +283,21 @@ async fn record_outcome(
     step: InstallStep,
     outcome: &Outcome,
 ) -> Result<(), ProvisionError> {
+    while_provisioning(app, tenant, step, |install| {
+        outcome.apply(&mut install.resources);
+    })
+    .await
+    .map(drop)
+}
+
+/// Applies `change` to the install (and stamps it) if it is still provisioning; otherwise the run
+/// was interrupted at `step`.
+async fn while_provisioning(
+    app: &App,
+    tenant: &TenantId,
+    step: InstallStep,
+    change: impl Fn(&mut Install) + Send + Sync,
+) -> Result<Install, ProvisionError> {
     let now = Timestamp::now();
     let result = app
         .store
@@ -291,14 +306,14 @@ async fn record_outcome(
             if install.status != InstallStatus::Provisioning {
                 return Err(NotProvisioning);
             }
-            outcome.apply(&mut install.resources);
+            change(&mut install);
             install.updated_at = now;
             Ok(install)
         })
         .await
         .map_err(|e| ProvisionError::store(step, e))?;
     match result {
-        Ok(_) => Ok(()),
+        Ok(install) => Ok(install),
         Err(NotProvisioning) => Err(interrupted(app, tenant, step).await),
     }
 }
@@ -372,23 +387,11 @@ async fn record_failure(
 /// Every step succeeded: `installed`, `last_error` cleared.
 async fn finish(app: &App, tenant: &TenantId) -> Result<Install, ProvisionError> {
     let now = Timestamp::now();
-    let result = app
-        .store
-        .update_install_or(tenant, |current| {
-            let mut install = current.ok_or(NotProvisioning)?;
-            if install.status != InstallStatus::Provisioning {
-                return Err(NotProvisioning);
-            }
-            install.last_error = None;
-            install.transition(InstallStatus::Installed, None, now);
-            Ok(install)
-        })
-        .await
-        .map_err(|e| ProvisionError::store(InstallStep::Finish, e))?;
-    match result {
-        Ok(install) => Ok(install),
-        Err(NotProvisioning) => Err(interrupted(app, tenant, InstallStep::Finish).await),
-    }
+    while_provisioning(app, tenant, InstallStep::Finish, |install| {
+        install.last_error = None;
+        install.transition(InstallStatus::Installed, None, now);
+    })
+    .await
 }
 
 /// What a step found or created.
