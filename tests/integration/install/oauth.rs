@@ -27,6 +27,16 @@ fn hash(state: &str) -> String {
     OAuthState::hash(&SecretString::from(state))
 }
 
+/// Consumes the stored OAuth state of a `state` value (it must be there).
+async fn take_state(t: &TestApp, state: &str) -> OAuthState {
+    t.app
+        .store
+        .take_oauth_state(&hash(state))
+        .await
+        .unwrap()
+        .expect("a stored state")
+}
+
 /// Stores a pending OAuth state of `acme` by hand, under `state_hash`.
 async fn store_state(
     t: &TestApp,
@@ -214,13 +224,7 @@ async fn a_valid_link_redirects_to_klaviyo_with_state_scopes_and_pkce_s256() {
     assert_eq!(hash(&state).len(), 64);
 
     // The stored state: this tenant, 10 minutes, and the verifier whose S256 challenge was sent.
-    let stored = t
-        .app
-        .store
-        .take_oauth_state(&hash(&state))
-        .await
-        .unwrap()
-        .unwrap();
+    let stored = take_state(&t, &state).await;
     assert_eq!(stored.tenant, id("acme"));
     let lifetime = stored.expires_at.duration_since(started);
     assert!(
@@ -474,13 +478,7 @@ async fn a_wrong_pkce_verifier_is_refused_by_klaviyo_and_changes_nothing() {
     let authorize = authorize_url(&t, &link_url(&t, "acme", &acme.admin_key).await).await;
     let state = param(&authorize, "state").unwrap();
     // Swap the stored verifier for another one: the challenge Klaviyo holds no longer matches.
-    let mut stored = t
-        .app
-        .store
-        .take_oauth_state(&hash(&state))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut stored = take_state(&t, &state).await;
     stored.pkce_verifier = t.app.config.keyring.seal(
         &new_pkce_verifier(),
         &OAuthState::verifier_at(&stored.state_hash),
