@@ -17,9 +17,9 @@
 //! ids. Answers: `200` with the install status document (status `uninstalled`); again → `200`, with no
 //! remote call; a tenant that never installed (`pending`, no install record) → `409 not_installed`
 //! (there is nothing to uninstall, and CX Manager's view is wrong); a remote failure → `502
-//! uninstall_failed` naming the step (or `503 unavailable` when retrying may help), nothing changed
-//! locally, safe to retry; `409 provisioning_in_progress` while a provisioning run holds the
-//! tenant's lease.
+//! uninstall_failed` naming the step and its cause, nothing changed locally, safe to retry (the
+//! error keeps the classified cause, [`StepFailure::disposition`], for callers that act on it);
+//! `409 provisioning_in_progress` while a provisioning run holds the tenant's lease.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -44,7 +44,6 @@ use crate::app::App;
 use crate::crypto::constant_time_eq;
 use crate::domain::TenantId;
 use crate::omneo::models::WebhookUpdate;
-use crate::remote::Disposition;
 use crate::store::{Install, InstallStatus, StoreError, TokenSecret};
 
 /// The routes of this module.
@@ -113,18 +112,14 @@ impl From<UninstallError> for ApiError {
                 ErrorCode::ProvisioningInProgress,
                 message,
             ),
-            UninstallError::Step { failure, .. }
-                if failure.disposition() == Disposition::Permanent =>
-            {
-                Self::new(
-                    StatusCode::BAD_GATEWAY,
-                    ErrorCode::UninstallFailed,
-                    format!("{message}; nothing was changed, call again to retry"),
-                )
+            UninstallError::Step { .. } => Self::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::UninstallFailed,
+                format!("{message}; nothing was changed, call again to retry"),
+            ),
+            UninstallError::TokensChanging | UninstallError::Store(StoreError::Unavailable(_)) => {
+                Self::unavailable(&error)
             }
-            UninstallError::Step { .. }
-            | UninstallError::TokensChanging
-            | UninstallError::Store(StoreError::Unavailable(_)) => Self::unavailable(&error),
             UninstallError::Store(_) => Self::internal(&error),
         }
     }
