@@ -27,7 +27,10 @@
 //!   change, install again): the queues, the Omneo webhooks and the tasks already queued were made
 //!   with the old ones, so a change would strand work and leave receivers enqueueing on queues
 //!   that do not exist. Receivers enqueue on the queues the install recorded
-//!   ([`crate::store::Install::queue`]), never on names recomputed from settings.
+//!   ([`crate::store::Install::queue`]), never on names recomputed from settings. (The install is
+//!   read before the tenant is written — two documents, no shared transaction — so a first
+//!   install that lands in that instant is provisioned with the settings it read; the install's
+//!   recorded queues stay the receivers' truth, and a reprovision aligns the rest.)
 //! - **Changing `webhook_secret`** is a compare-and-set on the tenant first: the new secret is
 //!   stored, the old one kept in [`Tenant::previous_webhook_secret`], and the change recorded as
 //!   pending ([`Tenant::webhook_secret_pending_since`]). Then the Klaviyo system webhook's
