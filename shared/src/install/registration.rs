@@ -100,21 +100,27 @@ pub async fn register(
     let now = Timestamp::now();
 
     let existing = app.store.tenant(tenant).await?;
+    // The fields a new tenant needs, before anything (a queue name reservation) is written.
+    let new_secrets = match &existing {
+        Some(_) => None,
+        None => Some((
+            changes
+                .omneo_api_token
+                .as_ref()
+                .ok_or_else(|| required("omneo_api_token"))?,
+            changes
+                .omneo_signing_secret
+                .as_ref()
+                .ok_or_else(|| required("omneo_signing_secret"))?,
+        )),
+    };
     if let Some(settings) = &changes.settings {
         let current = existing.as_ref().map(|t| &t.settings);
         check_queue_settings(app, tenant, current, settings, "settings.").await?;
     } else if existing.is_none() {
         check_queue_settings(app, tenant, None, &Settings::default(), "settings.").await?;
     }
-    if existing.is_none() {
-        let token = changes
-            .omneo_api_token
-            .as_ref()
-            .ok_or_else(|| required("omneo_api_token"))?;
-        let secret = changes
-            .omneo_signing_secret
-            .as_ref()
-            .ok_or_else(|| required("omneo_signing_secret"))?;
+    if let Some((token, secret)) = new_secrets {
         let admin_key = random_secret(32);
         let record = Tenant {
             id: tenant.clone(),

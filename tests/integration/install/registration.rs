@@ -161,6 +161,13 @@ async fn bad_registrations_name_the_field_and_store_nothing() {
             .unwrap()
             .is_none()
     );
+    // Not even a queue name was reserved for the tenant that was never created.
+    let other = TenantId::parse("other").unwrap();
+    let name = shared::queue::QueueName::parse("acme-klaviyo-inbound").unwrap();
+    assert_eq!(
+        t.app.store.reserve_queue_name(&name, &other).await.unwrap(),
+        other
+    );
 }
 
 #[tokio::test]
