@@ -6,8 +6,8 @@
 //! | [`tokens`] | valid access tokens: proactive, single-flight refresh across instances |
 //! | [`pacing`] | spacing calls under Klaviyo's per-endpoint rate limits within one run |
 //!
-//! [`klaviyo_call`] runs one Klaviyo call with the tenant's token (refreshed once on a 401) and,
-//! when given a [`Pacer`], in its rate-limit slot.
+//! [`klaviyo_call`] runs one Klaviyo call of a run with the tenant's token (refreshed once on a
+//! 401), in its [`Pacer`]'s rate-limit slot.
 
 pub mod pacing;
 pub mod tokens;
@@ -22,14 +22,14 @@ use crate::domain::TenantId;
 use crate::klaviyo::KlaviyoClient;
 use crate::remote::RemoteError;
 
-/// A Klaviyo call with the tenant's token (refreshed once on 401), paced for `class` when a
-/// `pacer` is given. `call` receives a client handle and the token; it runs again after a refresh,
-/// so it owns (clones) what its future needs.
+/// A Klaviyo call with the tenant's token (refreshed once on 401), paced for `class`. `call`
+/// receives a client handle and the token; it runs again after a refresh, so it owns (clones)
+/// what its future needs.
 pub async fn klaviyo_call<T, F, Fut>(
     tokens: &TokenProvider,
     client: &KlaviyoClient,
     tenant: &TenantId,
-    pace: Option<(&Pacer, RateClass)>,
+    (pacer, class): (&Pacer, RateClass),
     call: F,
 ) -> Result<T, KlaviyoCallError>
 where
@@ -38,12 +38,10 @@ where
 {
     tokens
         .call(tenant, |token| {
-            let turn = pace.map(|(pacer, class)| pacer.turn(class));
+            let turn = pacer.turn(class);
             let request = call(client.clone(), token);
             async move {
-                if let Some(turn) = turn {
-                    turn.await;
-                }
+                turn.await;
                 request.await
             }
         })

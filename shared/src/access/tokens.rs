@@ -285,16 +285,11 @@ impl TokenProvider {
             .store
             .update_install_or(tenant, |install| {
                 let mut install = install.ok_or(LeaseRefusal::NotInstalled)?;
-                match install.status {
-                    InstallStatus::ReauthorizationRequired => {
-                        return Err(LeaseRefusal::Reauthorize);
-                    }
-                    InstallStatus::Uninstalled | InstallStatus::Pending => {
-                        return Err(LeaseRefusal::NotInstalled);
-                    }
-                    _ => {}
-                }
-                let tokens = install.tokens.as_ref().ok_or(LeaseRefusal::NotInstalled)?;
+                let tokens =
+                    usable_tokens(tenant, Some(&install)).map_err(|error| match error {
+                        TokenError::ReauthorizationRequired(_) => LeaseRefusal::Reauthorize,
+                        _ => LeaseRefusal::NotInstalled,
+                    })?;
                 let replaced = tokens
                     .open(&self.keyring, tenant, TokenSecret::AccessToken)
                     .is_ok_and(|stored| !same_secret(&stored, stale));

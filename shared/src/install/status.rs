@@ -8,6 +8,7 @@
 //! registration time as `updated_at`. No token or secret value is ever part of the answer.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -26,6 +27,21 @@ use crate::store::{Install, InstallStatus, InstallStep, OAuthTokens, StepError};
 /// The routes of this module.
 pub fn routes() -> Router<Arc<App>> {
     Router::new().route("/{tenant}/api/v1/install", get(show))
+}
+
+/// Runs an install operation (provisioning, uninstall) to completion on its own task — a client
+/// hanging up does not abandon it half-way — and answers its install as the status document.
+pub(crate) async fn run_to_view<E>(
+    operation: impl Future<Output = Result<Install, E>> + Send + 'static,
+) -> Result<Json<InstallView>, ApiError>
+where
+    E: Into<ApiError> + Send + 'static,
+{
+    match tokio::spawn(operation).await {
+        Ok(Ok(install)) => Ok(Json(InstallView::of(install))),
+        Ok(Err(error)) => Err(error.into()),
+        Err(panicked) => Err(ApiError::internal(&panicked)),
+    }
 }
 
 /// The status document.

@@ -37,7 +37,7 @@ use super::failure::StepFailure;
 use super::lease::{InstallLease, LeaseError};
 use super::provision::OMNEO_TRIGGERS;
 use super::provision::klaviyo_webhook::find_klaviyo_webhooks;
-use super::status::InstallView;
+use super::status::{InstallView, run_to_view};
 use crate::access::{KlaviyoCallError, Pacer, RateClass, TokenError, klaviyo_call};
 use crate::api_error::{ApiError, ErrorChain, ErrorCode};
 use crate::app::App;
@@ -281,7 +281,7 @@ async fn delete_klaviyo_webhooks(
             &app.tokens,
             &app.klaviyo,
             tenant,
-            Some((&pacer, RateClass::Webhooks)),
+            (&pacer, RateClass::Webhooks),
             |k, t| {
                 let id = id.clone();
                 async move { k.delete_webhook(&t, &id).await }
@@ -346,11 +346,5 @@ async fn uninstall_route(
     AdminTenant { tenant, .. }: AdminTenant,
 ) -> Result<Json<InstallView>, ApiError> {
     let id = tenant.id;
-    // Spawned, so a client hanging up does not abandon the uninstall half-way.
-    let run = tokio::spawn(async move { uninstall(&app, &id).await });
-    match run.await {
-        Ok(Ok(install)) => Ok(Json(InstallView::of(install))),
-        Ok(Err(error)) => Err(error.into()),
-        Err(panicked) => Err(ApiError::internal(&panicked)),
-    }
+    run_to_view(async move { uninstall(&app, &id).await }).await
 }

@@ -158,7 +158,7 @@ pub(crate) async fn find_klaviyo_webhooks(
         tokens,
         client,
         tenant,
-        Some((pacer, RateClass::Webhooks)),
+        (pacer, RateClass::Webhooks),
         |k, t| async move { k.webhooks(&t).await },
     )
     .await?;

@@ -57,7 +57,7 @@ pub use self::omneo_webhooks::{OMNEO_TRIGGERS, omneo_webhook_url};
 use super::admin::AdminTenant;
 use super::failure::StepFailure;
 use super::lease::{InstallLease, LeaseError};
-use super::status::InstallView;
+use super::status::{InstallView, run_to_view};
 use crate::access::{KlaviyoCallError, Pacer, RateClass, TokenError, klaviyo_call};
 use crate::api_error::{ApiError, ErrorChain, ErrorCode};
 use crate::app::App;
@@ -452,7 +452,7 @@ impl Run<'_> {
             &self.app.tokens,
             &self.app.klaviyo,
             self.tenant,
-            Some((&self.pacer, class)),
+            (&self.pacer, class),
             call,
         )
         .await
@@ -465,11 +465,5 @@ async fn reprovision(
     AdminTenant { tenant, .. }: AdminTenant,
 ) -> Result<Json<InstallView>, ApiError> {
     let id = tenant.id;
-    // Spawned, so a client hanging up does not abandon the run half-way.
-    let run = tokio::spawn(async move { provision(&app, &id).await });
-    match run.await {
-        Ok(Ok(install)) => Ok(Json(InstallView::of(install))),
-        Ok(Err(error)) => Err(error.into()),
-        Err(panicked) => Err(ApiError::internal(&panicked)),
-    }
+    run_to_view(async move { provision(&app, &id).await }).await
 }
