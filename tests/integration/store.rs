@@ -20,8 +20,8 @@ use shared::queue::{QueueName, TaskKind, TaskName};
 use shared::settings::Settings;
 use shared::store::{
     Abort, Claim, ConsentSent, Failure, FirestoreStore, IdempotencyKey, Install, InstallStatus,
-    MemoryStore, OAuthState, OAuthTokens, Store, StoreError, SyncState, Tenant, TenantSecret,
-    TokenSecret,
+    MemoryStore, OAuthState, OAuthTokens, Severity, Store, StoreError, SyncState, Tenant,
+    TenantSecret, TokenSecret,
 };
 use tokio::task::JoinSet;
 
@@ -168,9 +168,14 @@ fn failure(id: &str, tenant: &str, at: Timestamp) -> Failure {
         task_kind: TaskKind::SyncProfile,
         task_name: TaskName::from_parts(&["tasks", id]),
         payload: r#"{"profile_id":"p1","nested":[[1,2],[3]]}"#.into(),
+        profile: Some("p1".into()),
+        step: Some("import_profile".into()),
+        severity: Severity::Failed,
         error: "Klaviyo answered 400".into(),
         attempts: 3,
         at,
+        retries: 0,
+        retried_at: None,
     }
 }
 

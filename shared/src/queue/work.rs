@@ -90,6 +90,26 @@ impl Work {
         }
     }
 
+    /// The profile the work is about, as failure records show it: an Omneo profile id, a Klaviyo
+    /// profile id or an email (`None` when the payload names none).
+    pub fn profile(&self) -> Option<String> {
+        match self {
+            Self::SyncProfile(work) => Some(work.profile_id.to_string()),
+            Self::ProfileDeleted(work) => Some(work.profile_id.to_string()),
+            Self::SendMetric(work) => metric_profile(&work.event),
+            Self::DataSourceRecord(work) => ["profile_id", "email"]
+                .iter()
+                .find_map(|key| work.record.get(key).and_then(Value::as_str))
+                .map(str::to_owned),
+            Self::KlaviyoEvents(work) => Some(work.klaviyo_profile_id.to_string()),
+            Self::FlowAction(work) => work
+                .klaviyo_profile_id
+                .as_ref()
+                .map(ToString::to_string)
+                .or_else(|| work.email.clone()),
+        }
+    }
+
     /// The payload alone, as JSON (what a failure record keeps).
     pub fn payload(&self) -> Value {
         let mut tagged = serde_json::to_value(self).expect("work serializes to JSON");
@@ -103,6 +123,18 @@ impl Work {
     pub fn from_parts(kind: TaskKind, payload: Value) -> Result<Self, serde_json::Error> {
         serde_json::from_value(serde_json::json!({ "kind": kind, "payload": payload }))
     }
+}
+
+/// The profile a Klaviyo event names: `attributes.profile.data.id`, else its email (with or
+/// without the top-level `data` envelope).
+fn metric_profile(event: &Value) -> Option<String> {
+    let data = event.get("data").unwrap_or(event);
+    let profile = data.pointer("/attributes/profile/data")?;
+    profile
+        .get("id")
+        .or_else(|| profile.pointer("/attributes/email"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 /// [`Work::SyncProfile`]: which profile.

@@ -561,7 +561,8 @@ impl IdempotencyKey {
     }
 }
 
-/// `failures/{id}`: a task that will not succeed, kept for review.
+/// `failures/{id}`: a task that will not succeed, or a warning a task left, kept for review and
+/// replay (product.md §8, §10).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     /// Unique id (also the document id).
@@ -576,6 +577,15 @@ pub struct Failure {
     pub task_name: TaskName,
     /// The task's payload as JSON text (JSON may hold nested arrays, which Firestore does not).
     pub payload: String,
+    /// The profile the task was about (an Omneo id, a Klaviyo id or an email), when it names one.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// The step of the task that failed (e.g. `import_profile`), when known.
+    #[serde(default)]
+    pub step: Option<String>,
+    /// A failure (the task ended without doing its work) or a warning (it did, with a caveat).
+    #[serde(default)]
+    pub severity: Severity,
     /// What went wrong.
     pub error: String,
     /// How many attempts were made.
@@ -583,6 +593,23 @@ pub struct Failure {
     /// When it was recorded.
     #[serde(with = "firestore::serialize_as_timestamp")]
     pub at: Timestamp,
+    /// How many times an operator re-enqueued the task from this record.
+    #[serde(default)]
+    pub retries: u32,
+    /// When it was last re-enqueued.
+    #[serde(default, with = "firestore::serialize_as_optional_timestamp")]
+    pub retried_at: Option<Timestamp>,
+}
+
+/// How bad a [`Failure`] record is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// The task's work was not done.
+    #[default]
+    Failed,
+    /// The work was done with a caveat worth a look (e.g. a data conflict: a phone left out).
+    Warning,
 }
 
 /// `sync_state/{tenant}:{omneo profile id}`: what was last written to Klaviyo for a profile.

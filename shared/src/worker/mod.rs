@@ -25,7 +25,8 @@ use crate::api_error::{ApiError, ErrorCode};
 use crate::queue::{
     Direction, Enqueued, Queue, QueueName, QueueSettings, Task, TaskEnvelope, TaskName, header,
 };
-use crate::store::{Failure, Store, StoreError, StoreResult};
+use crate::remote::Disposition;
+use crate::store::{Failure, Severity, Store, StoreError, StoreResult};
 
 /// Where [`settle`] records failures: the one store operation it needs.
 #[async_trait::async_trait]
@@ -133,23 +134,85 @@ fn parse_eta(raw: &str) -> Option<Timestamp> {
 pub enum Outcome {
     /// The work is done (or was already done).
     Done,
+    /// The attempt did not finish; the setback says where, why and what may help.
+    Failed(Setback),
+}
+
+/// Why an attempt did not finish: the step it stopped at, what went wrong, and what may help.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setback {
+    /// The step of the task that failed, e.g. `import_profile` (shown in failure records).
+    pub step: &'static str,
+    /// What went wrong, for the logs and the failure record.
+    pub reason: String,
+    /// Whether and when a retry may succeed.
+    pub next: Next,
+}
+
+/// What may help after a [`Setback`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
     /// A retry may succeed (remote 5xx, timeout, connection error, 429 without a long wait).
-    Retry {
-        /// What went wrong, for the logs and the failure record.
-        reason: String,
-    },
-    /// A retry may succeed, but not before `after` (a remote 429 with `Retry-After`).
-    RetryAfter {
-        /// How long to wait.
-        after: Duration,
-        /// What went wrong.
-        reason: String,
-    },
+    Retry,
+    /// A retry may succeed, but not before this long (a remote 429 with `Retry-After`).
+    RetryAfter(Duration),
     /// No retry can succeed (remote 4xx other than 401/408/409/429, invalid input, tenant gone).
-    Permanent {
-        /// What went wrong.
-        reason: String,
-    },
+    GiveUp,
+}
+
+impl Setback {
+    /// A setback a retry may cure.
+    pub fn retry(step: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            step,
+            reason: reason.into(),
+            next: Next::Retry,
+        }
+    }
+
+    /// A setback no retry can cure.
+    pub fn give_up(step: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            step,
+            reason: reason.into(),
+            next: Next::GiveUp,
+        }
+    }
+
+    /// A failed remote call at `step`, classified by its [`Disposition`]. A Klaviyo 401 that
+    /// survived the token provider's refresh is retried: the provider marks the install for
+    /// re-authorisation when the grant is really gone, and the next attempt then gives up.
+    pub fn remote(
+        step: &'static str,
+        disposition: Disposition,
+        error: &dyn std::fmt::Display,
+    ) -> Self {
+        let next = match disposition {
+            Disposition::Retryable | Disposition::Reauthorize => Next::Retry,
+            Disposition::RetryAfter(after) => Next::RetryAfter(after),
+            Disposition::Permanent => Next::GiveUp,
+        };
+        Self {
+            step,
+            reason: error.to_string(),
+            next,
+        }
+    }
+}
+
+impl From<Setback> for Outcome {
+    fn from(setback: Setback) -> Self {
+        Self::Failed(setback)
+    }
+}
+
+impl<E: Into<Setback>> From<Result<(), E>> for Outcome {
+    fn from(result: Result<(), E>) -> Self {
+        match result {
+            Ok(()) => Self::Done,
+            Err(setback) => Self::Failed(setback.into()),
+        }
+    }
 }
 
 /// The task a worker is answering for.
@@ -210,7 +273,7 @@ impl IntoResponse for Settled {
 }
 
 /// Turns a worker's outcome into the answer Cloud Tasks acts on (product.md §8), recording a
-/// [`Failure`] for permanent outcomes and failed last attempts, and re-enqueueing a task whose
+/// [`Failure`] for permanent setbacks and failed last attempts, and re-enqueueing a task whose
 /// `Retry-After` outlasts the queue's `max_backoff`.
 pub async fn settle(
     outcome: Outcome,
@@ -219,27 +282,34 @@ pub async fn settle(
     queue: &dyn Queue,
 ) -> Settled {
     let request = task.request;
-    match outcome {
-        Outcome::Done => Settled::Done,
-        Outcome::RetryAfter { after, reason } if after > task.settings.max_backoff => {
-            reschedule(task, after, &reason, queue).await
+    let setback = match outcome {
+        Outcome::Done => return Settled::Done,
+        Outcome::Failed(setback) => setback,
+    };
+    match setback.next {
+        Next::RetryAfter(after) if after > task.settings.max_backoff => {
+            reschedule(task, after, &setback.reason, queue).await
         }
-        Outcome::Retry { reason } | Outcome::RetryAfter { reason, .. }
+        Next::Retry | Next::RetryAfter(_)
             if !request.is_last_attempt(task.settings.max_attempts) =>
         {
             tracing::info!(
                 queue = %request.queue,
                 task_name = %request.name,
                 retry_count = request.retry_count,
-                %reason,
+                step = setback.step,
+                reason = %setback.reason,
                 "task attempt failed; Cloud Tasks will retry"
             );
-            Settled::Retry { reason }
+            Settled::Retry {
+                reason: setback.reason,
+            }
         }
-        Outcome::Retry { reason } | Outcome::RetryAfter { reason, .. } => {
-            record_failure(task, &format!("last attempt failed: {reason}"), failures).await
+        Next::Retry | Next::RetryAfter(_) => {
+            let reason = format!("last attempt failed: {}", setback.reason);
+            record_failure(task, setback.step, &reason, failures).await
         }
-        Outcome::Permanent { reason } => record_failure(task, &reason, failures).await,
+        Next::GiveUp => record_failure(task, setback.step, &setback.reason, failures).await,
     }
 }
 
@@ -287,6 +357,7 @@ async fn reschedule(
 
 async fn record_failure(
     task: &TaskContext<'_>,
+    step: &str,
     reason: &str,
     failures: &dyn FailureRecorder,
 ) -> Settled {
@@ -298,9 +369,14 @@ async fn record_failure(
         task_kind: task.envelope.work.kind(),
         task_name: request.name.clone(),
         payload: task.envelope.work.payload().to_string(),
+        profile: task.envelope.work.profile(),
+        step: Some(step.to_owned()),
+        severity: Severity::Failed,
         error: reason.to_owned(),
         attempts: request.retry_count.saturating_add(1),
         at: Timestamp::now(),
+        retries: 0,
+        retried_at: None,
     };
     match failures.record_failure(&failure).await {
         // A conflict means an earlier delivery of this attempt recorded it already.
@@ -310,6 +386,7 @@ async fn record_failure(
                 queue = %failure.queue,
                 task_name = %failure.task_name,
                 task_kind = %failure.task_kind,
+                step,
                 attempts = failure.attempts,
                 error = %failure.error,
                 "task failed for good; recorded for review"
@@ -562,9 +639,19 @@ mod tests {
     }
 
     fn retry(reason: &str) -> Outcome {
-        Outcome::Retry {
+        Setback::retry("call_klaviyo", reason).into()
+    }
+
+    fn retry_after(seconds: u64, reason: &str) -> Outcome {
+        Outcome::Failed(Setback {
+            step: "call_klaviyo",
             reason: reason.into(),
-        }
+            next: Next::RetryAfter(Duration::from_secs(seconds)),
+        })
+    }
+
+    fn give_up(reason: &str) -> Outcome {
+        Setback::give_up("call_klaviyo", reason).into()
     }
 
     #[tokio::test]
@@ -590,10 +677,7 @@ mod tests {
             settled.into_response().status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
-        let short_wait = Outcome::RetryAfter {
-            after: Duration::from_secs(300),
-            reason: "429".into(),
-        };
+        let short_wait = retry_after(300, "429");
         assert!(matches!(
             fixture.settle(short_wait).await,
             Settled::Retry { .. }
@@ -627,11 +711,12 @@ mod tests {
             failure.error
         );
         assert_eq!(failure.attempts, 5);
+        assert_eq!(failure.step.as_deref(), Some("call_klaviyo"));
+        assert_eq!(failure.profile.as_deref(), Some("p-1"));
+        assert_eq!(failure.severity, Severity::Failed);
+        assert_eq!((failure.retries, failure.retried_at), (0, None));
 
-        let short_wait = Outcome::RetryAfter {
-            after: Duration::from_secs(60),
-            reason: "429".into(),
-        };
+        let short_wait = retry_after(60, "429");
         assert!(matches!(
             fixture.settle(short_wait).await,
             Settled::Failed { .. }
@@ -642,9 +727,7 @@ mod tests {
     async fn permanent_outcomes_are_recorded_on_any_attempt() {
         let fixture = Fixture::at_retry(0);
         let settled = fixture
-            .settle(Outcome::Permanent {
-                reason: "Klaviyo answered 400: invalid email".into(),
-            })
+            .settle(give_up("Klaviyo answered 400: invalid email"))
             .await;
         assert!(matches!(settled, Settled::Failed { .. }));
         assert_eq!(settled.into_response().status(), StatusCode::OK);
@@ -661,11 +744,7 @@ mod tests {
             collection: "failures",
             id: "x".into(),
         });
-        let settled = fixture
-            .settle(Outcome::Permanent {
-                reason: "bad".into(),
-            })
-            .await;
+        let settled = fixture.settle(give_up("bad")).await;
         assert!(matches!(settled, Settled::Failed { .. }));
     }
 
@@ -687,10 +766,7 @@ mod tests {
     async fn a_retry_after_beyond_the_backoff_reschedules_a_copy() {
         let fixture = Fixture::at_retry(4);
         let before = Timestamp::now();
-        let outcome = Outcome::RetryAfter {
-            after: Duration::from_secs(3600),
-            reason: "Klaviyo answered 429".into(),
-        };
+        let outcome = retry_after(3600, "Klaviyo answered 429");
         let settled = fixture.settle(outcome.clone()).await;
         let Settled::Rescheduled { name, at } = &settled else {
             panic!("expected a reschedule, got {settled:?}");
@@ -722,12 +798,7 @@ mod tests {
     async fn reschedules_stay_within_the_30_day_limit() {
         let fixture = Fixture::at_retry(0);
         let before = Timestamp::now();
-        let settled = fixture
-            .settle(Outcome::RetryAfter {
-                after: Duration::from_secs(90 * 24 * 3600),
-                reason: "429".into(),
-            })
-            .await;
+        let settled = fixture.settle(retry_after(90 * 24 * 3600, "429")).await;
         let Settled::Rescheduled { at, .. } = settled else {
             panic!("expected a reschedule, got {settled:?}");
         };
@@ -738,12 +809,7 @@ mod tests {
     async fn a_queue_outage_while_rescheduling_asks_for_a_retry() {
         let mut fixture = Fixture::at_retry(0);
         fixture.queue.unavailable = true;
-        let settled = fixture
-            .settle(Outcome::RetryAfter {
-                after: Duration::from_secs(3600),
-                reason: "429".into(),
-            })
-            .await;
+        let settled = fixture.settle(retry_after(3600, "429")).await;
         assert!(matches!(settled, Settled::Unavailable(_)));
         assert_eq!(
             settled.into_response().status(),
