@@ -30,6 +30,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// Missing or bad credentials.
     Unauthorized,
+    /// A webhook's signature or shared secret is missing or does not match.
+    InvalidSignature,
     /// No such tenant or route.
     NotFound,
     /// The route does not take this method.
@@ -67,6 +69,7 @@ impl ErrorCode {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Unauthorized => "unauthorized",
+            Self::InvalidSignature => "invalid_signature",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",

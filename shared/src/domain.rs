@@ -1,7 +1,7 @@
 //! Small domain types that parse on construction: once you hold one, it is valid.
 //!
 //! They are the nouns of the spec — [`TenantId`], [`KlaviyoProfileId`], [`OmneoProfileId`],
-//! [`E164Phone`], [`ConsentState`] — parsed once where a value enters the system (a request, a
+//! [`E164Phone`], [`ConsentState`], [`DataSourceKind`] — parsed once where a value enters the system (a request, a
 //! remote's answer, a stored record), so the code behind that edge never re-checks a string.
 
 use std::fmt;
@@ -197,9 +197,109 @@ impl ConsentState {
     }
 }
 
+/// One of the six Klaviyo data sources the extension provisions and feeds (product.md §5.4, §6.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSourceKind {
+    /// Customer date fields.
+    Dates,
+    /// External account links.
+    Connections,
+    /// Loyalty rewards activity and redemptions.
+    Rewards,
+    /// Profile address changes.
+    Addresses,
+    /// Enrolments and activity for special programs.
+    Benefits,
+    /// List membership and subscription activity.
+    Lists,
+}
+
+impl DataSourceKind {
+    /// All six, in provisioning order.
+    pub const ALL: [Self; 6] = [
+        Self::Dates,
+        Self::Connections,
+        Self::Rewards,
+        Self::Addresses,
+        Self::Benefits,
+        Self::Lists,
+    ];
+
+    /// The exact Klaviyo title, e.g. `Omneo Rewards` (how provisioning finds it again).
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Dates => "Omneo Dates",
+            Self::Connections => "Omneo Connections",
+            Self::Rewards => "Omneo Rewards",
+            Self::Addresses => "Omneo Addresses",
+            Self::Benefits => "Omneo Benefits",
+            Self::Lists => "Omneo Lists",
+        }
+    }
+
+    /// The short name a target call may use instead of the title, e.g. `rewards`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Dates => "dates",
+            Self::Connections => "connections",
+            Self::Rewards => "rewards",
+            Self::Addresses => "addresses",
+            Self::Benefits => "benefits",
+            Self::Lists => "lists",
+        }
+    }
+
+    /// The description provisioning gives it.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Dates => "Omneo customer date fields",
+            Self::Connections => "Omneo external account links",
+            Self::Rewards => "Omneo loyalty rewards activity and redemptions",
+            Self::Addresses => "Omneo profile address changes",
+            Self::Benefits => "Omneo enrolments and activity for special programs",
+            Self::Lists => "Omneo list membership and subscription activity",
+        }
+    }
+
+    /// The data source a target names by title or short name (either case, outer spaces ignored).
+    pub fn from_name(name: &str) -> Option<Self> {
+        let name = name.trim();
+        Self::ALL.into_iter().find(|kind| {
+            kind.title().eq_ignore_ascii_case(name) || kind.short_name().eq_ignore_ascii_case(name)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_sources_are_named_by_title_or_short_name() {
+        assert_eq!(
+            DataSourceKind::from_name("Omneo Rewards"),
+            Some(DataSourceKind::Rewards)
+        );
+        assert_eq!(
+            DataSourceKind::from_name(" rewards "),
+            Some(DataSourceKind::Rewards)
+        );
+        assert_eq!(
+            DataSourceKind::from_name("LISTS"),
+            Some(DataSourceKind::Lists)
+        );
+        assert_eq!(
+            DataSourceKind::from_name("omneo dates"),
+            Some(DataSourceKind::Dates)
+        );
+        assert_eq!(DataSourceKind::from_name("points"), None);
+        assert_eq!(DataSourceKind::from_name(""), None);
+        for kind in DataSourceKind::ALL {
+            assert_eq!(DataSourceKind::from_name(kind.title()), Some(kind));
+            assert_eq!(DataSourceKind::from_name(kind.short_name()), Some(kind));
+        }
+    }
 
     #[test]
     fn tenant_ids_are_lowercase_slugs() {

@@ -17,6 +17,8 @@
 //! | [`klaviyo`], [`omneo`] | typed clients of the two remote APIs |
 //! | [`access`] | a tenant's Klaviyo access: token refresh, pacing, calls |
 //! | [`app`] | the shared state handlers receive, built from the configuration |
+//! | [`receivers`] | the webhook receivers: authenticate, check the shape, enqueue, answer |
+//! | [`outbound`] | the Omneo → Klaviyo worker: profile sync, deletions, metrics, data-source records |
 //! | [`install`] | registration, admin API, OAuth, provisioning, settings, uninstall, key rotation |
 //! | [`functions`] | one router per Cloud Run function |
 //! | [`runtime`] | telemetry, serving on Cloud Run or AWS Lambda, graceful shutdown |
@@ -34,7 +36,9 @@ pub mod functions;
 pub mod install;
 pub mod klaviyo;
 pub mod omneo;
+pub mod outbound;
 pub mod queue;
+pub mod receivers;
 pub mod remote;
 pub mod runtime;
 pub mod settings;

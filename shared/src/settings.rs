@@ -176,6 +176,20 @@ impl Settings {
         Ok(())
     }
 
+    /// Whether `exclude_logic` is truthy for `data` (JSON text of the profile's event context);
+    /// `false` when no rule is set. An evaluation error (e.g. arithmetic on a string) is returned
+    /// with the engine's message, so the caller can record it rather than guess.
+    pub fn excludes(&self, data: &str) -> Result<bool, String> {
+        let Some(rule) = &self.exclude_logic else {
+            return Ok(false);
+        };
+        // `!!` is JSON Logic's own truthiness, so the engine decides what counts as truthy.
+        let verdict = ENGINE
+            .eval_str(format!(r#"{{"!!": [{rule}]}}"#).as_str(), data)
+            .map_err(|e| format!("exclude_logic failed: {e}"))?;
+        Ok(verdict == "true")
+    }
+
     /// `exclude_logic` as a JSON value (the stored text parsed), for display.
     pub fn exclude_logic_value(&self) -> Option<Value> {
         self.exclude_logic
@@ -235,11 +249,13 @@ fn check_target(target: &str) -> Result<(), String> {
     }
 }
 
+/// The JSON Logic engine: built once, shared (it is thread-safe).
+static ENGINE: LazyLock<datalogic_rs::Engine> = LazyLock::new(datalogic_rs::Engine::new);
+
 /// Parses JSON Logic text and compiles it. Compiling alone accepts any single-key object as a
 /// call of a custom operator (an error only when evaluated), so every operator the rule calls must
 /// also be one of the engine's built-ins.
 fn compile_logic(text: &str) -> Result<(), String> {
-    static ENGINE: LazyLock<datalogic_rs::Engine> = LazyLock::new(datalogic_rs::Engine::new);
     let rule: Value = serde_json::from_str(text).map_err(|e| format!("is not valid JSON: {e}"))?;
     let known: BTreeSet<&str> = ENGINE.builtin_operator_names().collect();
     if let Some(unknown) = unknown_operator(&rule, &known) {
@@ -348,6 +364,24 @@ mod tests {
         assert_eq!(from_value.exclude_logic_value(), Some(rule));
         let unset = Settings::from_json(&json!({"exclude_logic": null})).unwrap();
         assert_eq!(unset.exclude_logic, None);
+    }
+
+    #[test]
+    fn exclude_logic_follows_json_logic_truthiness() {
+        let settings = |rule: Value| Settings::from_json(&json!({"exclude_logic": rule})).unwrap();
+        let vip = settings(json!({"in": ["vip", {"var": "tags"}]}));
+        assert_eq!(vip.excludes(r#"{"tags": ["vip"]}"#), Ok(true));
+        assert_eq!(vip.excludes(r#"{"tags": ["new"]}"#), Ok(false));
+        let tier = settings(json!({"var": "tier.name"}));
+        assert_eq!(tier.excludes(r#"{"tier": {"name": "Gold"}}"#), Ok(true));
+        assert_eq!(
+            tier.excludes(r#"{"tier": {"name": ""}}"#),
+            Ok(false),
+            "empty string is falsy"
+        );
+        assert_eq!(tier.excludes(r#"{"tier": null}"#), Ok(false));
+        assert_eq!(Settings::default().excludes("{}"), Ok(false));
+        assert!(vip.excludes("not json").is_err());
     }
 
     #[test]

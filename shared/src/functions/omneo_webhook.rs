@@ -1,4 +1,5 @@
-//! The `omneo-webhook` function's routes (product.md §2).
+//! The `omneo-webhook` function's routes (product.md §2): Omneo's profile webhooks and the
+//! Klaviyo targets, received by [`crate::receivers::omneo`].
 
 use std::sync::Arc;
 
@@ -8,5 +9,5 @@ use crate::app::App;
 
 /// The routes `omneo-webhook` serves.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new().with_state(app)
+    crate::receivers::omneo::routes(app)
 }

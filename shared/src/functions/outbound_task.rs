@@ -1,4 +1,5 @@
-//! The `outbound-task` function's routes (product.md §2).
+//! The `outbound-task` function's routes (product.md §2): `POST /tasks/outbound`, the Omneo →
+//! Klaviyo worker of [`crate::outbound`].
 
 use std::sync::Arc;
 
@@ -8,5 +9,5 @@ use crate::app::App;
 
 /// The routes `outbound-task` serves.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new().with_state(app)
+    crate::outbound::routes(app)
 }

@@ -432,6 +432,15 @@ pub struct ProfileUpsert {
     /// Last name.
     #[serde(skip_serializing_if = "Patch::is_keep")]
     pub last_name: Patch<String>,
+    /// Job title.
+    #[serde(skip_serializing_if = "Patch::is_keep")]
+    pub title: Patch<String>,
+    /// Company.
+    #[serde(skip_serializing_if = "Patch::is_keep")]
+    pub organization: Patch<String>,
+    /// Locale, e.g. `en-AU`.
+    #[serde(skip_serializing_if = "Patch::is_keep")]
+    pub locale: Patch<String>,
     /// Location.
     #[serde(skip_serializing_if = "Patch::is_keep")]
     pub location: Patch<Location>,
@@ -576,6 +585,8 @@ pub struct UnsubscribeJob {
     pub subscribers: Vec<Subscriber>,
     /// Unsubscribe from this list.
     pub list_id: Option<String>,
+    /// `custom_source` (ours: `omneo`, which lets inbound drop the echo).
+    pub custom_source: Option<String>,
 }
 
 impl UnsubscribeJob {
@@ -586,9 +597,13 @@ impl UnsubscribeJob {
             .iter()
             .map(|s| s.to_resource("UNSUBSCRIBED", None))
             .collect();
+        let mut attributes = json!({"profiles": {"data": profiles}});
+        if let Some(source) = &self.custom_source {
+            attributes["custom_source"] = json!(source);
+        }
         job_document(
             "profile-subscription-bulk-delete-job",
-            json!({"profiles": {"data": profiles}}),
+            attributes,
             self.list_id.as_deref(),
         )
     }
@@ -765,6 +780,7 @@ mod tests {
                 ..Subscriber::default()
             }],
             list_id: None,
+            custom_source: Some("omneo".into()),
         };
         let doc = job.to_document();
         assert_eq!(doc["data"]["type"], "profile-subscription-bulk-delete-job");
@@ -773,6 +789,7 @@ mod tests {
             doc["data"]["attributes"]["profiles"]["data"][0]["attributes"],
             json!({"email": "a@b.com", "subscriptions": {"email": {"marketing": {"consent": "UNSUBSCRIBED"}}}})
         );
+        assert_eq!(doc["data"]["attributes"]["custom_source"], "omneo");
     }
 
     #[test]

@@ -52,7 +52,7 @@ impl<'de> Deserialize<'de> for OmneoTime {
 }
 
 /// Reads an id that may be a string or a number.
-fn id_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+pub(crate) fn id_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     match Value::deserialize(deserializer)? {
         Value::String(s) => Ok(s),
         Value::Number(n) => Ok(n.to_string()),
@@ -63,7 +63,9 @@ fn id_string<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Er
 }
 
 /// Reads a profile id given as a string or a number, then parses it.
-fn profile_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OmneoProfileId, D::Error> {
+pub(crate) fn profile_id<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<OmneoProfileId, D::Error> {
     OmneoProfileId::parse(id_string(deserializer)?).map_err(de::Error::custom)
 }
 

@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{
-    Enqueued, Queue, QueueError, QueueName, QueueSettings, Task, TaskName, TaskTargets, header,
+    Enqueued, MAX_TASK_BYTES, Queue, QueueError, QueueName, QueueSettings, Task, TaskName,
+    TaskTargets, header,
 };
 
 /// How long a task name stays taken after its task finished (Cloud Tasks: up to about 24 h).
@@ -31,8 +32,6 @@ const NAME_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const JITTER: f64 = 0.2;
 /// How long one attempt may take (Cloud Tasks' default dispatch deadline).
 const DISPATCH_DEADLINE: Duration = Duration::from_secs(600);
-/// The largest task body Cloud Tasks documents.
-const MAX_TASK_BYTES: usize = 100 * 1024;
 
 /// Counters of a [`LocalQueue`], for tests and the local stack's status output.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

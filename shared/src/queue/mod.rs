@@ -98,6 +98,9 @@ impl Direction {
     }
 }
 
+/// The largest task body Cloud Tasks accepts (100 KiB); receivers refuse what would not fit.
+pub const MAX_TASK_BYTES: usize = 100 * 1024;
+
 /// One unit of work to enqueue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Direction;
-use crate::domain::{KlaviyoProfileId, OmneoProfileId};
+use crate::domain::{DataSourceKind, KlaviyoProfileId, OmneoProfileId};
 
 /// A task's work, stored in the envelope as `{"kind": "<kind>", "payload": {…}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +152,9 @@ pub struct ProfileDeleted {
     pub profile_id: OmneoProfileId,
     /// Its email, when the event carried one (how Klaviyo is asked when no id is known).
     pub email: Option<String>,
+    /// Its mobile phone as Omneo held it, when the event carried one (to unsubscribe SMS).
+    #[serde(default)]
+    pub mobile_phone: Option<String>,
     /// Its Klaviyo identity, when the event carried one.
     pub klaviyo_profile_id: Option<KlaviyoProfileId>,
 }
@@ -168,8 +171,8 @@ pub struct SendMetric {
 /// [`Work::DataSourceRecord`]: one record for one of the six data sources.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataSourceRecord {
-    /// The data source's title or short name (`Omneo Rewards` or `rewards`).
-    pub data_source: String,
+    /// Which data source (the target call named it by title or short name).
+    pub data_source: DataSourceKind,
     /// The record (carries a stable `id`).
     pub record: Value,
 }

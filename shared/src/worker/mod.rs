@@ -36,9 +36,9 @@ pub trait FailureRecorder: Send + Sync {
 }
 
 #[async_trait::async_trait]
-impl<S: Store + ?Sized> FailureRecorder for S {
+impl<S: Store + ?Sized> FailureRecorder for std::sync::Arc<S> {
     async fn record_failure(&self, failure: &Failure) -> StoreResult<()> {
-        Store::record_failure(self, failure).await
+        Store::record_failure(self.as_ref(), failure).await
     }
 }
 

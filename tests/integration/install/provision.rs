@@ -14,9 +14,9 @@ use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use shared::app::App;
-use shared::domain::{OmneoProfileId, TenantId};
+use shared::domain::{DataSourceKind, OmneoProfileId, TenantId};
 use shared::install::provision::{
-    DATA_SOURCES, OMNEO_TRIGGERS, ProvisionError, SYSTEM_WEBHOOK_TOPICS, provision,
+    OMNEO_TRIGGERS, ProvisionError, SYSTEM_WEBHOOK_TOPICS, provision,
 };
 use shared::klaviyo::models::{NewDataSource, Visibility};
 use shared::omneo::models::WebhookUpdate;
@@ -82,7 +82,7 @@ pub(super) async fn assert_provisioned_once(t: &TestApp, tenant: &TenantId) {
     // Six data sources, exact titles, private, each once, ids recorded by title.
     let sources = t.klaviyo.data_sources();
     assert_eq!(sources.len(), 6, "{sources:?}");
-    for (title, _) in DATA_SOURCES {
+    for title in DataSourceKind::ALL.map(DataSourceKind::title) {
         let matching: Vec<_> = sources.iter().filter(|s| s.title == title).collect();
         assert_eq!(matching.len(), 1, "{title}: {sources:?}");
         assert_eq!(matching[0].visibility, "private");

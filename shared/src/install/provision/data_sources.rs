@@ -1,31 +1,13 @@
-//! Step `data_sources`: the six Klaviyo data sources (product.md §5.4), listed first, only the
-//! missing ones created.
+//! Step `data_sources`: the six Klaviyo data sources of [`DataSourceKind`] (product.md §5.4),
+//! listed first, only the missing ones created.
 
 use std::collections::BTreeMap;
 
 use super::Run;
 use crate::access::RateClass;
+use crate::domain::DataSourceKind;
 use crate::install::failure::StepFailure;
 use crate::klaviyo::models::{NewDataSource, Visibility};
-
-/// The six Klaviyo data sources: exact title and description (product.md §5.4 purposes).
-pub const DATA_SOURCES: [(&str, &str); 6] = [
-    ("Omneo Dates", "Omneo customer date fields"),
-    ("Omneo Connections", "Omneo external account links"),
-    (
-        "Omneo Rewards",
-        "Omneo loyalty rewards activity and redemptions",
-    ),
-    ("Omneo Addresses", "Omneo profile address changes"),
-    (
-        "Omneo Benefits",
-        "Omneo enrolments and activity for special programs",
-    ),
-    (
-        "Omneo Lists",
-        "Omneo list membership and subscription activity",
-    ),
-];
 
 /// Lists every data source, creates the missing ones; ids by title.
 pub(super) async fn ensure(run: &Run<'_>) -> Result<BTreeMap<String, String>, StepFailure> {
@@ -35,7 +17,8 @@ pub(super) async fn ensure(run: &Run<'_>) -> Result<BTreeMap<String, String>, St
         })
         .await?;
     let mut ids = BTreeMap::new();
-    for (title, description) in DATA_SOURCES {
+    for kind in DataSourceKind::ALL {
+        let title = kind.title();
         if let Some(found) = existing.iter().find(|s| s.attributes.title == title) {
             ids.insert(title.to_owned(), found.id.clone());
             continue;
@@ -43,7 +26,7 @@ pub(super) async fn ensure(run: &Run<'_>) -> Result<BTreeMap<String, String>, St
         let source = NewDataSource {
             title: title.to_owned(),
             visibility: Visibility::Private,
-            description: Some(description.to_owned()),
+            description: Some(kind.description().to_owned()),
         };
         let created = run
             .klaviyo(RateClass::DataSources, |k, t| {

@@ -1,0 +1,202 @@
+//! The webhook receivers (product.md §2, §6.1, §7.1): authenticate, check the shape, enqueue,
+//! answer — within milliseconds, with every remote call left to the task workers.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`tenant_cache`] | the per-instance, short-lived view of a tenant receivers authenticate against |
+//! | [`omneo`] | `omneo-webhook`: Omneo's profile webhooks and the three Klaviyo targets |
+//!
+//! What every receiver shares is here: verifying a hex HMAC-SHA256 in constant time, comparing a
+//! shared secret in constant time, and the one way to answer — 202 only once the task is durably
+//! enqueued, 503 when the queue is unavailable (the sender retries; nothing is acknowledged that
+//! was not enqueued).
+
+pub mod omneo;
+pub mod tenant_cache;
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use sha2::Sha256;
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::crypto::constant_time_eq;
+use crate::queue::{Enqueued, MAX_TASK_BYTES, Queue, Task, TaskName};
+
+pub use self::tenant_cache::{CACHE_TTL, ReceiverTenant, TenantCache};
+
+/// 401 `invalid_signature` naming the header at fault.
+pub fn invalid_signature(header: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::InvalidSignature,
+        message,
+    )
+    .with_field(header)
+}
+
+/// Checks that `header` holds the lowercase (or uppercase) hex HMAC-SHA256 of `body` under
+/// `secret`; the comparison is constant-time (the MAC library's own).
+pub fn verify_hex_hmac(
+    headers: &HeaderMap,
+    header: &str,
+    secret: &SecretString,
+    body: &[&[u8]],
+) -> Result<(), ApiError> {
+    let value = headers
+        .get(header)
+        .ok_or_else(|| invalid_signature(header, format!("missing {header} header")))?;
+    let signature = hex::decode(value.as_bytes().trim_ascii())
+        .map_err(|_| invalid_signature(header, format!("{header} is not hex")))?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
+        .expect("HMAC takes a key of any length");
+    for part in body {
+        mac.update(part);
+    }
+    mac.verify_slice(&signature)
+        .map_err(|_| invalid_signature(header, format!("{header} does not match the body")))
+}
+
+/// Whether `header` holds one of `secrets` (constant-time per secret); absent is `None`.
+pub fn shared_secret_matches<'a>(
+    headers: &HeaderMap,
+    header: &str,
+    secrets: impl IntoIterator<Item = &'a SecretString>,
+) -> Option<bool> {
+    let given = headers.get(header)?.as_bytes();
+    let mut matched = false;
+    for secret in secrets {
+        // No early exit: every accepted secret is compared.
+        matched |= constant_time_eq(given, secret.expose_secret().as_bytes());
+    }
+    Some(matched)
+}
+
+/// The answer to an accepted delivery.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    /// `enqueued` (a new task), `duplicate` (a task of that name exists: already accepted) or
+    /// `ignored` (nothing to do, e.g. an event we do not handle).
+    pub status: &'static str,
+    /// The task's name, when one was enqueued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskName>,
+}
+
+impl Accepted {
+    /// A delivery acknowledged without a task.
+    pub fn ignored() -> Self {
+        Self {
+            status: "ignored",
+            task: None,
+        }
+    }
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> Response {
+        (StatusCode::ACCEPTED, Json(self)).into_response()
+    }
+}
+
+/// Enqueues `task` and answers 202 once it is durably queued; a body too large for a task is
+/// 413 naming `field`, and an unavailable queue is 503.
+pub async fn enqueue(queue: &dyn Queue, task: Task, field: &str) -> Result<Accepted, ApiError> {
+    let size = serde_json::to_vec(&task.envelope)
+        .map(|body| body.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_TASK_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!("{field} makes a task of {size} bytes; a task holds at most {MAX_TASK_BYTES}"),
+        )
+        .with_field(field));
+    }
+    let enqueued = queue.enqueue(&task).await?;
+    Ok(Accepted {
+        status: match enqueued {
+            Enqueued::Created => "enqueued",
+            Enqueued::AlreadyExists => "duplicate",
+        },
+        task: Some(task.name),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    fn hex_hmac(secret: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    #[test]
+    fn hex_hmacs_verify_only_for_the_right_key_and_body() {
+        let secret = SecretString::from("s3cret");
+        let body = br#"{"id":"p-1"}"#;
+        let good = hex_hmac("s3cret", body);
+        let h = "X-Sig";
+        assert!(verify_hex_hmac(&headers(h, &good), h, &secret, &[body]).is_ok());
+        assert!(
+            verify_hex_hmac(&headers(h, &good.to_uppercase()), h, &secret, &[body]).is_ok(),
+            "hex case does not matter"
+        );
+        let split: [&[u8]; 2] = [&body[..4], &body[4..]];
+        assert!(verify_hex_hmac(&headers(h, &good), h, &secret, &split).is_ok());
+        for (value, why) in [
+            (hex_hmac("other", body), "another key"),
+            (hex_hmac("s3cret", b"{}"), "another body"),
+            ("zz".into(), "not hex"),
+            (good[..62].to_owned(), "truncated"),
+            (String::new(), "empty"),
+        ] {
+            let error = verify_hex_hmac(&headers(h, &value), h, &secret, &[body]).unwrap_err();
+            assert_eq!(error.status, StatusCode::UNAUTHORIZED, "{why}");
+            assert_eq!(error.code, ErrorCode::InvalidSignature, "{why}");
+            assert_eq!(error.field.as_deref(), Some(h), "{why}");
+        }
+        let missing = verify_hex_hmac(&HeaderMap::new(), h, &secret, &[body]).unwrap_err();
+        assert!(missing.message.contains("missing"), "{}", missing.message);
+    }
+
+    #[test]
+    fn shared_secrets_match_any_accepted_one() {
+        let current = SecretString::from("new");
+        let previous = SecretString::from("old");
+        let h = "x-omneo-secret";
+        assert_eq!(
+            shared_secret_matches(&headers(h, "old"), h, [&current, &previous]),
+            Some(true)
+        );
+        assert_eq!(
+            shared_secret_matches(&headers(h, "new"), h, [&current]),
+            Some(true)
+        );
+        assert_eq!(
+            shared_secret_matches(&headers(h, "old"), h, [&current]),
+            Some(false)
+        );
+        assert_eq!(
+            shared_secret_matches(&headers(h, "ne"), h, [&current]),
+            Some(false)
+        );
+        assert_eq!(
+            shared_secret_matches(&HeaderMap::new(), h, [&current]),
+            None
+        );
+    }
+}

@@ -1,0 +1,523 @@
+//! `omneo-webhook` (product.md §2, §6.1, §6.5): Omneo's profile webhooks and the three Klaviyo
+//! targets Omneo reactions call.
+//!
+//! Every request goes: tenant (404 when unknown) → signature (401) → install (404 when not
+//! installed) → typed parse of only what the task needs (400 naming the field) → enqueue on the
+//! tenant's outbound queue → 202. The signature is checked on the raw bytes before anything is
+//! parsed.
+//!
+//! - `POST /{tenant}/api/v1/webhooks/omneo`, `X-Omneo-Hmac-SHA256` = hex HMAC-SHA256 of the body
+//!   under the tenant's signing secret, routed on `X-Omneo-Event`: `profile.created` and
+//!   `profile.updated` become a *sync profile* task **coalesced** per profile — the task is named
+//!   from (tenant, profile, time bucket of `coalesce_seconds`) and scheduled at the bucket's end,
+//!   so N updates inside a window are one task, and the worker re-reads the profile;
+//!   `profile.deleted` becomes a *profile deleted* task carrying the identifiers the worker can
+//!   no longer read. Other events are answered 202 `ignored` (so Omneo does not retry them).
+//! - The targets accept the same signature or, instead, `x-omneo-secret` = the tenant's
+//!   `webhook_secret` (the previous one too while a rotation's grace lasts):
+//!   - `metric[?withToken=true]`: a Klaviyo event, with or without the `data` envelope, naming its
+//!     profile by Klaviyo id or email; a missing `unique_id` is set to a hash of the body, so
+//!     Omneo's retries of one call are one Klaviyo event (and one task).
+//!   - `upsert-profile-data`: `{"id" | "profile_id"}` → a sync now, without the coalescing delay.
+//!   - `data-source-record`: `{"data_source": title or short name, "record": {"id", "email" |
+//!     "profile_id", …}}` → a record in that data source.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{
+    Accepted, CACHE_TTL, ReceiverTenant, TenantCache, enqueue, invalid_signature,
+    shared_secret_matches, verify_hex_hmac,
+};
+use crate::api_error::{ApiError, ErrorCode};
+use crate::app::App;
+use crate::domain::{DataSourceKind, KlaviyoProfileId, OmneoProfileId, TenantId};
+use crate::omneo::models::{Identity, profile_id};
+use crate::queue::{
+    DataSourceRecord, Direction, ProfileDeleted, SendMetric, SyncProfile, Task, TaskEnvelope,
+    TaskName, Work,
+};
+
+/// `X-Omneo-Hmac-SHA256`: hex HMAC-SHA256 of the raw body under the tenant's signing secret.
+pub const SIGNATURE_HEADER: &str = "x-omneo-hmac-sha256";
+/// `X-Omneo-Event`: the trigger of a webhook delivery.
+pub const EVENT_HEADER: &str = "x-omneo-event";
+/// `x-omneo-secret`: the tenant's shared secret, accepted by the targets instead of a signature.
+pub const SECRET_HEADER: &str = "x-omneo-secret";
+
+/// The receiver's state: the app and its tenant cache.
+struct Receiver {
+    app: Arc<App>,
+    tenants: TenantCache,
+}
+
+/// The routes of `omneo-webhook`.
+pub fn routes(app: Arc<App>) -> Router {
+    let receiver = Arc::new(Receiver {
+        tenants: TenantCache::new(app.store.clone(), app.config.keyring.clone(), CACHE_TTL),
+        app,
+    });
+    Router::new()
+        .route("/{tenant}/api/v1/webhooks/omneo", post(webhook))
+        .route("/{tenant}/api/v1/targets/klaviyo/metric", post(metric))
+        .route(
+            "/{tenant}/api/v1/targets/klaviyo/upsert-profile-data",
+            post(upsert_profile_data),
+        )
+        .route(
+            "/{tenant}/api/v1/targets/klaviyo/data-source-record",
+            post(data_source_record),
+        )
+        .with_state(receiver)
+}
+
+/// The Omneo events this receiver acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProfileTrigger {
+    /// `profile.created` or `profile.updated`.
+    Changed,
+    /// `profile.deleted`.
+    Deleted,
+}
+
+impl ProfileTrigger {
+    fn parse(event: &str) -> Option<Self> {
+        match event {
+            "profile.created" | "profile.updated" => Some(Self::Changed),
+            "profile.deleted" => Some(Self::Deleted),
+            _ => None,
+        }
+    }
+}
+
+/// What a changed profile's webhook needs: the id (the worker re-reads the rest).
+#[derive(Deserialize)]
+struct ChangedProfile {
+    #[serde(deserialize_with = "profile_id")]
+    id: OmneoProfileId,
+}
+
+/// What a deleted profile's webhook needs: the identifiers Klaviyo can be asked by.
+#[derive(Deserialize)]
+struct DeletedProfile {
+    #[serde(deserialize_with = "profile_id")]
+    id: OmneoProfileId,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    mobile_phone: Option<String>,
+    #[serde(default)]
+    identities: Option<Vec<Identity>>,
+}
+
+/// `POST /{tenant}/api/v1/webhooks/omneo`.
+async fn webhook(
+    State(receiver): State<Arc<Receiver>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Accepted, ApiError> {
+    let tenant = receiver.tenant(&tenant).await?;
+    verify_hex_hmac(
+        &headers,
+        SIGNATURE_HEADER,
+        &tenant.omneo_signing_secret,
+        &[&body],
+    )?;
+    let queue = tenant.queue(Direction::Outbound)?.clone();
+    let event = headers
+        .get(EVENT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|event| !event.is_empty())
+        .ok_or_else(|| ApiError::invalid_field("X-Omneo-Event", "missing X-Omneo-Event header"))?;
+    let Some(trigger) = ProfileTrigger::parse(event) else {
+        tracing::info!(tenant = %tenant.id, event, "ignored an Omneo event this extension does not handle");
+        return Ok(Accepted::ignored());
+    };
+    let now = Timestamp::now();
+    let task = match trigger {
+        ProfileTrigger::Changed => {
+            let profile: ChangedProfile = parse_json(&body)?;
+            coalesced_sync(&tenant, queue, profile.id, now)
+        }
+        ProfileTrigger::Deleted => {
+            let profile: DeletedProfile = parse_json(&body)?;
+            let handle = &tenant.settings.identity_handle;
+            let klaviyo_profile_id = profile
+                .identities
+                .unwrap_or_default()
+                .into_iter()
+                .find(|identity| &identity.handle == handle)
+                .and_then(|identity| KlaviyoProfileId::parse(identity.identifier).ok());
+            let name = TaskName::from_parts(&["deleted", tenant.id.as_str(), profile.id.as_str()]);
+            let work = Work::ProfileDeleted(ProfileDeleted {
+                profile_id: profile.id,
+                email: profile.email.filter(|email| !email.trim().is_empty()),
+                mobile_phone: profile
+                    .mobile_phone
+                    .filter(|phone| !phone.trim().is_empty()),
+                klaviyo_profile_id,
+            });
+            task_now(&tenant, queue, work, name)
+        }
+    };
+    enqueue(receiver.app.queue.as_ref(), task, "body").await
+}
+
+/// A sync of `profile` coalesced into the current `coalesce_seconds` bucket: named from the
+/// bucket, scheduled at its end.
+fn coalesced_sync(
+    tenant: &ReceiverTenant,
+    queue: crate::queue::QueueName,
+    profile: OmneoProfileId,
+    now: Timestamp,
+) -> Task {
+    let window = i64::from(tenant.settings.coalesce_seconds.max(1));
+    let bucket = now.as_second().div_euclid(window);
+    let bucket_end = Timestamp::from_second((bucket + 1) * window).unwrap_or(now);
+    let name = TaskName::from_parts(&[
+        "sync",
+        tenant.id.as_str(),
+        profile.as_str(),
+        &window.to_string(),
+        &bucket.to_string(),
+    ]);
+    Task {
+        queue,
+        direction: Direction::Outbound,
+        envelope: TaskEnvelope {
+            tenant: tenant.id.clone(),
+            work: Work::SyncProfile(SyncProfile {
+                profile_id: profile,
+            }),
+        },
+        name,
+        schedule_at: Some(bucket_end),
+    }
+}
+
+fn task_now(
+    tenant: &ReceiverTenant,
+    queue: crate::queue::QueueName,
+    work: Work,
+    name: TaskName,
+) -> Task {
+    Task {
+        queue,
+        direction: Direction::Outbound,
+        envelope: TaskEnvelope {
+            tenant: tenant.id.clone(),
+            work,
+        },
+        name,
+        schedule_at: None,
+    }
+}
+
+/// `?withToken=true`.
+#[derive(Deserialize)]
+struct MetricQuery {
+    #[serde(rename = "withToken", default)]
+    with_token: bool,
+}
+
+/// `POST /{tenant}/api/v1/targets/klaviyo/metric[?withToken=true]`.
+async fn metric(
+    State(receiver): State<Arc<Receiver>>,
+    Path(tenant): Path<String>,
+    Query(query): Query<MetricQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Accepted, ApiError> {
+    let (tenant, queue) = receiver.target(&tenant, &headers, &body).await?;
+    let event = metric_event(&body)?;
+    let unique_id = event
+        .pointer("/data/attributes/unique_id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let name = TaskName::from_parts(&[
+        "metric",
+        tenant.id.as_str(),
+        &unique_id,
+        if query.with_token {
+            "with-token"
+        } else {
+            "plain"
+        },
+    ]);
+    let work = Work::SendMetric(SendMetric {
+        event,
+        with_token: query.with_token,
+    });
+    enqueue(
+        receiver.app.queue.as_ref(),
+        task_now(&tenant, queue, work, name),
+        "body",
+    )
+    .await
+}
+
+/// The target's body as a Klaviyo event document `{"data": {"type": "event", "attributes":
+/// {…}}}`, checked for a metric name and a profile, with a `unique_id` (a hash of the body when
+/// it has none).
+fn metric_event(body: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = parse_json(body)?;
+    let (mut data, prefix) = match value {
+        Value::Object(mut document) if document.contains_key("data") => {
+            (document.remove("data").unwrap_or_default(), "data.")
+        }
+        other => (other, ""),
+    };
+    let field = |path: &str| format!("{prefix}{path}");
+    if !data.get("attributes").is_some_and(Value::is_object) {
+        return Err(ApiError::invalid_field(
+            field("attributes"),
+            "must be an object",
+        ));
+    }
+    let text_at = |pointer: &str| {
+        data.pointer(pointer)
+            .and_then(Value::as_str)
+            .is_some_and(|text| !text.trim().is_empty())
+    };
+    if !text_at("/attributes/metric/data/attributes/name") {
+        return Err(ApiError::invalid_field(
+            field("attributes.metric.data.attributes.name"),
+            "the event must name its metric",
+        ));
+    }
+    if !text_at("/attributes/profile/data/id")
+        && !text_at("/attributes/profile/data/attributes/email")
+    {
+        return Err(ApiError::invalid_field(
+            field("attributes.profile"),
+            "the event must name its profile by attributes.profile.data.id or attributes.profile.data.attributes.email",
+        ));
+    }
+    let has_unique_id = text_at("/attributes/unique_id");
+    let Some(object) = data.as_object_mut() else {
+        return Err(ApiError::invalid_field("body", "must be a JSON object"));
+    };
+    if !has_unique_id {
+        let attributes = object
+            .get_mut("attributes")
+            .and_then(Value::as_object_mut)
+            .expect("checked to be an object above");
+        attributes.insert(
+            "unique_id".into(),
+            Value::String(hex::encode(Sha256::digest(body))),
+        );
+    }
+    object.insert("type".into(), Value::String("event".into()));
+    Ok(serde_json::json!({ "data": data }))
+}
+/// The profile an `upsert-profile-data` call names.
+#[derive(Deserialize)]
+struct UpsertProfile {
+    #[serde(default, deserialize_with = "optional_profile_id")]
+    id: Option<OmneoProfileId>,
+    #[serde(default, deserialize_with = "optional_profile_id")]
+    profile_id: Option<OmneoProfileId>,
+}
+
+fn optional_profile_id<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<OmneoProfileId>, D::Error> {
+    #[derive(Deserialize)]
+    struct Id(#[serde(deserialize_with = "profile_id")] OmneoProfileId);
+    Ok(Option::<Id>::deserialize(deserializer)?.map(|Id(id)| id))
+}
+
+/// `POST /{tenant}/api/v1/targets/klaviyo/upsert-profile-data`.
+async fn upsert_profile_data(
+    State(receiver): State<Arc<Receiver>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Accepted, ApiError> {
+    let (tenant, queue) = receiver.target(&tenant, &headers, &body).await?;
+    let named: UpsertProfile = parse_json(&body)?;
+    let profile = named.id.or(named.profile_id).ok_or_else(|| {
+        ApiError::invalid_field("id", "name the Omneo profile by id or profile_id")
+    })?;
+    // One task per profile and second: a repeat of the same call within the second is one sync.
+    let now = Timestamp::now();
+    let name = TaskName::from_parts(&[
+        "upsert",
+        tenant.id.as_str(),
+        profile.as_str(),
+        &now.as_second().to_string(),
+    ]);
+    let work = Work::SyncProfile(SyncProfile {
+        profile_id: profile,
+    });
+    enqueue(
+        receiver.app.queue.as_ref(),
+        task_now(&tenant, queue, work, name),
+        "body",
+    )
+    .await
+}
+
+/// A `data-source-record` call's body.
+#[derive(Deserialize)]
+struct RecordCall {
+    data_source: String,
+    record: Map<String, Value>,
+}
+
+/// `POST /{tenant}/api/v1/targets/klaviyo/data-source-record`.
+async fn data_source_record(
+    State(receiver): State<Arc<Receiver>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Accepted, ApiError> {
+    let (tenant, queue) = receiver.target(&tenant, &headers, &body).await?;
+    let call: RecordCall = parse_json(&body)?;
+    let data_source = DataSourceKind::from_name(&call.data_source).ok_or_else(|| {
+        let names: Vec<&str> = DataSourceKind::ALL.iter().map(|k| k.short_name()).collect();
+        ApiError::invalid_field(
+            "data_source",
+            format!(
+                "{:?} is not a data source; use a title such as \"Omneo Rewards\" or a short name: {}",
+                call.data_source,
+                names.join(", ")
+            ),
+        )
+    })?;
+    let id = match call.record.get("id") {
+        Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
+        Some(Value::Number(id)) => id.to_string(),
+        _ => {
+            return Err(ApiError::invalid_field(
+                "record.id",
+                "every record carries a stable id (string or number)",
+            ));
+        }
+    };
+    let identifies = ["email", "profile_id"].iter().any(|key| {
+        call.record
+            .get(*key)
+            .is_some_and(|v| v.as_str().is_some_and(|s| !s.trim().is_empty()) || v.is_number())
+    });
+    if !identifies {
+        return Err(ApiError::invalid_field(
+            "record.email",
+            "every record names its profile by email or profile_id",
+        ));
+    }
+    let name = TaskName::from_parts(&[
+        "record",
+        tenant.id.as_str(),
+        data_source.short_name(),
+        &id,
+        &hex::encode(Sha256::digest(&body)),
+    ]);
+    let work = Work::DataSourceRecord(DataSourceRecord {
+        data_source,
+        record: Value::Object(call.record),
+    });
+    enqueue(
+        receiver.app.queue.as_ref(),
+        task_now(&tenant, queue, work, name),
+        "record",
+    )
+    .await
+}
+
+impl Receiver {
+    /// The tenant of the path; unknown (or not a tenant id) → 404.
+    async fn tenant(&self, raw: &str) -> Result<Arc<ReceiverTenant>, ApiError> {
+        let unknown = || ApiError::not_found(format!("no tenant {raw:?}"));
+        let id = TenantId::parse(raw).map_err(|_| unknown())?;
+        self.tenants.get(&id).await?.ok_or_else(unknown)
+    }
+
+    /// A target call's tenant, authenticated by signature or shared secret, and its outbound
+    /// queue.
+    async fn target(
+        &self,
+        raw: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<(Arc<ReceiverTenant>, crate::queue::QueueName), ApiError> {
+        let tenant = self.tenant(raw).await?;
+        if headers.contains_key(SIGNATURE_HEADER) {
+            verify_hex_hmac(
+                headers,
+                SIGNATURE_HEADER,
+                &tenant.omneo_signing_secret,
+                &[body],
+            )?;
+        } else {
+            match shared_secret_matches(
+                headers,
+                SECRET_HEADER,
+                tenant.webhook_secrets(Timestamp::now()),
+            ) {
+                Some(true) => {}
+                Some(false) => {
+                    return Err(invalid_signature(
+                        SECRET_HEADER,
+                        "x-omneo-secret does not match",
+                    ));
+                }
+                None => {
+                    return Err(invalid_signature(
+                        SIGNATURE_HEADER,
+                        "missing X-Omneo-Hmac-SHA256 (or x-omneo-secret) header",
+                    ));
+                }
+            }
+        }
+        let queue = tenant.queue(Direction::Outbound)?.clone();
+        Ok((tenant, queue))
+    }
+}
+
+/// Parses a JSON body into `T`: not JSON → 400 `invalid_json`; the wrong shape → 400
+/// `invalid_field` naming the path (`record.id`, `id`).
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let not_json = |error: &serde_json::Error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidJson,
+            format!("the body is not JSON: {error}"),
+        )
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return not_json(&inner);
+        }
+        let message = inner.to_string();
+        let field = match missing_field(&message) {
+            Some(name) if path == "." => name.to_owned(),
+            Some(name) => format!("{path}.{name}"),
+            None if path == "." => "body".to_owned(),
+            None => path,
+        };
+        ApiError::invalid_field(field, message)
+    })?;
+    deserializer.end().map_err(|error| not_json(&error))?;
+    Ok(parsed)
+}
+
+/// `missing field `x`` → `x`.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}

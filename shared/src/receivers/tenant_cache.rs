@@ -1,0 +1,188 @@
+//! What a receiver knows about a tenant, read once and kept for [`CACHE_TTL`].
+//!
+//! Receivers answer in milliseconds, so the hot path does no store read: the tenant's secrets
+//! (opened once), settings and install state are cached per instance. A miss reads the tenant and
+//! install documents concurrently (one round trip). A settings change, a new signing secret or an
+//! uninstall is honoured by every instance within [`CACHE_TTL`]: entries are never served older
+//! than that. Unknown tenants are cached too (so a flood of requests for a made-up tenant costs
+//! one read per [`CACHE_TTL`]), and the cache forgets everything when it holds more than
+//! [`MAX_ENTRIES`] tenants, so made-up ids cannot grow it without bound.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use jiff::Timestamp;
+use secrecy::SecretString;
+
+use crate::api_error::{ApiError, ErrorCode};
+use crate::crypto::{CryptoError, Keyring};
+use crate::domain::TenantId;
+use crate::queue::{Direction, QueueName};
+use crate::settings::Settings;
+use crate::store::{Install, InstallStatus, Store, StoreError, TenantSecret};
+
+/// How long a cached tenant view is served before it is read again.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+/// The most tenants kept; past it the cache starts afresh.
+pub const MAX_ENTRIES: usize = 10_000;
+
+/// A tenant as receivers see it: opened secrets, settings and the install.
+pub struct ReceiverTenant {
+    /// The tenant id.
+    pub id: TenantId,
+    /// Its settings.
+    pub settings: Settings,
+    /// Key of `X-Omneo-Hmac-SHA256`.
+    pub omneo_signing_secret: SecretString,
+    /// The shared secret (`x-omneo-secret`, the Klaviyo system webhook's `secret_key`).
+    pub webhook_secret: SecretString,
+    /// The replaced shared secret and until when it is still accepted.
+    pub previous_webhook_secret: Option<(SecretString, Timestamp)>,
+    /// The install record, if any.
+    pub install: Option<Install>,
+}
+
+impl ReceiverTenant {
+    /// The queue of `direction` of an installed tenant; anything else is 404 `not_installed`
+    /// (product.md §2: "404 unknown tenant or not installed").
+    pub fn queue(&self, direction: Direction) -> Result<&QueueName, ApiError> {
+        let not_installed = || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotInstalled,
+                format!("tenant {} has not installed the Klaviyo app", self.id),
+            )
+        };
+        let install = self.install.as_ref().ok_or_else(not_installed)?;
+        if install.status != InstallStatus::Installed {
+            return Err(not_installed());
+        }
+        install.queue(direction).ok_or_else(not_installed)
+    }
+
+    /// The shared secrets accepted at `now`: the current one, and the previous one until its
+    /// `accepted_until`.
+    pub fn webhook_secrets(&self, now: Timestamp) -> impl Iterator<Item = &SecretString> {
+        let previous = self
+            .previous_webhook_secret
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(secret, _)| secret);
+        std::iter::once(&self.webhook_secret).chain(previous)
+    }
+}
+
+/// Why a tenant view could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantViewError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored secret cannot be opened (a key missing from `ENCRYPTION_KEY`).
+    #[error("a secret of tenant {tenant} cannot be opened")]
+    Sealed {
+        /// Whose.
+        tenant: TenantId,
+        /// Why.
+        #[source]
+        cause: CryptoError,
+    },
+}
+
+impl From<TenantViewError> for ApiError {
+    fn from(error: TenantViewError) -> Self {
+        match error {
+            TenantViewError::Store(store) => store.into(),
+            sealed @ TenantViewError::Sealed { .. } => Self::internal(&sealed),
+        }
+    }
+}
+
+struct Entry {
+    read_at: Instant,
+    tenant: Option<Arc<ReceiverTenant>>,
+}
+
+/// Per-instance cache of [`ReceiverTenant`]s; see the module docs.
+pub struct TenantCache {
+    store: Arc<dyn Store>,
+    keyring: Keyring,
+    ttl: Duration,
+    entries: Mutex<HashMap<TenantId, Entry>>,
+}
+
+impl TenantCache {
+    /// A cache reading from `store`, opening secrets with `keyring`, serving entries for `ttl`.
+    pub fn new(store: Arc<dyn Store>, keyring: Keyring, ttl: Duration) -> Self {
+        Self {
+            store,
+            keyring,
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tenant, or `None` when it is not registered.
+    pub async fn get(&self, id: &TenantId) -> Result<Option<Arc<ReceiverTenant>>, TenantViewError> {
+        if let Some(entry) = self.lock().get(id)
+            && entry.read_at.elapsed() < self.ttl
+        {
+            return Ok(entry.tenant.clone());
+        }
+        let read_at = Instant::now();
+        let tenant = self.read(id).await?.map(Arc::new);
+        let mut entries = self.lock();
+        if entries.len() >= MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(
+            id.clone(),
+            Entry {
+                read_at,
+                tenant: tenant.clone(),
+            },
+        );
+        Ok(tenant)
+    }
+
+    async fn read(&self, id: &TenantId) -> Result<Option<ReceiverTenant>, TenantViewError> {
+        let (tenant, install) = tokio::join!(self.store.tenant(id), self.store.install(id));
+        let Some(tenant) = tenant? else {
+            return Ok(None);
+        };
+        let install = install?;
+        let sealed = |cause| TenantViewError::Sealed {
+            tenant: id.clone(),
+            cause,
+        };
+        let open = |which| tenant.open(&self.keyring, which).map_err(sealed);
+        // While a change is pending the previous secret has no end (Klaviyo may still sign
+        // with it); the cache re-reads within CACHE_TTL of the confirmation.
+        let until = match (
+            &tenant.previous_webhook_secret,
+            tenant.webhook_secret_pending_since,
+        ) {
+            (_, Some(_)) => Timestamp::MAX,
+            (Some(retired), None) => retired.accepted_until,
+            (None, None) => Timestamp::MIN,
+        };
+        let previous = tenant
+            .previous_webhook_secret(&self.keyring, Timestamp::now())
+            .map_err(sealed)?
+            .map(|secret| (secret, until));
+        Ok(Some(ReceiverTenant {
+            id: id.clone(),
+            omneo_signing_secret: open(TenantSecret::OmneoSigningSecret)?,
+            webhook_secret: open(TenantSecret::WebhookSecret)?,
+            previous_webhook_secret: previous,
+            settings: tenant.settings,
+            install,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
