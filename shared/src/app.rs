@@ -91,6 +91,15 @@ impl App {
 
     /// Builds the backends the configuration names: memory or Firestore, local queue or Cloud Tasks.
     pub async fn from_config(config: Config) -> anyhow::Result<Arc<Self>> {
+        Self::from_config_with_queue(config, None).await
+    }
+
+    /// Like [`App::from_config`], but with `queue` instead of the configured one when given (tests
+    /// keep a handle on their [`LocalQueue`] to wait for it).
+    pub async fn from_config_with_queue(
+        config: Config,
+        queue: Option<Arc<dyn Queue>>,
+    ) -> anyhow::Result<Arc<Self>> {
         let http = http_client()?;
         let store: Arc<dyn Store> = match &config.store {
             StoreConfig::Memory => Arc::new(MemoryStore::new(config.keyring.clone())),
@@ -104,24 +113,27 @@ impl App {
             ),
         };
         let targets = task_targets(&config);
-        let queue: Arc<dyn Queue> = match &config.queue {
-            QueueConfig::Local => Arc::new(LocalQueue::new(targets, http.clone())),
-            QueueConfig::CloudTasks {
-                project,
-                location,
-                emulator_host,
-                invoker_service_account,
-            } => Arc::new(
-                CloudTasksQueue::connect(
+        let queue: Arc<dyn Queue> = match (queue, &config.queue) {
+            (Some(queue), _) => queue,
+            (None, queue_config) => match queue_config {
+                QueueConfig::Local => Arc::new(LocalQueue::new(targets, http.clone())),
+                QueueConfig::CloudTasks {
                     project,
                     location,
-                    emulator_host.as_deref(),
-                    invoker_service_account.clone(),
-                    targets,
-                )
-                .await
-                .context("cannot connect to Cloud Tasks")?,
-            ),
+                    emulator_host,
+                    invoker_service_account,
+                } => Arc::new(
+                    CloudTasksQueue::connect(
+                        project,
+                        location,
+                        emulator_host.as_deref(),
+                        invoker_service_account.clone(),
+                        targets,
+                    )
+                    .await
+                    .context("cannot connect to Cloud Tasks")?,
+                ),
+            },
         };
         Ok(Self::new(config, store, queue, http))
     }

@@ -6,6 +6,7 @@ mod klaviyo_sdk;
 mod klaviyo_sim;
 mod local_stack;
 mod omneo_sim;
+mod outbound;
 mod queue;
 mod runtime;
 mod store;

@@ -382,6 +382,7 @@ async fn subscribe_and_unsubscribe_jobs_are_read_back_as_consent_and_membership(
     let unsubscribe = UnsubscribeJob {
         subscribers: vec![email_subscriber("dan@example.org")],
         list_id: None,
+        custom_source: Some("omneo".into()),
     };
     client.unsubscribe(&token, &unsubscribe).await.unwrap();
     let profile = client.profile(&token, &dan.id).await.unwrap().unwrap();
@@ -392,6 +393,7 @@ async fn subscribe_and_unsubscribe_jobs_are_read_back_as_consent_and_membership(
         .and_then(|e| e.marketing)
         .unwrap();
     assert_eq!(marketing.consent, Consent::Unsubscribed);
+    assert_eq!(marketing.custom_method_detail.as_deref(), Some("omneo"));
     assert_eq!(
         sim.consent(dan.id.as_str())
             .unwrap()
