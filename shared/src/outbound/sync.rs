@@ -2,8 +2,11 @@
 //!
 //! 1. Re-read the profile from Omneo; gone → handled as deleted ([`super::removal`]).
 //! 2. Exclusions ([`super::mapping::exclusion`]): excluded profiles are never synced.
-//! 3. Match the Klaviyo profile: the Omneo identity (`identity_handle`; our sync state's id when
-//!    the identity is missing) → `external_id` = the Omneo id → email.
+//! 3. Match the Klaviyo profile: by the Omneo identity (`identity_handle`; our sync state's id
+//!    when the identity is missing), read with its consent. Without one, the `external_id` and
+//!    email steps are Klaviyo's own: profile import matches an existing profile by its identifiers
+//!    and says whether it created one (ours: this saves two reads per sync on the endpoint that
+//!    also bounds the import rate; a profile it updated is then read once for its consent).
 //! 4. Import it (core fields, E.164 phone, location, mappings) — skipped when the mapped payload
 //!    hashes as last time and the match is the profile written then. A 409 `duplicate_profile`
 //!    (the email and the phone belong to different Klaviyo profiles) is retried once without the
@@ -21,7 +24,7 @@ use super::removal::{self, Known};
 use super::{Job, klaviyo_setback, omneo_setback, store_setback};
 use crate::access::KlaviyoCallError;
 use crate::domain::{KlaviyoProfileId, OmneoProfileId};
-use crate::klaviyo::models::{Patch, Profile as KlaviyoProfile, ProfileFilter};
+use crate::klaviyo::models::{ImportedProfile, Patch, Profile as KlaviyoProfile, ProfileFilter};
 use crate::remote::ErrorKind;
 use crate::store::{ConsentSent, SyncState};
 use crate::worker::Setback;
@@ -77,25 +80,35 @@ async fn sync_held(job: &Job<'_>, id: &OmneoProfileId) -> Result<(), Setback> {
         .identity(&settings.identity_handle)
         .and_then(|identifier| KlaviyoProfileId::parse(identifier).ok())
         .or_else(|| state.as_ref().and_then(|s| s.klaviyo_profile_id.clone()));
-    let found = find_klaviyo_profile(job, identity.as_ref(), id, email).await?;
+    let found = match &identity {
+        Some(identity) => read_profile(job, identity).await?,
+        None => None,
+    };
     let hash = mapped.hash();
     let unchanged = |found: &KlaviyoProfile| {
         state.as_ref().is_some_and(|s| {
             s.payload_hash == hash && s.klaviyo_profile_id.as_ref() == Some(&found.id)
         })
     };
-    let existed = found.is_some();
-    let (klaviyo_id, subscriptions) = match found {
+    let (klaviyo_id, current, existed) = match found {
         Some(found) if unchanged(&found) => {
             tracing::debug!(profile = %id, "mapped payload unchanged; no profile import");
-            (found.id, found.attributes.subscriptions)
+            let current = consent::current(found.attributes.subscriptions.as_ref());
+            (found.id, current, true)
         }
-        found => {
-            let (id, subscriptions) = match found {
-                Some(found) => (Some(found.id), found.attributes.subscriptions),
-                None => (None, None),
+        Some(found) => {
+            let current = consent::current(found.attributes.subscriptions.as_ref());
+            (import(job, &mapped, Some(found.id)).await?.id, current, true)
+        }
+        None => {
+            let imported = import(job, &mapped, None).await?;
+            let current = if imported.created {
+                consent::current(None)
+            } else {
+                let existing = read_profile(job, &imported.id).await?;
+                consent::current(existing.and_then(|p| p.attributes.subscriptions).as_ref())
             };
-            (import(job, &mapped, id).await?, subscriptions)
+            (imported.id, current, !imported.created)
         }
     };
     if profile.identity(&settings.identity_handle) != Some(klaviyo_id.as_str()) {
@@ -108,7 +121,7 @@ async fn sync_held(job: &Job<'_>, id: &OmneoProfileId) -> Result<(), Setback> {
     );
     let writes = consent::writes(
         desired,
-        consent::current(subscriptions.as_ref()),
+        current,
         profile.comms.as_ref(),
         ConsentTarget {
             email,
@@ -152,6 +165,19 @@ async fn sync_held(job: &Job<'_>, id: &OmneoProfileId) -> Result<(), Setback> {
         .map_err(store_setback("write_sync_state"))
 }
 
+/// The Klaviyo profile with this id, with its consent; `None` when Klaviyo has none.
+async fn read_profile(
+    job: &Job<'_>,
+    id: &KlaviyoProfileId,
+) -> Result<Option<KlaviyoProfile>, Setback> {
+    job.klaviyo(|k, t| {
+        let id = id.clone();
+        async move { k.profile(&t, &id).await }
+    })
+    .await
+    .map_err(klaviyo_setback("match_profile"))
+}
+
 /// The Klaviyo profile of an Omneo profile: by the stored identity, then `external_id`, then
 /// email (each read with its consent).
 pub async fn find_klaviyo_profile(
@@ -161,13 +187,7 @@ pub async fn find_klaviyo_profile(
     email: Option<&str>,
 ) -> Result<Option<KlaviyoProfile>, Setback> {
     if let Some(identity) = identity {
-        let found = job
-            .klaviyo(|k, t| {
-                let identity = identity.clone();
-                async move { k.profile(&t, &identity).await }
-            })
-            .await
-            .map_err(klaviyo_setback("match_profile"))?;
+        let found = read_profile(job, identity).await?;
         if found.is_some() {
             return Ok(found);
         }
@@ -195,7 +215,7 @@ async fn import(
     job: &Job<'_>,
     mapped: &MappedProfile,
     id: Option<KlaviyoProfileId>,
-) -> Result<KlaviyoProfileId, Setback> {
+) -> Result<ImportedProfile, Setback> {
     let mut upsert = mapped.upsert.clone();
     upsert.id = id;
     let send = |upsert: crate::klaviyo::models::ProfileUpsert| async move {
@@ -206,7 +226,7 @@ async fn import(
         .await
     };
     match send(upsert.clone()).await {
-        Ok(imported) => Ok(imported.id),
+        Ok(imported) => Ok(imported),
         Err(KlaviyoCallError::Remote(error))
             if matches!(error.kind, ErrorKind::DuplicateProfile { .. })
                 && matches!(upsert.phone_number, Patch::Set(_)) =>
@@ -227,7 +247,6 @@ async fn import(
             upsert.phone_number = Patch::Keep;
             send(upsert)
                 .await
-                .map(|imported| imported.id)
                 .map_err(klaviyo_setback("import_profile"))
         }
         Err(error) => Err(klaviyo_setback("import_profile")(error)),

@@ -16,7 +16,7 @@ use axum::routing::{MethodFilter, on};
 use serde_json::json;
 
 use super::jsonapi::{ApiError, Here, document};
-use super::rate_limit::{Tier, Verdict};
+use super::rate_limit::{RateVerdict, Tier, Verdict};
 use super::state::Ctx;
 use super::{data_sources, events, profiles, subscriptions, webhooks};
 
@@ -295,9 +295,16 @@ async fn guard(State(policy): State<Policy>, request: Request, next: Next) -> Re
         }
         let limits = state.options.rate_limits;
         let account = state.options.account_id.clone();
-        state
+        let now = Instant::now();
+        let verdict = state
             .limiter
-            .check(&limits, &account, &endpoint, policy.tier, Instant::now())
+            .check(&limits, &account, &endpoint, policy.tier, now);
+        state.verdicts.push(RateVerdict {
+            endpoint: endpoint.clone(),
+            at: now,
+            throttled: matches!(verdict, Verdict::Throttled { .. }),
+        });
+        verdict
     };
     match verdict {
         Verdict::Throttled { retry_after } => ApiError::throttled(retry_after).into_response(),

@@ -49,7 +49,7 @@ pub use deliveries::{Delivery, SystemEvent, topics};
 pub use events::{DeletionJob, Event};
 pub use oauth::{TokenCounts, TokenSet};
 pub use profiles::Profile;
-pub use rate_limit::{RateLimits, Tier};
+pub use rate_limit::{RateLimits, RateVerdict, Tier};
 pub use subscriptions::{Channel, ChannelConsent, ConsentState, List, Subscriptions};
 pub use webhooks::Webhook;
 
@@ -380,6 +380,11 @@ impl KlaviyoSim {
     /// Every webhook, unmasked and with its secret (inspection only: the API never shows these).
     pub fn webhooks(&self) -> Vec<Webhook> {
         self.ctx.lock().webhooks.clone()
+    }
+
+    /// Every rate-limit decision so far (allowed or 429), oldest first.
+    pub fn rate_verdicts(&self) -> Vec<RateVerdict> {
+        self.ctx.lock().verdicts.clone()
     }
 
     /// Every data-privacy deletion job received.

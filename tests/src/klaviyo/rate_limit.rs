@@ -103,6 +103,17 @@ pub enum Verdict {
     },
 }
 
+/// One rate-limit decision, as the simulator logs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateVerdict {
+    /// `METHOD /route`, e.g. `POST /api/profile-import`.
+    pub endpoint: String,
+    /// When the call arrived.
+    pub at: Instant,
+    /// Whether it was refused with 429.
+    pub throttled: bool,
+}
+
 /// The counters: one pair of windows per (account, endpoint).
 #[derive(Debug, Default)]
 pub(crate) struct RateLimiter {

@@ -11,7 +11,7 @@ use super::deliveries::SystemEvent;
 use super::events::{DeletionJob, Event};
 use super::oauth::OAuthState;
 use super::profiles::Profile;
-use super::rate_limit::RateLimiter;
+use super::rate_limit::{RateLimiter, RateVerdict};
 use super::subscriptions::List;
 use super::webhooks::Webhook;
 
@@ -20,6 +20,8 @@ pub(crate) struct State {
     pub options: KlaviyoSimOptions,
     pub oauth: OAuthState,
     pub limiter: RateLimiter,
+    /// Every rate-limit verdict, in order (what the quota benchmark reads).
+    pub verdicts: Vec<RateVerdict>,
     pub profiles: Vec<Profile>,
     pub lists: Vec<List>,
     pub events: Vec<Event>,
@@ -37,6 +39,7 @@ impl State {
             oauth: OAuthState::new(&options),
             options,
             limiter: RateLimiter::default(),
+            verdicts: Vec::new(),
             profiles: Vec::new(),
             lists: Vec::new(),
             events: Vec::new(),
