@@ -642,6 +642,20 @@ mod tests {
         assert_eq!(bursts, [1.0, 1.0, 3.0, 4.0, 100.0]);
     }
 
+    #[test]
+    fn a_full_steady_window_of_outbound_dispatches_stays_within_klaviyos_limit() {
+        // Klaviyo counts in fixed windows: the worst window holds a full bucket plus a window's
+        // worth of refills.
+        let limit = crate::queue::KLAVIYO_PROFILE_IMPORT_STEADY;
+        let rate = QueueSettings::for_direction(Direction::Outbound).max_dispatches_per_second;
+        let worst_window = burst_size(rate) + rate * limit.window.as_secs_f64();
+        assert!(
+            worst_window <= f64::from(limit.requests),
+            "{worst_window} dispatches can start in one {:?} window",
+            limit.window
+        );
+    }
+
     fn rate_limited(rate: f64, concurrency: u32) -> QueueSettings {
         QueueSettings {
             max_dispatches_per_second: rate,
