@@ -8,7 +8,11 @@
 //!   (real service: `ALREADY_EXISTS` for ~24 h);
 //! - backoff and jitter, and giving up after `max_attempts`: the emulator retries every ~100 ms
 //!   and stops after its `--max-retries`, ignoring the queue's retry config;
-//! - the headers of retries: it sends no `X-CloudTasks-TaskPreviousResponse`/`-TaskRetryReason`.
+//! - the headers of retries: it sends no `X-CloudTasks-TaskPreviousResponse`/`-TaskRetryReason`;
+//! - rate limits: it ignores `max_dispatches_per_second` and `max_concurrent_dispatches` and
+//!   posts a queue's due tasks one after another; the local queue's token bucket, its
+//!   concurrency ceiling (retries included) and pause/resume (a `LocalQueue` method: the app
+//!   never pauses queues) are checked against a receiver that holds each push and counts them.
 //!
 //! Its other differences are asserted where they show: it sends the full queue path in
 //! `X-CloudTasks-QueueName` (the real service and the local queue send the short id), and
@@ -17,6 +21,7 @@
 //! on both; without one it sends an empty `X-CloudTasks-TaskETA` (the real service sends the
 //! creation time).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +67,12 @@ struct Recorder {
     log: Mutex<Vec<Delivery>>,
     /// Attempts of each task answered 503 before the receiver answers 200.
     fail_first: usize,
+    /// How long each push is held before it is answered.
+    hold: Duration,
+    /// Pushes being held right now.
+    in_flight: AtomicUsize,
+    /// The most pushes ever held at once.
+    max_in_flight: AtomicUsize,
 }
 
 /// A task handler on 127.0.0.1:0 recording what it receives.
@@ -72,9 +83,17 @@ struct Receiver {
 
 impl Receiver {
     async fn start(fail_first: usize) -> Self {
+        Self::holding(fail_first, Duration::ZERO).await
+    }
+
+    /// A receiver that holds each push for `hold` before answering, counting how many it holds.
+    async fn holding(fail_first: usize, hold: Duration) -> Self {
         let recorder = Arc::new(Recorder {
             log: Mutex::new(Vec::new()),
             fail_first,
+            hold,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         });
         let app = Router::new()
             .route("/tasks/{direction}", post(record))
@@ -97,6 +116,11 @@ impl Receiver {
 
     fn deliveries(&self) -> Vec<Delivery> {
         self.recorder.log.lock().unwrap().clone()
+    }
+
+    /// The most pushes the receiver was holding at once.
+    fn max_in_flight(&self) -> usize {
+        self.recorder.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Waits until at least `count` pushes arrived; all of them.
@@ -123,19 +147,26 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let mut log = recorder.log.lock().unwrap();
-    let name = headers.get(header::TASK_NAME).cloned();
-    let earlier = log
-        .iter()
-        .filter(|d| d.headers.get(header::TASK_NAME) == name.as_ref())
-        .count();
-    log.push(Delivery {
-        path: uri.path().to_owned(),
-        headers,
-        body,
-        at: Instant::now(),
-        wall: Timestamp::now(),
-    });
+    let held = recorder.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    recorder.max_in_flight.fetch_max(held, Ordering::SeqCst);
+    let earlier = {
+        let mut log = recorder.log.lock().unwrap();
+        let name = headers.get(header::TASK_NAME).cloned();
+        let earlier = log
+            .iter()
+            .filter(|d| d.headers.get(header::TASK_NAME) == name.as_ref())
+            .count();
+        log.push(Delivery {
+            path: uri.path().to_owned(),
+            headers,
+            body,
+            at: Instant::now(),
+            wall: Timestamp::now(),
+        });
+        earlier
+    };
+    tokio::time::sleep(recorder.hold).await;
+    recorder.in_flight.fetch_sub(1, Ordering::SeqCst);
     if earlier < recorder.fail_first {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -533,4 +564,108 @@ async fn local_queue_enqueue_does_not_wait_for_delivery() {
     assert_eq!(local.enqueue(&later).await.unwrap(), Enqueued::Created);
     assert_eq!(local.stats().pending, 1);
     assert!(receiver.deliveries().is_empty());
+}
+
+/// Quick retries with the given rate limits.
+fn rate_limited(max_dispatches_per_second: f64, max_concurrent_dispatches: u32) -> QueueSettings {
+    QueueSettings {
+        max_dispatches_per_second,
+        max_concurrent_dispatches,
+        ..quick_retries()
+    }
+}
+
+/// Enqueues `count` fresh tasks on `queue`.
+async fn enqueue_many(local: &LocalQueue, queue: &QueueName, count: usize) {
+    for _ in 0..count {
+        let created = local.enqueue(&task(queue, Direction::Outbound)).await;
+        assert_eq!(created.unwrap(), Enqueued::Created);
+    }
+}
+
+#[tokio::test]
+async fn local_queue_keeps_at_most_max_concurrent_dispatches_in_flight() {
+    let receiver = Receiver::holding(0, Duration::from_millis(200)).await;
+    let (local, queue) = scaled_local(&receiver, 1.0, &rate_limited(500.0, 2)).await;
+    enqueue_many(&local, &queue, 10).await;
+    tokio::time::timeout(PATIENCE, local.idle()).await.unwrap();
+
+    assert_eq!(receiver.deliveries().len(), 10);
+    assert_eq!(local.stats().delivered, 10);
+    assert_eq!(
+        receiver.max_in_flight(),
+        2,
+        "two at a time: never more, and the queue does use both"
+    );
+}
+
+#[tokio::test]
+async fn local_queue_counts_retries_against_max_concurrent_dispatches() {
+    // Every task fails once: its retry must wait for a slot like any first attempt.
+    let receiver = Receiver::holding(1, Duration::from_millis(100)).await;
+    let (local, queue) = scaled_local(&receiver, 1.0, &rate_limited(500.0, 1)).await;
+    enqueue_many(&local, &queue, 3).await;
+    tokio::time::timeout(PATIENCE, local.idle()).await.unwrap();
+
+    assert_eq!(receiver.deliveries().len(), 6);
+    assert_eq!(local.stats().attempts, 6);
+    assert_eq!(local.stats().delivered, 3);
+    assert_eq!(receiver.max_in_flight(), 1);
+}
+
+#[tokio::test]
+async fn local_queue_spaces_dispatch_starts_by_the_rate() {
+    // 5/s with a burst of one: starts 200 ms apart, the 10th 1.8 s after the first. Arrivals are
+    // measured at the receiver, so allow some of that as measurement noise: never earlier than
+    // 1.6 s, and in any window no more than burst + rate × window starts (+1 for the noise).
+    let receiver = Receiver::start(0).await;
+    let (local, queue) = scaled_local(&receiver, 1.0, &rate_limited(5.0, 100)).await;
+    enqueue_many(&local, &queue, 10).await;
+    tokio::time::timeout(PATIENCE, local.idle()).await.unwrap();
+
+    let starts: Vec<Instant> = receiver.deliveries().iter().map(|d| d.at).collect();
+    assert_eq!(starts.len(), 10);
+    let span = starts[9] - starts[0];
+    assert!(
+        span >= Duration::from_millis(1600),
+        "10 dispatches at 5/s took only {span:?}"
+    );
+    for (i, first) in starts.iter().enumerate() {
+        for (j, last) in starts.iter().enumerate().skip(i + 1) {
+            let window = (*last - *first).as_secs_f64();
+            let started = (j - i + 1) as f64;
+            assert!(
+                started <= 1.0 + 5.0 * window + 1.0,
+                "{started} dispatches started within {window:.3} s"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn local_queue_holds_the_tasks_of_a_paused_queue_until_resumed() {
+    let receiver = Receiver::start(0).await;
+    let (local, queue) = scaled_local(&receiver, 1.0, &quick_retries()).await;
+    local.pause(&queue).unwrap();
+    enqueue_many(&local, &queue, 5).await;
+    // Ensuring the queue again changes its settings, not its state.
+    local.ensure_queue(&queue, &quick_retries()).await.unwrap();
+
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), local.idle())
+            .await
+            .is_err(),
+        "held tasks are pending, so the queue is not idle"
+    );
+    assert!(
+        receiver.deliveries().is_empty(),
+        "a paused queue dispatched"
+    );
+    assert_eq!(local.stats().pending, 5);
+    assert_eq!(local.stats().attempts, 0);
+
+    local.resume(&queue).unwrap();
+    tokio::time::timeout(PATIENCE, local.idle()).await.unwrap();
+    assert_eq!(receiver.deliveries().len(), 5);
+    assert_eq!(local.stats().delivered, 5);
 }

@@ -6,7 +6,31 @@
 //! `min_backoff` `max_doublings` times, then linear, capped at `max_backoff`), plus jitter, until
 //! both `max_attempts` and `max_retry_duration` are spent; `schedule_at` is honoured; a task name
 //! stays taken while its task is pending and for 24 h after it finished; enqueueing on a queue
-//! that was never ensured fails like the real service. Rate limits are not applied.
+//! that was never ensured fails like the real service.
+//!
+//! **Rate limits.** Every attempt — first try or retry — is a dispatch, and each queue admits
+//! dispatches under its [`QueueSettings`] like Cloud Tasks does:
+//! - `max_dispatches_per_second` through a token bucket: each dispatch takes a token, tokens come
+//!   back continuously at that rate, and the bucket holds at most [`burst_size`] of them — a fifth
+//!   of a second's worth, at least one. Cloud Tasks picks its `max_burst_size` from the rate
+//!   without documenting how; a fifth of a second gives the 100 a queue at the 500/s maximum
+//!   reports, and keeps bursts small at our rates (1 at 5/s, 3 at 12/s). So in any window of `t`
+//!   seconds at most `burst + rate × t` dispatches start;
+//! - `max_concurrent_dispatches`: an attempt counts from its dispatch until its answer (or error)
+//!   arrives, and no more than that many are in flight per queue.
+//!
+//! Each queue admits in the order its tasks became due (their schedule time, or the end of their
+//! backoff). `ensure_queue` on an existing queue changes its settings for the dispatches admitted
+//! after it; attempts already in flight are not cut short. Settings Cloud Tasks would refuse, and
+//! that would stall a queue here (a rate of 0 or over 500/s, a concurrency of 0 or over 5000),
+//! are refused with [`QueueError::Rejected`].
+//!
+//! **Pause.** [`LocalQueue::pause`] holds a queue's tasks, like pausing a Cloud Tasks queue:
+//! enqueueing still works, attempts in flight finish, but nothing is dispatched — neither new tasks
+//! nor retries — until [`LocalQueue::resume`]; held tasks are never dropped. A paused queue stays
+//! paused through `ensure_queue` (Cloud Tasks' UpdateQueue does not touch the state either).
+//! Held tasks are pending, so [`LocalQueue::idle`] waits for them: on a paused queue holding
+//! tasks it returns only after a resume let them finish.
 //!
 //! Delivery runs on tokio tasks: `enqueue` returns as soon as the task is accepted.
 
@@ -18,7 +42,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use rand::Rng;
 use reqwest::StatusCode;
-use tokio::sync::watch;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::{
@@ -28,15 +52,29 @@ use super::{
 
 /// How long a task name stays taken after its task finished (Cloud Tasks: up to about 24 h).
 const NAME_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How often, at most, enqueueing sweeps the names whose retention ended (a name is checked on
+/// its own whenever it is reused, so the sweep only bounds memory).
+const NAME_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Each backoff is drawn uniformly from ±20 % around its nominal value (then capped).
 const JITTER: f64 = 0.2;
 /// How long one attempt may take (Cloud Tasks' default dispatch deadline).
 const DISPATCH_DEADLINE: Duration = Duration::from_secs(600);
+/// The highest `max_dispatches_per_second` Cloud Tasks accepts.
+const MAX_DISPATCHES_PER_SECOND: f64 = 500.0;
+/// The highest `max_concurrent_dispatches` Cloud Tasks accepts.
+const MAX_CONCURRENT_DISPATCHES: u32 = 5000;
+/// How many seconds' worth of dispatches a queue's token bucket holds (see [`burst_size`]).
+const BURST_SECONDS: f64 = 0.2;
+/// How far short of a whole token still counts as one (floating-point refills).
+const TOKEN_ROUNDING: f64 = 1e-9;
+/// The shortest wait for a token: the timer's resolution.
+const MIN_REFILL_WAIT: Duration = Duration::from_millis(1);
 
 /// Counters of a [`LocalQueue`], for tests and the local stack's status output.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LocalQueueStats {
-    /// Tasks accepted and not yet finished (waiting for their time, in flight or backing off).
+    /// Tasks accepted and not yet finished (waiting for their time or a paused queue, in flight or
+    /// backing off).
     pub pending: usize,
     /// HTTP attempts made, successful or not.
     pub attempts: u64,
@@ -60,12 +98,50 @@ struct Inner {
     stats: watch::Sender<LocalQueueStats>,
 }
 
-#[derive(Default)]
 struct State {
-    queues: HashMap<QueueName, QueueSettings>,
+    queues: HashMap<QueueName, Gate>,
     /// Taken task names, per queue: `None` while pending, else when the task finished.
     names: HashMap<(QueueName, TaskName), Option<Instant>>,
+    /// When finished names were last swept.
+    swept_at: Instant,
 }
+
+/// One queue's admission: its [`Control`], and the line of attempts waiting for a dispatch, which
+/// the queue's dispatcher ([`dispatcher`]) serves in order.
+#[derive(Clone)]
+struct Gate {
+    control: Arc<Control>,
+    line: mpsc::UnboundedSender<oneshot::Sender<Slot>>,
+}
+
+/// A queue's settings and what its limits track.
+struct Control {
+    state: Mutex<Admission>,
+    /// Woken when a slot frees, the queue resumes or its settings change.
+    changed: Notify,
+}
+
+struct Admission {
+    settings: QueueSettings,
+    paused: bool,
+    /// Attempts dispatched and not answered yet.
+    in_flight: u32,
+    /// Dispatches the token bucket allows right now (fractional while refilling).
+    tokens: f64,
+    /// When `tokens` was last brought up to date.
+    refilled_at: Instant,
+}
+
+/// Why a dispatch cannot start yet.
+enum Wait {
+    /// Until the queue resumes or a slot frees.
+    Changed,
+    /// Until the bucket holds a token again.
+    For(Duration),
+}
+
+/// A dispatch in flight: it counts against its queue's `max_concurrent_dispatches` until dropped.
+struct Slot(Arc<Control>);
 
 /// What the previous attempt got, sent on retries.
 struct PreviousAttempt {
@@ -80,7 +156,11 @@ impl LocalQueue {
             inner: Arc::new(Inner {
                 targets,
                 http,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    queues: HashMap::new(),
+                    names: HashMap::new(),
+                    swept_at: Instant::now(),
+                }),
                 stats: watch::Sender::new(LocalQueueStats::default()),
             }),
             backoff_scale: 1.0,
@@ -106,11 +186,27 @@ impl LocalQueue {
         *self.inner.stats.borrow()
     }
 
-    /// Waits until no task is pending (returns at once when none is).
+    /// Waits until no task is pending (returns at once when none is). Tasks held by a paused
+    /// queue are pending: while one is, this waits for a [`LocalQueue::resume`] and their end.
     pub async fn idle(&self) {
         let mut stats = self.inner.stats.subscribe();
         // The sender lives in `self.inner`, so the channel cannot close while we wait.
         let _ = stats.wait_for(|stats| stats.pending == 0).await;
+    }
+
+    /// Holds the tasks of `queue`: nothing more is dispatched from it (attempts in flight finish)
+    /// until [`LocalQueue::resume`]. Tasks can still be enqueued. Pausing a paused queue is a
+    /// no-op.
+    pub fn pause(&self, queue: &QueueName) -> Result<(), QueueError> {
+        self.inner.gate(queue)?.control.set_paused(true);
+        Ok(())
+    }
+
+    /// Dispatches the tasks of `queue` again, held ones first (in the order they became due).
+    /// Resuming a running queue is a no-op.
+    pub fn resume(&self, queue: &QueueName) -> Result<(), QueueError> {
+        self.inner.gate(queue)?.control.set_paused(false);
+        Ok(())
     }
 }
 
@@ -130,11 +226,13 @@ impl Queue for LocalQueue {
             if !state.queues.contains_key(&task.queue) {
                 return Err(QueueError::QueueNotFound(task.queue.to_string()));
             }
-            state
-                .names
-                .retain(|_, finished| finished.is_none_or(|at| at.elapsed() < NAME_RETENTION));
+            state.sweep_names();
             let key = (task.queue.clone(), task.name.clone());
-            if state.names.contains_key(&key) {
+            if state
+                .names
+                .get(&key)
+                .is_some_and(|&finished| name_taken(finished))
+            {
                 return Ok(Enqueued::AlreadyExists);
             }
             state.names.insert(key, None);
@@ -149,11 +247,159 @@ impl Queue for LocalQueue {
         queue: &QueueName,
         settings: &QueueSettings,
     ) -> Result<(), QueueError> {
-        self.inner
-            .lock()
-            .queues
-            .insert(queue.clone(), settings.clone());
+        check_rate_limits(settings)?;
+        let mut state = self.inner.lock();
+        match state.queues.get(queue) {
+            Some(gate) => gate.control.update(settings.clone()),
+            None => {
+                let control = Arc::new(Control::new(settings.clone()));
+                let (line, waiting) = mpsc::unbounded_channel();
+                tokio::spawn(dispatcher(Arc::clone(&control), waiting));
+                state.queues.insert(queue.clone(), Gate { control, line });
+            }
+        }
         Ok(())
+    }
+}
+
+impl State {
+    /// Forgets the names whose retention ended, at most once per [`NAME_SWEEP_INTERVAL`].
+    fn sweep_names(&mut self) {
+        if self.swept_at.elapsed() >= NAME_SWEEP_INTERVAL {
+            self.names.retain(|_, &mut finished| name_taken(finished));
+            self.swept_at = Instant::now();
+        }
+    }
+}
+
+/// Whether a name whose task finished at `finished` (`None`: still pending) is still taken.
+fn name_taken(finished: Option<Instant>) -> bool {
+    finished.is_none_or(|at| at.elapsed() < NAME_RETENTION)
+}
+
+/// Refuses rate limits Cloud Tasks would refuse and that would stall a queue here.
+fn check_rate_limits(settings: &QueueSettings) -> Result<(), QueueError> {
+    let rate = settings.max_dispatches_per_second;
+    if !(rate > 0.0 && rate <= MAX_DISPATCHES_PER_SECOND) {
+        return Err(QueueError::Rejected(format!(
+            "max_dispatches_per_second must be over 0 and at most {MAX_DISPATCHES_PER_SECOND}, got {rate}"
+        )));
+    }
+    let concurrency = settings.max_concurrent_dispatches;
+    if !(1..=MAX_CONCURRENT_DISPATCHES).contains(&concurrency) {
+        return Err(QueueError::Rejected(format!(
+            "max_concurrent_dispatches must be 1 to {MAX_CONCURRENT_DISPATCHES}, got {concurrency}"
+        )));
+    }
+    Ok(())
+}
+
+/// The most dispatches a queue's token bucket holds at `rate` per second: [`BURST_SECONDS`]'
+/// worth, rounded up, at least 1 (see the module docs).
+fn burst_size(rate: f64) -> f64 {
+    (rate * BURST_SECONDS).ceil().max(1.0)
+}
+
+/// Admits the attempts waiting in `line` one at a time, each when its queue's [`Control`] allows;
+/// it ends when the queue's [`LocalQueue`] is gone.
+async fn dispatcher(
+    control: Arc<Control>,
+    mut line: mpsc::UnboundedReceiver<oneshot::Sender<Slot>>,
+) {
+    while let Some(waiter) = line.recv().await {
+        control.admit().await;
+        // A waiter that stopped waiting (its runtime is shutting down) gets nothing; dropping the
+        // unsent slot frees it again.
+        let _ = waiter.send(Slot(Arc::clone(&control)));
+    }
+}
+
+impl Control {
+    fn new(settings: QueueSettings) -> Self {
+        Self {
+            state: Mutex::new(Admission {
+                tokens: burst_size(settings.max_dispatches_per_second),
+                settings,
+                paused: false,
+                in_flight: 0,
+                refilled_at: Instant::now(),
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Admission> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn settings(&self) -> QueueSettings {
+        self.lock().settings.clone()
+    }
+
+    /// New settings; tokens earned so far were earned at the old rate.
+    fn update(&self, settings: QueueSettings) {
+        let mut admission = self.lock();
+        admission.refill(Instant::now());
+        admission.settings = settings;
+        drop(admission);
+        self.changed.notify_one();
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.lock().paused = paused;
+        self.changed.notify_one();
+    }
+
+    /// Waits until one more dispatch may start, and counts it in flight. Only the queue's
+    /// dispatcher calls this, so `notify_one` always reaches it (or is kept for its next wait).
+    async fn admit(&self) {
+        loop {
+            let wait = self.lock().try_admit(Instant::now());
+            match wait {
+                Ok(()) => return,
+                Err(Wait::Changed) => self.changed.notified().await,
+                Err(Wait::For(refill)) => {
+                    tokio::select! {
+                        () = self.changed.notified() => {}
+                        () = tokio::time::sleep(refill) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Admission {
+    /// Brings the token bucket up to `now` at the current rate.
+    fn refill(&mut self, now: Instant) {
+        let rate = self.settings.max_dispatches_per_second;
+        let earned = now.duration_since(self.refilled_at).as_secs_f64() * rate;
+        self.tokens = (self.tokens + earned).min(burst_size(rate));
+        self.refilled_at = now;
+    }
+
+    /// Starts a dispatch now if the queue runs, has a free slot and a token; else why not.
+    fn try_admit(&mut self, now: Instant) -> Result<(), Wait> {
+        self.refill(now);
+        if self.paused || self.in_flight >= self.settings.max_concurrent_dispatches {
+            return Err(Wait::Changed);
+        }
+        if self.tokens < 1.0 - TOKEN_ROUNDING {
+            let missing = (1.0 - self.tokens) / self.settings.max_dispatches_per_second;
+            return Err(Wait::For(
+                Duration::from_secs_f64(missing).max(MIN_REFILL_WAIT),
+            ));
+        }
+        self.tokens -= 1.0;
+        self.in_flight += 1;
+        Ok(())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+        self.0.changed.notify_one();
     }
 }
 
@@ -162,12 +408,29 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn settings(&self, queue: &QueueName) -> QueueSettings {
+    fn gate(&self, queue: &QueueName) -> Result<Gate, QueueError> {
         self.lock()
             .queues
             .get(queue)
             .cloned()
+            .ok_or_else(|| QueueError::QueueNotFound(queue.to_string()))
+    }
+
+    /// The gate of a queue a task was accepted on.
+    fn accepted_gate(&self, queue: &QueueName) -> Gate {
+        self.gate(queue)
             .expect("queues are never removed, and tasks are only accepted on existing ones")
+    }
+
+    /// Waits for the queue's turn to dispatch one attempt; the slot is held until dropped.
+    async fn dispatch_slot(&self, queue: &QueueName) -> Slot {
+        let (waiter, slot) = oneshot::channel();
+        self.accepted_gate(queue)
+            .line
+            .send(waiter)
+            .expect("a queue's dispatcher runs as long as the queue exists");
+        slot.await
+            .expect("a queue's dispatcher answers every waiter while it exists")
     }
 
     /// Delivers one task until it succeeds or its retries are spent, then releases its name.
@@ -176,11 +439,13 @@ impl Inner {
         if let Some(wait) = duration_until(eta) {
             tokio::time::sleep(wait).await;
         }
-        let first_attempt = Instant::now();
+        let mut first_attempt_at = None;
         let mut retry_count = 0;
         let mut execution_count = 0;
         let mut previous = None;
         let delivered = loop {
+            let slot = self.dispatch_slot(&task.queue).await;
+            let first_attempt = *first_attempt_at.get_or_insert_with(Instant::now);
             let result = self
                 .attempt(
                     &task,
@@ -191,6 +456,7 @@ impl Inner {
                     previous.as_ref(),
                 )
                 .await;
+            drop(slot);
             self.stats.send_modify(|stats| stats.attempts += 1);
             let failed = match result {
                 Ok(status) if status.is_success() => break true,
@@ -209,7 +475,7 @@ impl Inner {
                     reason: format!("request failed: {error}"),
                 },
             };
-            let settings = self.settings(&task.queue);
+            let settings = self.accepted_gate(&task.queue).control.settings();
             let attempts = retry_count + 1;
             let retry_window = settings.max_retry_duration.mul_f64(backoff_scale);
             if attempts >= settings.max_attempts && first_attempt.elapsed() >= retry_window {
@@ -363,6 +629,145 @@ mod tests {
         assert!(distinct.len() > 100, "jitter should spread the retries");
         assert!(
             (0..200).all(|_| jittered_backoff(&settings, 20, &mut rng) <= settings.max_backoff)
+        );
+    }
+
+    #[test]
+    fn the_burst_is_a_fifth_of_a_second_of_dispatches_and_at_least_one() {
+        let bursts: Vec<f64> = [0.5, 5.0, 12.0, 20.0, 500.0]
+            .into_iter()
+            .map(burst_size)
+            .collect();
+        assert_eq!(bursts, [1.0, 1.0, 3.0, 4.0, 100.0]);
+    }
+
+    #[test]
+    fn a_full_steady_window_of_outbound_dispatches_stays_within_klaviyos_limit() {
+        // Klaviyo counts in fixed windows: the worst window holds a full bucket plus a window's
+        // worth of refills.
+        let limit = crate::queue::KLAVIYO_PROFILE_IMPORT_STEADY;
+        let rate = QueueSettings::for_direction(Direction::Outbound).max_dispatches_per_second;
+        let worst_window = burst_size(rate) + rate * limit.window.as_secs_f64();
+        assert!(
+            worst_window <= f64::from(limit.requests),
+            "{worst_window} dispatches can start in one {:?} window",
+            limit.window
+        );
+    }
+
+    fn rate_limited(rate: f64, concurrency: u32) -> QueueSettings {
+        QueueSettings {
+            max_dispatches_per_second: rate,
+            max_concurrent_dispatches: concurrency,
+            ..QueueSettings::for_direction(Direction::Inbound)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dispatches_are_spaced_by_the_rate_after_the_burst() {
+        let control = Control::new(rate_limited(5.0, 100));
+        let start = Instant::now();
+        let mut starts = Vec::new();
+        for _ in 0..10 {
+            control.admit().await;
+            starts.push(start.elapsed());
+        }
+        // A burst of one, then one token every 200 ms.
+        let expected: Vec<Duration> = (0..10).map(|i| Duration::from_millis(200 * i)).collect();
+        assert_eq!(starts, expected);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_settings_apply_to_the_next_dispatch() {
+        let control = Control::new(rate_limited(0.1, 100));
+        let start = Instant::now();
+        control.admit().await;
+        control.update(rate_limited(100.0, 100));
+        control.admit().await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(10),
+            "the next token comes at the new rate, not in 10 s"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_than_max_concurrent_dispatches_are_admitted() {
+        let control = Arc::new(Control::new(rate_limited(500.0, 2)));
+        control.admit().await;
+        control.admit().await;
+        let first = Slot(Arc::clone(&control));
+        let _second = Slot(Arc::clone(&control));
+        let third = tokio::spawn({
+            let control = Arc::clone(&control);
+            async move { control.admit().await }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            !third.is_finished(),
+            "a third dispatch started beside two in flight"
+        );
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(1), third)
+            .await
+            .expect("a freed slot admits the next dispatch")
+            .unwrap();
+        assert_eq!(control.lock().in_flight, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_queue_admits_nothing_until_resumed() {
+        let control = Arc::new(Control::new(rate_limited(500.0, 10)));
+        control.set_paused(true);
+        let admitted = tokio::spawn({
+            let control = Arc::clone(&control);
+            async move { control.admit().await }
+        });
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(!admitted.is_finished(), "a paused queue dispatched");
+        control.set_paused(false);
+        tokio::time::timeout(Duration::from_secs(1), admitted)
+            .await
+            .expect("resuming admits the held dispatch")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn rate_limits_cloud_tasks_refuses_are_refused() {
+        let queue = LocalQueue::new(unreachable_targets(), reqwest::Client::new());
+        let name = QueueName::parse("t-ns-inbound").unwrap();
+        for (rate, concurrency) in [
+            (0.0, 1),
+            (f64::NAN, 1),
+            (-1.0, 1),
+            (500.5, 1),
+            (1.0, 0),
+            (1.0, 5001),
+        ] {
+            let error = queue
+                .ensure_queue(&name, &rate_limited(rate, concurrency))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(error, QueueError::Rejected(_)),
+                "{rate}/s, {concurrency}: {error:?}"
+            );
+        }
+        queue
+            .ensure_queue(&name, &rate_limited(500.0, 5000))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn pausing_a_missing_queue_fails_like_enqueueing_on_it() {
+        let queue = LocalQueue::new(unreachable_targets(), reqwest::Client::new());
+        let name = QueueName::parse("t-ns-inbound").unwrap();
+        assert!(
+            matches!(queue.pause(&name), Err(QueueError::QueueNotFound(q)) if q == name.as_str())
+        );
+        assert!(
+            matches!(queue.resume(&name), Err(QueueError::QueueNotFound(q)) if q == name.as_str())
         );
     }
 

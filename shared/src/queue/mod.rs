@@ -136,6 +136,52 @@ pub enum Enqueued {
     AlreadyExists,
 }
 
+/// A fixed-window rate limit: at most `requests` calls in each `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowLimit {
+    /// Calls allowed per window.
+    pub requests: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+impl WindowLimit {
+    /// The limit as a steady rate.
+    pub const fn per_second(self) -> f64 {
+        self.requests as f64 / self.window.as_secs_f64()
+    }
+}
+
+/// Klaviyo's steady limit of `POST /api/profile-import` (tier L, klaviyo.md): 750 requests per
+/// account in each fixed 60-second window. Every outbound sync task makes one profile import, so
+/// the outbound queues' dispatch rate ([`OUTBOUND_DISPATCHES_PER_SECOND`]) is derived from it.
+///
+/// This is the one place the figure lives: install applies it through
+/// [`QueueSettings::for_direction`], and the Terraform of the queues (infrastructure issue) must
+/// be generated from or checked against the settings derived here, not restate 750.
+pub const KLAVIYO_PROFILE_IMPORT_STEADY: WindowLimit = WindowLimit {
+    requests: 750,
+    window: Duration::from_secs(60),
+};
+
+/// The share of [`KLAVIYO_PROFILE_IMPORT_STEADY`] the outbound queue dispatches at, in percent.
+/// Klaviyo counts in fixed 60-second windows while a queue spaces dispatches evenly with a small
+/// burst and jitter: at the full 12.5/s a window that starts on a burst goes over and answers 429.
+/// 96 % leaves 30 requests per window for that.
+const OUTBOUND_SHARE_PERCENT: u64 = 96;
+
+/// `max_dispatches_per_second` of every tenant's outbound queue: [`OUTBOUND_SHARE_PERCENT`] of
+/// [`KLAVIYO_PROFILE_IMPORT_STEADY`], rounded down to a whole rate — 750 / 60 s × 96 % = 12/s.
+pub const OUTBOUND_DISPATCHES_PER_SECOND: f64 =
+    (KLAVIYO_PROFILE_IMPORT_STEADY.requests as u64 * OUTBOUND_SHARE_PERCENT
+        / (100 * KLAVIYO_PROFILE_IMPORT_STEADY.window.as_secs())) as f64;
+
+/// `max_concurrent_dispatches` of every tenant's outbound queue. A sync task makes one profile
+/// import plus a few reads (Omneo profile, Klaviyo match) and takes well under a second, so 10 in
+/// flight already sustain the 12/s rate limit; more concurrency would not raise a rate-limited
+/// throughput, only the number of requests Klaviyo and Omneo see at once when a burst is queued.
+pub const OUTBOUND_CONCURRENT_DISPATCHES: u32 = 10;
+
 /// Retry and rate settings of a queue (platform.md's suggestions are the defaults).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueSettings {
@@ -156,15 +202,21 @@ pub struct QueueSettings {
 }
 
 impl QueueSettings {
-    /// Settings for a tenant's queue of `direction`: outbound 10/s (under Klaviyo's steady
-    /// 750/min per account), inbound 20/s; backoff 5 s → 300 s, 5 doublings, 20 attempts, 24 h.
+    /// Settings for a tenant's queue of `direction`: outbound [`OUTBOUND_DISPATCHES_PER_SECOND`]
+    /// (12/s, under Klaviyo's profile-import steady limit) with
+    /// [`OUTBOUND_CONCURRENT_DISPATCHES`] (10) in flight, inbound 20/s with 20; both back off
+    /// 5 s → 300 s, 5 doublings, 20 attempts, 24 h.
     pub fn for_direction(direction: Direction) -> Self {
+        let (max_dispatches_per_second, max_concurrent_dispatches) = match direction {
+            Direction::Inbound => (20.0, 20),
+            Direction::Outbound => (
+                OUTBOUND_DISPATCHES_PER_SECOND,
+                OUTBOUND_CONCURRENT_DISPATCHES,
+            ),
+        };
         Self {
-            max_dispatches_per_second: match direction {
-                Direction::Inbound => 20.0,
-                Direction::Outbound => 10.0,
-            },
-            max_concurrent_dispatches: 20,
+            max_dispatches_per_second,
+            max_concurrent_dispatches,
             max_attempts: 20,
             max_retry_duration: Duration::from_secs(24 * 3600),
             min_backoff: Duration::from_secs(5),
@@ -208,4 +260,32 @@ pub trait Queue: Send + Sync + 'static {
         queue: &QueueName,
         settings: &QueueSettings,
     ) -> Result<(), QueueError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbound_rate_stays_strictly_under_klaviyos_steady_limit() {
+        let outbound = QueueSettings::for_direction(Direction::Outbound);
+        let limit = KLAVIYO_PROFILE_IMPORT_STEADY;
+        assert_eq!(limit.per_second(), 12.5);
+        assert!(outbound.max_dispatches_per_second > 0.0);
+        assert!(
+            outbound.max_dispatches_per_second < limit.per_second(),
+            "{}/s is not under {}/s",
+            outbound.max_dispatches_per_second,
+            limit.per_second()
+        );
+        let per_window = outbound.max_dispatches_per_second * limit.window.as_secs_f64();
+        assert!(
+            per_window < f64::from(limit.requests),
+            "{per_window} per window"
+        );
+        assert_eq!(
+            outbound.max_dispatches_per_second, 12.0,
+            "96 %, rounded down"
+        );
+    }
 }
