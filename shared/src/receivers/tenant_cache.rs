@@ -186,3 +186,91 @@ impl TenantCache {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret as _;
+
+    use super::*;
+    use crate::crypto::random_secret;
+    use crate::store::{MemoryStore, Tenant};
+
+    fn tenant(keyring: &Keyring, id: &TenantId, signing_secret: &str) -> Tenant {
+        let now = Timestamp::now();
+        Tenant {
+            id: id.clone(),
+            omneo_api_url: "https://api.acme.getomneo.com".into(),
+            omneo_api_token: TenantSecret::OmneoApiToken.seal(keyring, id, &random_secret(8)),
+            omneo_signing_secret: TenantSecret::OmneoSigningSecret.seal(
+                keyring,
+                id,
+                &SecretString::from(signing_secret),
+            ),
+            webhook_secret: TenantSecret::WebhookSecret.seal(keyring, id, &random_secret(8)),
+            previous_webhook_secret: None,
+            webhook_secret_pending_since: None,
+            admin_key_hash: String::new(),
+            settings: Settings::default(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_change_is_seen_once_the_entry_is_older_than_the_ttl() {
+        let keyring = Keyring::generate("k");
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(keyring.clone()));
+        let id = TenantId::parse("acme").unwrap();
+        let ttl = Duration::from_millis(200);
+        let cache = TenantCache::new(store.clone(), keyring.clone(), ttl);
+        assert!(cache.get(&id).await.unwrap().is_none(), "unknown at first");
+
+        store.create_tenant(&tenant(&keyring, &id, "first")).await.unwrap();
+        assert!(
+            cache.get(&id).await.unwrap().is_none(),
+            "an unknown tenant is cached for the TTL too"
+        );
+        tokio::time::sleep(ttl).await;
+        let seen = cache.get(&id).await.unwrap().expect("registered");
+        assert_eq!(seen.omneo_signing_secret.expose_secret(), "first");
+        assert!(seen.queue(Direction::Outbound).is_err(), "not installed");
+
+        store
+            .update_tenant(&id, &|current| {
+                let mut record = current.expect("exists");
+                record.omneo_signing_secret = TenantSecret::OmneoSigningSecret.seal(
+                    &keyring,
+                    &id,
+                    &SecretString::from("second"),
+                );
+                record.settings.coalesce_seconds = 30;
+                Ok(record)
+            })
+            .await
+            .unwrap();
+        let cached = cache.get(&id).await.unwrap().unwrap();
+        assert_eq!(cached.omneo_signing_secret.expose_secret(), "first", "within the TTL");
+        tokio::time::sleep(ttl).await;
+        let fresh = cache.get(&id).await.unwrap().unwrap();
+        assert_eq!(fresh.omneo_signing_secret.expose_secret(), "second");
+        assert_eq!(fresh.settings.coalesce_seconds, 30);
+    }
+
+    #[test]
+    fn the_previous_webhook_secret_counts_until_its_end() {
+        let now = Timestamp::now();
+        let view = ReceiverTenant {
+            id: TenantId::parse("acme").unwrap(),
+            settings: Settings::default(),
+            omneo_signing_secret: SecretString::from("s"),
+            webhook_secret: SecretString::from("new"),
+            previous_webhook_secret: Some((SecretString::from("old"), now + jiff::SignedDuration::from_mins(10))),
+            install: None,
+        };
+        let accepted = |at| -> Vec<String> {
+            view.webhook_secrets(at).map(|s| s.expose_secret().to_owned()).collect()
+        };
+        assert_eq!(accepted(now), ["new", "old"]);
+        assert_eq!(accepted(now + jiff::SignedDuration::from_mins(11)), ["new"]);
+    }
+}
