@@ -1,7 +1,8 @@
 //! `TestApp`: the real extension on a loopback socket, wired to fresh Klaviyo and Omneo
 //! simulators (through the same `start_simulators` as the local stack), with the memory store or
 //! the Firestore emulator (a unique project per app). `TaskReceiver`: a task handler on a socket
-//! of its own that records every push.
+//! of its own that records every push, for the queue tests and for a `TestApp` whose tasks should
+//! be looked at rather than run.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -50,6 +51,9 @@ pub struct TestAppOptions {
     pub klaviyo: KlaviyoSimOptions,
     /// `ENCRYPTION_KEY` (default: a fresh key with id `test`).
     pub encryption_key: Option<String>,
+    /// Where the queue pushes tasks (`INBOUND_TASK_URL` and `OUTBOUND_TASK_URL`; default: the
+    /// app itself), e.g. a [`TaskReceiver`]'s base URL.
+    pub task_target: Option<String>,
 }
 
 impl Default for TestAppOptions {
@@ -58,6 +62,7 @@ impl Default for TestAppOptions {
             store: StoreKind::Memory,
             klaviyo: KlaviyoSimOptions::default().without_rate_limits(),
             encryption_key: None,
+            task_target: None,
         }
     }
 }
@@ -144,6 +149,10 @@ impl TestApp {
             ),
             ("OPERATOR_TOKEN", operator_token.clone()),
         ]);
+        if let Some(target) = options.task_target {
+            vars.insert("INBOUND_TASK_URL", target.clone());
+            vars.insert("OUTBOUND_TASK_URL", target);
+        }
         match options.store {
             StoreKind::Memory => {
                 vars.insert("STORE", "memory".into());
@@ -205,6 +214,15 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (app, _, server) = serve(&vars, listener).await;
+        Instance { url, app, server }
+    }
+
+    /// Another instance serving `app` (e.g. this app's store and configuration over another
+    /// queue backend) on a socket of its own.
+    pub async fn instance_of(&self, app: Arc<App>) -> Instance {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = serve_app(app.clone(), listener);
         Instance { url, app, server }
     }
 
@@ -310,11 +328,16 @@ async fn serve(
     let app = App::from_config_with_queue(config, Some(Arc::new(queue.clone())))
         .await
         .expect("app");
-    let router = shared::runtime::http::wrap("test", shared::functions::all(app.clone()));
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router).await.expect("test server");
-    });
+    let server = serve_app(app.clone(), listener);
     (app, queue, server)
+}
+
+/// Serves all five routers over `app` on `listener`.
+fn serve_app(app: Arc<App>, listener: TcpListener) -> JoinHandle<()> {
+    let router = shared::runtime::http::wrap("test", shared::functions::all(app));
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.expect("test server");
+    })
 }
 
 /// One push a [`TaskReceiver`] got.
