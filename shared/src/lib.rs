@@ -20,6 +20,7 @@
 //! | [`receivers`] | the webhook receivers: authenticate, check the shape, enqueue, answer |
 //! | [`outbound`] | the Omneo → Klaviyo worker: profile sync, deletions, metrics, data-source records |
 //! | [`install`] | registration, admin API, OAuth, provisioning, settings, uninstall, key rotation |
+//! | [`failures`] | the failure records' admin API: list, filter, page, replay |
 //! | [`functions`] | one router per Cloud Run function |
 //! | [`runtime`] | telemetry, serving on Cloud Run or AWS Lambda, graceful shutdown |
 //!
@@ -32,6 +33,7 @@ pub mod app;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod failures;
 pub mod functions;
 pub mod install;
 pub mod klaviyo;

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
 mod clients;
+mod failures;
 mod install;
 mod klaviyo_sdk;
 mod klaviyo_sim;

@@ -1,5 +1,6 @@
 //! The queue conformance suite: [`LocalQueue`] and [`CloudTasksQueue`] (against the Cloud Tasks
-//! emulator) deliver to a real axum receiver on 127.0.0.1:0, which records every push.
+//! emulator) deliver to a real axum receiver on 127.0.0.1:0 ([`TaskReceiver`]), which records
+//! every push.
 //!
 //! Each check is written once and run on every backend that can show it (`queue::local::*`,
 //! `queue::emulator::*`). The emulator (`gcloud-tasks-emulator` 0.6.2) cannot show everything the
@@ -21,15 +22,9 @@
 //! on both; without one it sends an empty `X-CloudTasks-TaskETA` (the real service sends the
 //! creation time).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::routing::post;
 use harness::emulators::cloud_tasks::emulator_host;
 use jiff::{SignedDuration, Timestamp};
 use shared::domain::{OmneoProfileId, TenantId};
@@ -37,142 +32,9 @@ use shared::queue::{
     CloudTasksQueue, Direction, Enqueued, LocalQueue, LocalQueueStats, Queue, QueueError,
     QueueName, QueueSettings, SyncProfile, Task, TaskEnvelope, TaskName, TaskTargets, Work, header,
 };
-use shared::worker::TaskRequest;
 use tokio::time::Instant;
 
-/// How long any expected delivery may take on a loaded machine.
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// One push the receiver got.
-#[derive(Debug, Clone)]
-struct Delivery {
-    path: String,
-    headers: HeaderMap,
-    body: Bytes,
-    at: Instant,
-    wall: Timestamp,
-}
-
-impl Delivery {
-    fn task(&self) -> TaskRequest {
-        TaskRequest::from_headers(&self.headers).expect("Cloud Tasks headers")
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(|v| v.to_str().unwrap())
-    }
-}
-
-struct Recorder {
-    log: Mutex<Vec<Delivery>>,
-    /// Attempts of each task answered 503 before the receiver answers 200.
-    fail_first: usize,
-    /// How long each push is held before it is answered.
-    hold: Duration,
-    /// Pushes being held right now.
-    in_flight: AtomicUsize,
-    /// The most pushes ever held at once.
-    max_in_flight: AtomicUsize,
-}
-
-/// A task handler on 127.0.0.1:0 recording what it receives.
-struct Receiver {
-    base: url::Url,
-    recorder: Arc<Recorder>,
-}
-
-impl Receiver {
-    async fn start(fail_first: usize) -> Self {
-        Self::holding(fail_first, Duration::ZERO).await
-    }
-
-    /// A receiver that holds each push for `hold` before answering, counting how many it holds.
-    async fn holding(fail_first: usize, hold: Duration) -> Self {
-        let recorder = Arc::new(Recorder {
-            log: Mutex::new(Vec::new()),
-            fail_first,
-            hold,
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
-        });
-        let app = Router::new()
-            .route("/tasks/{direction}", post(record))
-            .with_state(Arc::clone(&recorder));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}/", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self {
-            base: url::Url::parse(&base).unwrap(),
-            recorder,
-        }
-    }
-
-    fn targets(&self) -> TaskTargets {
-        TaskTargets {
-            inbound: self.base.clone(),
-            outbound: self.base.clone(),
-        }
-    }
-
-    fn deliveries(&self) -> Vec<Delivery> {
-        self.recorder.log.lock().unwrap().clone()
-    }
-
-    /// The most pushes the receiver was holding at once.
-    fn max_in_flight(&self) -> usize {
-        self.recorder.max_in_flight.load(Ordering::SeqCst)
-    }
-
-    /// Waits until at least `count` pushes arrived; all of them.
-    async fn wait_for(&self, count: usize) -> Vec<Delivery> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let deliveries = self.deliveries();
-            if deliveries.len() >= count {
-                return deliveries;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "expected {count} deliveries within {PATIENCE:?}, got {}",
-                deliveries.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-async fn record(
-    State(recorder): State<Arc<Recorder>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let held = recorder.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    recorder.max_in_flight.fetch_max(held, Ordering::SeqCst);
-    let earlier = {
-        let mut log = recorder.log.lock().unwrap();
-        let name = headers.get(header::TASK_NAME).cloned();
-        let earlier = log
-            .iter()
-            .filter(|d| d.headers.get(header::TASK_NAME) == name.as_ref())
-            .count();
-        log.push(Delivery {
-            path: uri.path().to_owned(),
-            headers,
-            body,
-            at: Instant::now(),
-            wall: Timestamp::now(),
-        });
-        earlier
-    };
-    tokio::time::sleep(recorder.hold).await;
-    recorder.in_flight.fetch_sub(1, Ordering::SeqCst);
-    if earlier < recorder.fail_first {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    }
-}
+use crate::support::{PATIENCE, TaskReceiver};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -279,7 +141,7 @@ on_both_backends!(
 );
 
 async fn delivers_the_envelope_with_cloud_tasks_headers(backend: Backend) {
-    let receiver = Receiver::start(0).await;
+    let receiver = TaskReceiver::start(0).await;
     let subject = backend.subject(receiver.targets()).await;
     let queue = unique_queue(Direction::Outbound);
     subject
@@ -342,7 +204,7 @@ async fn delivers_the_envelope_with_cloud_tasks_headers(backend: Backend) {
 }
 
 async fn retries_failed_attempts_with_a_growing_retry_count(backend: Backend) {
-    let receiver = Receiver::start(2).await;
+    let receiver = TaskReceiver::start(2).await;
     let subject = backend.subject(receiver.targets()).await;
     let queue = unique_queue(Direction::Inbound);
     subject
@@ -393,7 +255,7 @@ async fn retries_failed_attempts_with_a_growing_retry_count(backend: Backend) {
 }
 
 async fn refuses_a_missing_queue(backend: Backend) {
-    let receiver = Receiver::start(0).await;
+    let receiver = TaskReceiver::start(0).await;
     let subject = backend.subject(receiver.targets()).await;
     let missing = unique_queue(Direction::Outbound);
     let error = subject
@@ -408,7 +270,7 @@ async fn refuses_a_missing_queue(backend: Backend) {
 }
 
 async fn honours_schedule_at(backend: Backend) {
-    let receiver = Receiver::start(0).await;
+    let receiver = TaskReceiver::start(0).await;
     let subject = backend.subject(receiver.targets()).await;
     let queue = unique_queue(Direction::Outbound);
     subject
@@ -439,7 +301,7 @@ async fn honours_schedule_at(backend: Backend) {
 
 /// A local queue whose backoffs are scaled down, on a fresh queue with `settings`.
 async fn scaled_local(
-    receiver: &Receiver,
+    receiver: &TaskReceiver,
     scale: f64,
     settings: &QueueSettings,
 ) -> (LocalQueue, QueueName) {
@@ -452,7 +314,7 @@ async fn scaled_local(
 
 #[tokio::test]
 async fn local_queue_deduplicates_task_names_per_queue() {
-    let receiver = Receiver::start(0).await;
+    let receiver = TaskReceiver::start(0).await;
     let (local, queue) = scaled_local(&receiver, 1.0, &quick_retries()).await;
     let other = unique_queue(Direction::Outbound);
     local.ensure_queue(&other, &quick_retries()).await.unwrap();
@@ -497,7 +359,7 @@ async fn local_queue_backs_off_exponentially_with_jitter() {
         max_retry_duration: Duration::ZERO,
         ..QueueSettings::for_direction(Direction::Outbound)
     };
-    let receiver = Receiver::start(4).await;
+    let receiver = TaskReceiver::start(4).await;
     let (local, queue) = scaled_local(&receiver, 0.04, &settings).await;
     local
         .enqueue(&task(&queue, Direction::Outbound))
@@ -530,7 +392,7 @@ async fn local_queue_gives_up_after_max_attempts() {
         max_attempts: 3,
         ..quick_retries()
     };
-    let receiver = Receiver::start(usize::MAX).await;
+    let receiver = TaskReceiver::start(usize::MAX).await;
     let (local, queue) = scaled_local(&receiver, 1.0, &settings).await;
     local
         .enqueue(&task(&queue, Direction::Outbound))
@@ -557,7 +419,7 @@ async fn local_queue_gives_up_after_max_attempts() {
 
 #[tokio::test]
 async fn local_queue_enqueue_does_not_wait_for_delivery() {
-    let receiver = Receiver::start(0).await;
+    let receiver = TaskReceiver::start(0).await;
     let (local, queue) = scaled_local(&receiver, 1.0, &quick_retries()).await;
     let mut later = task(&queue, Direction::Outbound);
     later.schedule_at = Some(Timestamp::now() + SignedDuration::from_hours(1));
@@ -585,7 +447,7 @@ async fn enqueue_many(local: &LocalQueue, queue: &QueueName, count: usize) {
 
 #[tokio::test]
 async fn local_queue_keeps_at_most_max_concurrent_dispatches_in_flight() {
-    let receiver = Receiver::holding(0, Duration::from_millis(200)).await;
+    let receiver = TaskReceiver::holding(0, Duration::from_millis(200)).await;
     let (local, queue) = scaled_local(&receiver, 1.0, &rate_limited(500.0, 2)).await;
     enqueue_many(&local, &queue, 10).await;
     tokio::time::timeout(PATIENCE, local.idle()).await.unwrap();
@@ -602,7 +464,7 @@ async fn local_queue_keeps_at_most_max_concurrent_dispatches_in_flight() {
 #[tokio::test]
 async fn local_queue_counts_retries_against_max_concurrent_dispatches() {
     // Every task fails once: its retry must wait for a slot like any first attempt.
-    let receiver = Receiver::holding(1, Duration::from_millis(100)).await;
+    let receiver = TaskReceiver::holding(1, Duration::from_millis(100)).await;
     let (local, queue) = scaled_local(&receiver, 1.0, &rate_limited(500.0, 1)).await;
     enqueue_many(&local, &queue, 3).await;
     tokio::time::timeout(PATIENCE, local.idle()).await.unwrap();
@@ -618,7 +480,7 @@ async fn local_queue_spaces_dispatch_starts_by_the_rate() {
     // 5/s with a burst of one: starts 200 ms apart, the 10th 1.8 s after the first. Arrivals are
     // measured at the receiver, so allow some of that as measurement noise: never earlier than
     // 1.6 s, and in any window no more than burst + rate × window starts (+1 for the noise).
-    let receiver = Receiver::start(0).await;
+    let receiver = TaskReceiver::start(0).await;
     let (local, queue) = scaled_local(&receiver, 1.0, &rate_limited(5.0, 100)).await;
     enqueue_many(&local, &queue, 10).await;
     tokio::time::timeout(PATIENCE, local.idle()).await.unwrap();
@@ -644,7 +506,7 @@ async fn local_queue_spaces_dispatch_starts_by_the_rate() {
 
 #[tokio::test]
 async fn local_queue_holds_the_tasks_of_a_paused_queue_until_resumed() {
-    let receiver = Receiver::start(0).await;
+    let receiver = TaskReceiver::start(0).await;
     let (local, queue) = scaled_local(&receiver, 1.0, &quick_retries()).await;
     local.pause(&queue).unwrap();
     enqueue_many(&local, &queue, 5).await;

@@ -19,9 +19,9 @@ use shared::domain::{ConsentState, KlaviyoProfileId, OmneoProfileId, TenantId};
 use shared::queue::{QueueName, TaskKind, TaskName};
 use shared::settings::Settings;
 use shared::store::{
-    Abort, Claim, ConsentSent, Failure, FirestoreStore, IdempotencyKey, Install, InstallStatus,
-    MemoryStore, OAuthState, OAuthTokens, Severity, Store, StoreError, SyncState, Tenant,
-    TenantSecret, TokenSecret,
+    Abort, Claim, ConsentSent, Failure, FailureCursor, FailureQuery, FirestoreStore,
+    IdempotencyKey, Install, InstallStatus, MemoryStore, OAuthState, OAuthTokens, Severity, Store,
+    StoreError, SyncState, Tenant, TenantSecret, TokenSecret,
 };
 use tokio::task::JoinSet;
 
@@ -63,6 +63,11 @@ conformance!(
     claims_follow_the_idempotency_lifecycle,
     expired_leases_and_done_markers_can_be_claimed_again,
     failures_come_newest_first_per_tenant,
+    failure_pages_cover_every_record_once,
+    failures_filter_by_kind_and_severity,
+    failures_are_read_by_tenant_and_id,
+    failure_replays_are_counted_by_compare_and_set,
+    racing_replay_marks_count_once,
     sync_state_is_put_read_and_deleted,
     klaviyo_accounts_bind_to_the_first_tenant,
     secrets_are_stored_sealed,
@@ -485,17 +490,264 @@ async fn failures_come_newest_first_per_tenant(store: Arc<dyn Store>) {
     }
 
     let acme = tenant_id("acme");
+    let page = |limit| {
+        let (store, acme) = (store.clone(), acme.clone());
+        async move {
+            store
+                .failures(&acme, &FailureQuery::newest(limit))
+                .await
+                .unwrap()
+        }
+    };
+    let all = page(10).await;
+    assert_eq!(all.failures, [newest.clone(), middle.clone(), oldest]);
+    assert_eq!(all.next, None, "the page holds the last record");
+    let first = page(2).await;
+    assert_eq!(first.failures, [newest, middle.clone()]);
+    assert_eq!(first.next, Some(FailureCursor::of(&middle)));
+    assert_eq!(page(0).await.failures, []);
+    let other = store
+        .failures(&tenant_id("other"), &FailureQuery::newest(10))
+        .await
+        .unwrap();
+    assert_eq!(other.failures, [elsewhere]);
+    let nobody = store
+        .failures(&tenant_id("nobody"), &FailureQuery::newest(10))
+        .await
+        .unwrap();
+    assert_eq!((nobody.failures, nobody.next), (vec![], None));
+}
+
+/// acme's seven records (three share a time, two another) and two of another tenant at the same
+/// times, one with an id that sorts among acme's: `(id, tenant, seconds after t0, kind,
+/// severity)`.
+const PAGED: [(&str, &str, u64, TaskKind, Severity); 9] = [
+    ("a-1", "acme", 0, TaskKind::SyncProfile, Severity::Failed),
+    ("a-2", "acme", 1, TaskKind::KlaviyoEvents, Severity::Warning),
+    ("a-3", "acme", 1, TaskKind::SyncProfile, Severity::Failed),
+    ("a-4", "acme", 1, TaskKind::KlaviyoEvents, Severity::Failed),
+    ("a-5", "acme", 2, TaskKind::SyncProfile, Severity::Warning),
+    ("a-6", "acme", 3, TaskKind::KlaviyoEvents, Severity::Failed),
+    ("a-7", "acme", 3, TaskKind::SyncProfile, Severity::Failed),
+    ("a-30", "other", 1, TaskKind::SyncProfile, Severity::Failed),
+    ("b-1", "other", 3, TaskKind::KlaviyoEvents, Severity::Failed),
+];
+
+/// Records [`PAGED`] (in an order of its own) and returns t0.
+async fn record_paged(store: &dyn Store) -> Timestamp {
+    let t0 = now();
+    for (id, tenant, seconds, kind, severity) in PAGED.iter().rev() {
+        let mut record = failure(id, tenant, t0 + Duration::from_secs(*seconds));
+        record.task_kind = *kind;
+        record.severity = *severity;
+        store.record_failure(&record).await.unwrap();
+    }
+    t0
+}
+
+/// The ids of acme's pages of `query` (its `after` and `limit` replaced), page after page by their
+/// cursors; each page but the last must be full and name the next.
+async fn walk(store: &dyn Store, query: &FailureQuery, limit: usize) -> Vec<String> {
+    let acme = tenant_id("acme");
+    let mut ids = Vec::new();
+    let mut after = None;
+    for _ in 0..PAGED.len() + 1 {
+        let page = store
+            .failures(
+                &acme,
+                &FailureQuery {
+                    after,
+                    limit,
+                    ..query.clone()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(page.failures.len() <= limit, "limit {limit}");
+        ids.extend(page.failures.iter().map(|f| f.id.clone()));
+        match page.next {
+            Some(next) => {
+                assert_eq!(
+                    page.failures.len(),
+                    limit,
+                    "only a full page has a next one"
+                );
+                assert_eq!(
+                    Some(&next),
+                    page.failures.last().map(FailureCursor::of).as_ref()
+                );
+                after = Some(next);
+            }
+            None => return ids,
+        }
+    }
+    panic!("more pages than records: {ids:?}");
+}
+
+async fn failure_pages_cover_every_record_once(store: Arc<dyn Store>) {
+    let t0 = record_paged(store.as_ref()).await;
+    let newest_first = ["a-7", "a-6", "a-5", "a-4", "a-3", "a-2", "a-1"];
+    for limit in [1, 2, 3, 6, 7, 8, 200] {
+        let ids = walk(store.as_ref(), &FailureQuery::newest(0), limit).await;
+        assert_eq!(ids, newest_first, "pages of {limit}");
+    }
+    // A cursor is a position, not a record: one between records (here, another tenant's id)
+    // continues with the next older record of the tenant.
+    let between = FailureCursor {
+        at: t0 + Duration::from_secs(1),
+        id: "a-30".into(),
+    };
+    let rest = store
+        .failures(
+            &tenant_id("acme"),
+            &FailureQuery {
+                after: Some(between),
+                ..FailureQuery::newest(10)
+            },
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = rest.failures.iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(ids, ["a-3", "a-2", "a-1"]);
+}
+
+async fn failures_filter_by_kind_and_severity(store: Arc<dyn Store>) {
+    record_paged(store.as_ref()).await;
+    let query = |kind, severity| FailureQuery {
+        kind,
+        severity,
+        ..FailureQuery::newest(0)
+    };
+    for limit in [1, 2, 10] {
+        let cases = [
+            (
+                query(Some(TaskKind::SyncProfile), None),
+                vec!["a-7", "a-5", "a-3", "a-1"],
+            ),
+            (
+                query(Some(TaskKind::KlaviyoEvents), None),
+                vec!["a-6", "a-4", "a-2"],
+            ),
+            (query(None, Some(Severity::Warning)), vec!["a-5", "a-2"]),
+            (
+                query(None, Some(Severity::Failed)),
+                vec!["a-7", "a-6", "a-4", "a-3", "a-1"],
+            ),
+            (
+                query(Some(TaskKind::SyncProfile), Some(Severity::Failed)),
+                vec!["a-7", "a-3", "a-1"],
+            ),
+            (query(Some(TaskKind::FlowAction), None), vec![]),
+        ];
+        for (query, expected) in cases {
+            let ids = walk(store.as_ref(), &query, limit).await;
+            assert_eq!(ids, expected, "{query:?}, pages of {limit}");
+        }
+    }
+}
+
+async fn failures_are_read_by_tenant_and_id(store: Arc<dyn Store>) {
+    let recorded = failure("acme-klaviyo-outbound:t1", "acme", now());
+    store.record_failure(&recorded).await.unwrap();
+    let acme = tenant_id("acme");
     assert_eq!(
-        store.failures(&acme, 10).await.unwrap(),
-        [newest.clone(), middle.clone(), oldest]
+        store.failure(&acme, &recorded.id).await.unwrap(),
+        Some(recorded.clone())
     );
-    assert_eq!(store.failures(&acme, 2).await.unwrap(), [newest, middle]);
-    assert_eq!(store.failures(&acme, 0).await.unwrap(), []);
     assert_eq!(
-        store.failures(&tenant_id("other"), 10).await.unwrap(),
-        [elsewhere]
+        store
+            .failure(&tenant_id("other"), &recorded.id)
+            .await
+            .unwrap(),
+        None,
+        "another tenant's record"
     );
-    assert_eq!(store.failures(&tenant_id("nobody"), 10).await.unwrap(), []);
+    assert_eq!(store.failure(&acme, "missing").await.unwrap(), None);
+}
+
+async fn failure_replays_are_counted_by_compare_and_set(store: Arc<dyn Store>) {
+    let recorded = failure("f-1", "acme", now());
+    store.record_failure(&recorded).await.unwrap();
+    let acme = tenant_id("acme");
+    let first_at = now();
+    let marked = store
+        .mark_failure_retried(&acme, "f-1", 0, first_at)
+        .await
+        .unwrap()
+        .expect("acme's record");
+    assert_eq!((marked.retries, marked.retried_at), (1, Some(first_at)));
+    assert_eq!(
+        Failure {
+            retries: 0,
+            retried_at: None,
+            ..marked.clone()
+        },
+        recorded,
+        "nothing else changes"
+    );
+    assert_eq!(
+        store.failure(&acme, "f-1").await.unwrap(),
+        Some(marked.clone())
+    );
+
+    // A replay that read the record before that mark is refused and writes nothing.
+    let stale = store
+        .mark_failure_retried(&acme, "f-1", 0, now() + Duration::from_secs(5))
+        .await;
+    assert!(matches!(stale, Err(StoreError::Aborted)), "{stale:?}");
+    assert_eq!(store.failure(&acme, "f-1").await.unwrap(), Some(marked));
+
+    let second_at = now() + Duration::from_secs(10);
+    let again = store
+        .mark_failure_retried(&acme, "f-1", 1, second_at)
+        .await
+        .unwrap()
+        .expect("acme's record");
+    assert_eq!((again.retries, again.retried_at), (2, Some(second_at)));
+
+    // Another tenant's record, or none, is not there to mark.
+    let other = tenant_id("other");
+    assert_eq!(
+        store
+            .mark_failure_retried(&other, "f-1", 2, now())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .mark_failure_retried(&acme, "missing", 0, now())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.failure(&acme, "f-1").await.unwrap(), Some(again));
+    assert_eq!(store.failure(&acme, "missing").await.unwrap(), None);
+}
+
+async fn racing_replay_marks_count_once(store: Arc<dyn Store>) {
+    store
+        .record_failure(&failure("f-1", "acme", now()))
+        .await
+        .unwrap();
+    let mut racers = JoinSet::new();
+    for _ in 0..RACERS {
+        let store = store.clone();
+        racers.spawn(async move {
+            store
+                .mark_failure_retried(&tenant_id("acme"), "f-1", 0, now())
+                .await
+        });
+    }
+    let outcomes = racers.join_all().await;
+    let marked = outcomes.iter().filter(|o| matches!(o, Ok(Some(_)))).count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(StoreError::Aborted)))
+        .count();
+    assert_eq!((marked, refused), (1, RACERS - 1), "{outcomes:?}");
+    let stored = store.failure(&tenant_id("acme"), "f-1").await.unwrap();
+    assert_eq!(stored.map(|f| f.retries), Some(1));
 }
 
 async fn sync_state_is_put_read_and_deleted(store: Arc<dyn Store>) {

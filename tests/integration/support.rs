@@ -1,11 +1,20 @@
 //! `TestApp`: the real extension on a loopback socket, wired to fresh Klaviyo and Omneo
 //! simulators (through the same `start_simulators` as the local stack), with the memory store or
-//! the Firestore emulator (a unique project per app).
+//! the Firestore emulator (a unique project per app). `TaskReceiver`: a task handler on a socket
+//! of its own that records every push, for the queue tests and for a `TestApp` whose tasks should
+//! be looked at rather than run.
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::post;
 use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions};
 use harness::local_stack::{SimulatorOptions, loopback, start_simulators};
 use harness::omneo::{OmneoSim, OmneoSimOptions, TenantSpec};
@@ -14,11 +23,16 @@ use serde_json::{Value, json};
 use shared::app::App;
 use shared::config::Config;
 use shared::crypto::{new_keyring_spec, random_secret};
-use shared::queue::LocalQueue;
+use shared::queue::{LocalQueue, TaskTargets, header};
 use shared::store::TokenSecret;
+use shared::worker::TaskRequest;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tracing_subscriber::fmt::MakeWriter;
+
+/// How long any expected delivery may take on a loaded machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Which store the app runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +51,9 @@ pub struct TestAppOptions {
     pub klaviyo: KlaviyoSimOptions,
     /// `ENCRYPTION_KEY` (default: a fresh key with id `test`).
     pub encryption_key: Option<String>,
+    /// Where the queue pushes tasks (`INBOUND_TASK_URL` and `OUTBOUND_TASK_URL`; default: the
+    /// app itself), e.g. a [`TaskReceiver`]'s base URL.
+    pub task_target: Option<String>,
 }
 
 impl Default for TestAppOptions {
@@ -45,6 +62,7 @@ impl Default for TestAppOptions {
             store: StoreKind::Memory,
             klaviyo: KlaviyoSimOptions::default().without_rate_limits(),
             encryption_key: None,
+            task_target: None,
         }
     }
 }
@@ -131,6 +149,10 @@ impl TestApp {
             ),
             ("OPERATOR_TOKEN", operator_token.clone()),
         ]);
+        if let Some(target) = options.task_target {
+            vars.insert("INBOUND_TASK_URL", target.clone());
+            vars.insert("OUTBOUND_TASK_URL", target);
+        }
         match options.store {
             StoreKind::Memory => {
                 vars.insert("STORE", "memory".into());
@@ -192,6 +214,15 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (app, _, server) = serve(&vars, listener).await;
+        Instance { url, app, server }
+    }
+
+    /// Another instance serving `app` (e.g. this app's store and configuration over another
+    /// queue backend) on a socket of its own.
+    pub async fn instance_of(&self, app: Arc<App>) -> Instance {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = serve_app(app.clone(), listener);
         Instance { url, app, server }
     }
 
@@ -260,7 +291,7 @@ impl TestApp {
             refresh_token: seal(TokenSecret::RefreshToken, &granted.refresh_token),
             expires_at: shared::access::tokens::expiry(
                 now,
-                std::time::Duration::from_secs(granted.expires_in),
+                Duration::from_secs(granted.expires_in),
             ),
             scopes: granted.scope.split(' ').map(str::to_owned).collect(),
             last_refreshed_at: None,
@@ -297,11 +328,159 @@ async fn serve(
     let app = App::from_config_with_queue(config, Some(Arc::new(queue.clone())))
         .await
         .expect("app");
-    let router = shared::runtime::http::wrap("test", shared::functions::all(app.clone()));
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router).await.expect("test server");
-    });
+    let server = serve_app(app.clone(), listener);
     (app, queue, server)
+}
+
+/// Serves all five routers over `app` on `listener`.
+fn serve_app(app: Arc<App>, listener: TcpListener) -> JoinHandle<()> {
+    let router = shared::runtime::http::wrap("test", shared::functions::all(app));
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.expect("test server");
+    })
+}
+
+/// One push a [`TaskReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The request path, e.g. `/tasks/outbound`.
+    pub path: String,
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// The request body.
+    pub body: Bytes,
+    /// When it arrived (monotonic).
+    pub at: Instant,
+    /// When it arrived (wall clock).
+    pub wall: jiff::Timestamp,
+}
+
+impl Delivery {
+    /// The `X-CloudTasks-*` headers, parsed.
+    pub fn task(&self) -> TaskRequest {
+        TaskRequest::from_headers(&self.headers).expect("Cloud Tasks headers")
+    }
+
+    /// One header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+struct Recorder {
+    log: Mutex<Vec<Delivery>>,
+    /// Attempts of each task answered 503 before the receiver answers 200.
+    fail_first: usize,
+    /// How long each push is held before it is answered.
+    hold: Duration,
+    /// Pushes being held right now.
+    in_flight: AtomicUsize,
+    /// The most pushes ever held at once.
+    max_in_flight: AtomicUsize,
+}
+
+/// A task handler on 127.0.0.1:0 (`POST /tasks/{direction}`) recording what it receives.
+pub struct TaskReceiver {
+    /// Its base URL.
+    pub base: url::Url,
+    recorder: Arc<Recorder>,
+}
+
+impl TaskReceiver {
+    /// Starts a receiver that answers the first `fail_first` attempts of each task with 503,
+    /// then 200.
+    pub async fn start(fail_first: usize) -> Self {
+        Self::holding(fail_first, Duration::ZERO).await
+    }
+
+    /// A receiver that holds each push for `hold` before answering, counting how many it holds.
+    pub async fn holding(fail_first: usize, hold: Duration) -> Self {
+        let recorder = Arc::new(Recorder {
+            log: Mutex::new(Vec::new()),
+            fail_first,
+            hold,
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .route("/tasks/{direction}", post(record))
+            .with_state(Arc::clone(&recorder));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            base: url::Url::parse(&base).unwrap(),
+            recorder,
+        }
+    }
+
+    /// Both directions' tasks to this receiver.
+    pub fn targets(&self) -> TaskTargets {
+        TaskTargets {
+            inbound: self.base.clone(),
+            outbound: self.base.clone(),
+        }
+    }
+
+    /// Every push so far.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.recorder.log.lock().unwrap().clone()
+    }
+
+    /// The most pushes the receiver was holding at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.recorder.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `count` pushes arrived; all of them.
+    pub async fn wait_for(&self, count: usize) -> Vec<Delivery> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let deliveries = self.deliveries();
+            if deliveries.len() >= count {
+                return deliveries;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {count} deliveries within {PATIENCE:?}, got {}",
+                deliveries.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn record(
+    State(recorder): State<Arc<Recorder>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let held = recorder.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    recorder.max_in_flight.fetch_max(held, Ordering::SeqCst);
+    let earlier = {
+        let mut log = recorder.log.lock().unwrap();
+        let name = headers.get(header::TASK_NAME).cloned();
+        let earlier = log
+            .iter()
+            .filter(|d| d.headers.get(header::TASK_NAME) == name.as_ref())
+            .count();
+        log.push(Delivery {
+            path: uri.path().to_owned(),
+            headers,
+            body,
+            at: Instant::now(),
+            wall: jiff::Timestamp::now(),
+        });
+        earlier
+    };
+    tokio::time::sleep(recorder.hold).await;
+    recorder.in_flight.fetch_sub(1, Ordering::SeqCst);
+    if earlier < recorder.fail_first {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
 }
 
 /// Log output captured in memory.

@@ -1,5 +1,6 @@
 //! The `oauth-callback` function's routes (product.md §2): install start and OAuth callback,
-//! provisioning, install status, settings, uninstall and tenant registration.
+//! provisioning, install status, settings, uninstall, tenant registration, and the failure
+//! records (list, replay).
 
 use std::sync::Arc;
 
@@ -9,5 +10,7 @@ use crate::app::App;
 
 /// The routes `oauth-callback` serves.
 pub fn router(app: Arc<App>) -> Router {
-    crate::install::routes().with_state(app)
+    crate::install::routes()
+        .merge(crate::failures::routes())
+        .with_state(app)
 }

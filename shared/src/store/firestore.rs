@@ -12,8 +12,8 @@ use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use firestore::errors::FirestoreError;
 use firestore::{
-    FirestoreConsistencySelector, FirestoreDb, FirestoreDbOptions, FirestoreTransaction,
-    FirestoreWritePrecondition,
+    FirestoreConsistencySelector, FirestoreDb, FirestoreDbOptions, FirestoreQueryCursor,
+    FirestoreReference, FirestoreTimestamp, FirestoreTransaction, FirestoreWritePrecondition,
 };
 use gcloud_sdk::google_cloud_auth::credentials::anonymous;
 use jiff::Timestamp;
@@ -21,10 +21,10 @@ use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::{
-    Binding, Change, Claim, FAILURES, Failure, INSTALLS, IdempotencyKey, Install, KLAVIYO_ACCOUNTS,
-    Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES, SYNC_STATE, Step, Store,
-    StoreError, StoreResult, SyncState, TENANTS, Tenant, decode, resealed, sync_state_id,
-    take_state_step, update_step,
+    Binding, Change, Claim, FAILURES, Failure, FailurePage, FailureQuery, INSTALLS, IdempotencyKey,
+    Install, KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES,
+    SYNC_STATE, Step, Store, StoreError, StoreResult, SyncState, TENANTS, Tenant, decode,
+    mark_retried_step, resealed, sync_state_id, take_state_step, update_step,
 };
 use crate::crypto::Keyring;
 use crate::domain::{OmneoProfileId, TenantId};
@@ -393,28 +393,76 @@ impl Store for FirestoreStore {
         self.put(FAILURES, &failure.id, failure, None).await
     }
 
-    async fn failures(&self, tenant: &TenantId, limit: usize) -> StoreResult<Vec<Failure>> {
-        if limit == 0 {
+    /// One structured query: `tenant ==` (and `task_kind ==`, `severity ==` when asked), ordered
+    /// by `at desc, __name__ desc`, starting after the cursor's `(at, document)`. Production
+    /// needs a composite index per filter combination (docs/operations.md names them).
+    async fn failures(&self, tenant: &TenantId, query: &FailureQuery) -> StoreResult<FailurePage> {
+        if query.limit == 0 {
             // A zero limit would mean "no limit" to Firestore.
-            return Ok(Vec::new());
+            return Ok(FailurePage::of(Vec::new(), 0));
         }
-        let docs = self
+        // One more than the page, to know whether another page follows.
+        let fetch = u32::try_from(query.limit.saturating_add(1)).unwrap_or(u32::MAX);
+        let select = self
             .db
             .fluent()
             .select()
             .from(FAILURES)
-            .filter(|q| q.for_all([q.field("tenant").eq(tenant.as_str())]))
-            .order(|o| o.fields([o.field("at").desc()]))
-            .limit(u32::try_from(limit).unwrap_or(u32::MAX))
+            .filter(|q| {
+                q.for_all([
+                    q.field("tenant").eq(tenant.as_str()),
+                    query
+                        .kind
+                        .and_then(|kind| q.field("task_kind").eq(kind.as_str())),
+                    query
+                        .severity
+                        .and_then(|severity| q.field("severity").eq(severity)),
+                ])
+            })
+            .order(|o| o.fields([o.field("at").desc(), o.field("__name__").desc()]))
+            .limit(fetch);
+        let select = match &query.after {
+            Some(after) => select.start_at(FirestoreQueryCursor::AfterValue(vec![
+                FirestoreTimestamp(after.at).into(),
+                FirestoreReference(format!(
+                    "{}/{FAILURES}/{}",
+                    self.db.get_documents_path(),
+                    doc_id(&after.id)
+                ))
+                .into(),
+            ])),
+            None => select,
+        };
+        let docs = select
             .query()
             .await
             .map_err(|err| unavailable(err, "querying", FAILURES, &format!("?tenant={tenant}")))?;
-        docs.iter()
+        let newest_first = docs
+            .iter()
             .map(|doc| {
                 let id = doc.name.rsplit('/').next().unwrap_or_default();
                 decode(FAILURES, id, doc)
             })
-            .collect()
+            .collect::<StoreResult<Vec<Failure>>>()?;
+        Ok(FailurePage::of(newest_first, query.limit))
+    }
+
+    async fn failure(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<Failure>> {
+        let failure: Option<Failure> = self.get(FAILURES, id).await?;
+        Ok(failure.filter(|failure| &failure.tenant == tenant))
+    }
+
+    async fn mark_failure_retried(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        expected_retries: u32,
+        at: Timestamp,
+    ) -> StoreResult<Option<Failure>> {
+        self.read_modify_write(FAILURES, id, |current| {
+            mark_retried_step(current, tenant, expected_retries, at)
+        })
+        .await
     }
 
     async fn sync_state(

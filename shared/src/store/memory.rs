@@ -20,10 +20,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Binding, Change, Claim, FAILURES, Failure, INSTALLS, IdempotencyKey, Install, KLAVIYO_ACCOUNTS,
-    Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES, SYNC_STATE, Step, Store,
-    StoreError, StoreResult, SyncState, TENANTS, Tenant, decode, resealed, sync_state_id,
-    take_state_step, update_step,
+    Binding, Change, Claim, FAILURES, Failure, FailureCursor, FailurePage, FailureQuery, INSTALLS,
+    IdempotencyKey, Install, KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES, OAuthState,
+    PROCESSED, QUEUE_NAMES, SYNC_STATE, Step, Store, StoreError, StoreResult, SyncState, TENANTS,
+    Tenant, decode, mark_retried_step, resealed, sync_state_id, take_state_step, update_step,
 };
 use crate::crypto::Keyring;
 use crate::domain::{OmneoProfileId, TenantId};
@@ -255,18 +255,41 @@ impl Store for MemoryStore {
         put(&mut self.lock().failures, at, failure.id.clone(), failure)
     }
 
-    async fn failures(&self, tenant: &TenantId, limit: usize) -> StoreResult<Vec<Failure>> {
-        let mut failures: Vec<Failure> = self
+    async fn failures(&self, tenant: &TenantId, query: &FailureQuery) -> StoreResult<FailurePage> {
+        let mut matching: Vec<Failure> = self
             .lock()
             .failures
             .values()
-            .filter(|failure| &failure.tenant == tenant)
+            .filter(|failure| query.admits(tenant, failure))
             .cloned()
             .collect();
         // Firestore's order: by time, then by document id, both descending.
-        failures.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
-        failures.truncate(limit);
-        Ok(failures)
+        matching.sort_by_cached_key(|failure| std::cmp::Reverse(FailureCursor::of(failure)));
+        Ok(FailurePage::of(matching, query.limit))
+    }
+
+    async fn failure(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<Failure>> {
+        Ok(self
+            .lock()
+            .failures
+            .get(id)
+            .filter(|failure| &failure.tenant == tenant)
+            .cloned())
+    }
+
+    async fn mark_failure_retried(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        expected_retries: u32,
+        at: Timestamp,
+    ) -> StoreResult<Option<Failure>> {
+        read_modify_write(
+            &mut self.lock().failures,
+            (FAILURES, id),
+            id.to_owned(),
+            |current| mark_retried_step(current, tenant, expected_retries, at),
+        )
     }
 
     async fn sync_state(

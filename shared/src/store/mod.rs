@@ -8,7 +8,12 @@
 //! with a [`Mutation`] closure that may be re-run on contention (so it must have no outside effects)
 //! and may refuse with [`Abort`] — that is how compare-and-set conditions are expressed. Callers
 //! refuse with a reason of their own type through [`dyn Store::update_tenant_or`] and
-//! [`dyn Store::update_install_or`].
+//! [`dyn Store::update_install_or`]. Counting a failure record's replay
+//! ([`Store::mark_failure_retried`]) is the one other compare-and-set, on the replay count.
+//!
+//! Failure records are listed a page at a time ([`FailureQuery`], [`FailurePage`]), newest first,
+//! filtered by task kind and severity, each page continuing after the previous page's
+//! [`FailureCursor`].
 //!
 //! Both backends hold the [`Keyring`]: every tenant, install and OAuth state they write is first
 //! re-sealed under the active key and bound to its place ([`SealedRecord`]), so a rotation
@@ -23,6 +28,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +39,7 @@ pub use self::records::*;
 use crate::api_error::ApiError;
 use crate::crypto::Keyring;
 use crate::domain::{OmneoProfileId, TenantId};
-use crate::queue::QueueName;
+use crate::queue::{QueueName, TaskKind};
 
 /// The result of a store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -95,6 +102,107 @@ pub enum Claim {
     Done,
 }
 
+/// A page request over one tenant's [`Failure`] records, newest first: by `at`, then by `id`,
+/// both descending (Firestore's order of `at desc, __name__ desc`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureQuery {
+    /// Only records of this task kind.
+    pub kind: Option<TaskKind>,
+    /// Only records of this severity.
+    pub severity: Option<Severity>,
+    /// Start after this record (the previous page's [`FailurePage::next`]); `None`: the newest.
+    pub after: Option<FailureCursor>,
+    /// At most this many records (0 gives an empty page).
+    pub limit: usize,
+}
+
+impl FailureQuery {
+    /// The first `limit` records, unfiltered.
+    pub fn newest(limit: usize) -> Self {
+        Self {
+            kind: None,
+            severity: None,
+            after: None,
+            limit,
+        }
+    }
+
+    /// Whether `failure` belongs to the page set of `tenant` this query walks: the tenant's, of
+    /// the kind and severity asked for, and older than the cursor.
+    fn admits(&self, tenant: &TenantId, failure: &Failure) -> bool {
+        &failure.tenant == tenant
+            && self.kind.is_none_or(|kind| failure.task_kind == kind)
+            && self
+                .severity
+                .is_none_or(|severity| failure.severity == severity)
+            && self
+                .after
+                .as_ref()
+                .is_none_or(|after| &FailureCursor::of(failure) < after)
+    }
+}
+
+/// Where a page of failures ended: the `(at, id)` of its last record. Ordered like the records
+/// it points at (a later `at` is greater; equal times compare by id).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FailureCursor {
+    /// The record's time (microsecond precision, as stored).
+    pub at: Timestamp,
+    /// The record's id.
+    pub id: String,
+}
+
+impl FailureCursor {
+    /// The cursor just past `failure`.
+    pub fn of(failure: &Failure) -> Self {
+        Self {
+            at: failure.at,
+            id: failure.id.clone(),
+        }
+    }
+
+    /// The cursor as the API hands it out: unpadded base64url of `{at in microseconds}:{id}`,
+    /// opaque to callers.
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.at.as_microsecond(), self.id))
+    }
+
+    /// Reads a cursor [`FailureCursor::encode`] made; anything else is `None`.
+    pub fn decode(raw: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (micros, id) = text.split_once(':')?;
+        let at = Timestamp::from_microsecond(micros.parse().ok()?).ok()?;
+        (!id.is_empty()).then(|| Self {
+            at,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// One page of a [`FailureQuery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailurePage {
+    /// The records, newest first.
+    pub failures: Vec<Failure>,
+    /// Where the next page starts; `None` when this page holds the last matching record.
+    pub next: Option<FailureCursor>,
+}
+
+impl FailurePage {
+    /// The page of `limit` records out of `newest_first`, the matching records in query order
+    /// (the backends fetch `limit + 1`: one more than the page says whether there is a next).
+    fn of(mut newest_first: Vec<Failure>, limit: usize) -> Self {
+        let more = newest_first.len() > limit;
+        newest_first.truncate(limit);
+        let next = newest_first.last().filter(|_| more).map(FailureCursor::of);
+        Self {
+            failures: newest_first,
+            next,
+        }
+    }
+}
+
 /// Tenant and install state, as the functions need it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -146,8 +254,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a permanent failure for review.
     async fn record_failure(&self, failure: &Failure) -> StoreResult<()>;
-    /// The tenant's most recent failures, newest first.
-    async fn failures(&self, tenant: &TenantId, limit: usize) -> StoreResult<Vec<Failure>>;
+    /// One page of the tenant's failure records, newest first (see [`FailureQuery`]).
+    async fn failures(&self, tenant: &TenantId, query: &FailureQuery) -> StoreResult<FailurePage>;
+    /// The tenant's failure record `id`; `None` when absent or another tenant's.
+    async fn failure(&self, tenant: &TenantId, id: &str) -> StoreResult<Option<Failure>>;
+    /// Counts a replay of the tenant's failure record `id`, compare-and-set: when its `retries`
+    /// is still `expected_retries`, sets it one higher and `retried_at` to `at`, in one
+    /// transaction, and returns the record as written. `None` when the tenant has no such record;
+    /// [`StoreError::Aborted`] when `retries` moved on (another replay counted first).
+    async fn mark_failure_retried(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        expected_retries: u32,
+        at: Timestamp,
+    ) -> StoreResult<Option<Failure>>;
 
     /// What was last written to Klaviyo for one Omneo profile.
     async fn sync_state(
@@ -311,6 +432,29 @@ fn take_state_step(
         None => (Change::Keep, None),
         Some(state) => (Change::Delete, (state.expires_at > now).then_some(state)),
     })
+}
+
+/// `mark_failure_retried`: the tenant's record is counted if nobody counted it since it was read.
+fn mark_retried_step(
+    current: Option<Failure>,
+    tenant: &TenantId,
+    expected_retries: u32,
+    at: Timestamp,
+) -> Step<Failure, Option<Failure>> {
+    match current {
+        Some(failure) if &failure.tenant == tenant => {
+            if failure.retries != expected_retries {
+                return Err(StoreError::Aborted);
+            }
+            let marked = Failure {
+                retries: expected_retries.saturating_add(1),
+                retried_at: Some(at),
+                ..failure
+            };
+            Ok((Change::Put(marked.clone()), Some(marked)))
+        }
+        _ => Ok((Change::Keep, None)),
+    }
 }
 
 /// `processed/{key}`: an idempotency marker. `expires_at` is a real timestamp a TTL policy deletes

@@ -257,6 +257,26 @@ pub enum InstallStatus {
     Uninstalled,
 }
 
+impl InstallStatus {
+    /// The status as stored and shown, e.g. `reauthorization_required`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Provisioning => "provisioning",
+            Self::Installed => "installed",
+            Self::Failed => "failed",
+            Self::ReauthorizationRequired => "reauthorization_required",
+            Self::Uninstalled => "uninstalled",
+        }
+    }
+}
+
+impl std::fmt::Display for InstallStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `installs/{tenant}`: the Klaviyo side of one tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Install {

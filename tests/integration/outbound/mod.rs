@@ -15,7 +15,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use shared::domain::TenantId;
 use shared::install::provision::provision;
-use shared::store::{Failure, InstallStatus};
+use shared::store::{Failure, FailureQuery, InstallStatus};
 
 use crate::support::{Registered, StoreKind, TestApp, TestAppOptions};
 
@@ -119,7 +119,9 @@ impl Outbound {
     /// The tenant's failure records (warnings included), newest first.
     pub async fn failures(&self) -> Vec<Failure> {
         let tenant = TenantId::parse(self.tenant).unwrap();
-        self.t.app.store.failures(&tenant, 1000).await.unwrap()
+        let query = FailureQuery::newest(1000);
+        let page = self.t.app.store.failures(&tenant, &query).await.unwrap();
+        page.failures
     }
 
     /// A signed POST to one of the tenant's receiver paths.
