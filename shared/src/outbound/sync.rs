@@ -98,7 +98,11 @@ async fn sync_held(job: &Job<'_>, id: &OmneoProfileId) -> Result<(), Setback> {
         }
         Some(found) => {
             let current = consent::current(found.attributes.subscriptions.as_ref());
-            (import(job, &mapped, Some(found.id)).await?.id, current, true)
+            (
+                import(job, &mapped, Some(found.id)).await?.id,
+                current,
+                true,
+            )
         }
         None => {
             let imported = import(job, &mapped, None).await?;

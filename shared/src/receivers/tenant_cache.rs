@@ -225,7 +225,10 @@ mod tests {
         let cache = TenantCache::new(store.clone(), keyring.clone(), ttl);
         assert!(cache.get(&id).await.unwrap().is_none(), "unknown at first");
 
-        store.create_tenant(&tenant(&keyring, &id, "first")).await.unwrap();
+        store
+            .create_tenant(&tenant(&keyring, &id, "first"))
+            .await
+            .unwrap();
         assert!(
             cache.get(&id).await.unwrap().is_none(),
             "an unknown tenant is cached for the TTL too"
@@ -249,7 +252,11 @@ mod tests {
             .await
             .unwrap();
         let cached = cache.get(&id).await.unwrap().unwrap();
-        assert_eq!(cached.omneo_signing_secret.expose_secret(), "first", "within the TTL");
+        assert_eq!(
+            cached.omneo_signing_secret.expose_secret(),
+            "first",
+            "within the TTL"
+        );
         tokio::time::sleep(ttl).await;
         let fresh = cache.get(&id).await.unwrap().unwrap();
         assert_eq!(fresh.omneo_signing_secret.expose_secret(), "second");
@@ -264,11 +271,16 @@ mod tests {
             settings: Settings::default(),
             omneo_signing_secret: SecretString::from("s"),
             webhook_secret: SecretString::from("new"),
-            previous_webhook_secret: Some((SecretString::from("old"), now + jiff::SignedDuration::from_mins(10))),
+            previous_webhook_secret: Some((
+                SecretString::from("old"),
+                now + jiff::SignedDuration::from_mins(10),
+            )),
             install: None,
         };
         let accepted = |at| -> Vec<String> {
-            view.webhook_secrets(at).map(|s| s.expose_secret().to_owned()).collect()
+            view.webhook_secrets(at)
+                .map(|s| s.expose_secret().to_owned())
+                .collect()
         };
         assert_eq!(accepted(now), ["new", "old"]);
         assert_eq!(accepted(now + jiff::SignedDuration::from_mins(11)), ["new"]);

@@ -46,9 +46,12 @@ const WRITES: [&str; 6] = [
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let vars: HashMap<&str, &str> = HashMap::from([("PORT", "0")]);
-    let stack = LocalStack::start(&|name: &str| vars.get(name).map(|v| (*v).to_owned()), |_| Ok(()))
-        .await
-        .context("starting the local stack")?;
+    let stack = LocalStack::start(
+        &|name: &str| vars.get(name).map(|v| (*v).to_owned()),
+        |_| Ok(()),
+    )
+    .await
+    .context("starting the local stack")?;
     let klaviyo = stack.klaviyo.as_ref().context("the Klaviyo simulator")?;
     let omneo = stack.omneo.as_ref().context("the Omneo simulator")?;
     install(&stack, klaviyo).await?;
@@ -74,7 +77,12 @@ async fn install(stack: &LocalStack, klaviyo: &KlaviyoSim) -> anyhow::Result<()>
         bail!("the OAuth callback answered {}", page.status());
     }
     let tenant = TenantId::parse(DEMO_TENANT)?;
-    let record = stack.app.store.tenant(&tenant).await?.context("the demo tenant")?;
+    let record = stack
+        .app
+        .store
+        .tenant(&tenant)
+        .await?
+        .context("the demo tenant")?;
     let client = stack.app.omneo(&record)?;
     for webhook in client.webhooks(&record.settings.namespace).await? {
         let update = WebhookUpdate {
@@ -88,8 +96,15 @@ async fn install(stack: &LocalStack, klaviyo: &KlaviyoSim) -> anyhow::Result<()>
 
 async fn quota(stack: &LocalStack, klaviyo: &KlaviyoSim, omneo: &OmneoSim) -> anyhow::Result<()> {
     let tenant = TenantId::parse(DEMO_TENANT)?;
-    let install = stack.app.store.install(&tenant).await?.context("the install")?;
-    let queue = install.queue(Direction::Outbound).context("the outbound queue")?;
+    let install = stack
+        .app
+        .store
+        .install(&tenant)
+        .await?
+        .context("the install")?;
+    let queue = install
+        .queue(Direction::Outbound)
+        .context("the outbound queue")?;
     let production = QueueSettings::for_direction(Direction::Outbound);
     let scaled = QueueSettings {
         max_dispatches_per_second: production.max_dispatches_per_second * SCALE,
@@ -110,7 +125,10 @@ async fn quota(stack: &LocalStack, klaviyo: &KlaviyoSim, omneo: &OmneoSim) -> an
     let deadline = Instant::now() + Duration::from_secs(600);
     while klaviyo.profiles().len() < profiles_before + PROFILES as usize {
         if Instant::now() > deadline {
-            bail!("only {} of {PROFILES} profiles arrived", klaviyo.profiles().len() - profiles_before);
+            bail!(
+                "only {} of {PROFILES} profiles arrived",
+                klaviyo.profiles().len() - profiles_before
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -130,7 +148,10 @@ async fn quota(stack: &LocalStack, klaviyo: &KlaviyoSim, omneo: &OmneoSim) -> an
     println!("## Quota efficiency (time scale ×{SCALE}: limits and queue rate alike)\n");
     println!("| figure | value | target |");
     println!("|---|---|---|");
-    println!("| profiles synced | {PROFILES} in {:.1} s | all |", wall.as_secs_f64());
+    println!(
+        "| profiles synced | {PROFILES} in {:.1} s | all |",
+        wall.as_secs_f64()
+    );
     println!(
         "| profile-import rate (10–90 %) | {achieved:.1}/s of {allowed:.1}/s allowed = {:.1} % | ≥ 90 % |",
         100.0 * achieved / allowed
@@ -146,7 +167,11 @@ async fn quota(stack: &LocalStack, klaviyo: &KlaviyoSim, omneo: &OmneoSim) -> an
 }
 
 /// Waits until the Klaviyo profile of `email` has `first_name`.
-async fn until_first_name(klaviyo: &KlaviyoSim, email: &str, first_name: &str) -> anyhow::Result<()> {
+async fn until_first_name(
+    klaviyo: &KlaviyoSim,
+    email: &str,
+    first_name: &str,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let profile = klaviyo.profile_by_email(email);
@@ -177,25 +202,37 @@ fn reads_of(klaviyo: &KlaviyoSim, id: &str) -> usize {
 
 async fn economy(klaviyo: &KlaviyoSim, omneo: &OmneoSim) -> anyhow::Result<()> {
     // Settled: the quota run's tasks are done when every profile arrived; leave the window.
-    let window = Duration::from_secs(u64::from(shared::settings::Settings::default().coalesce_seconds));
+    let window = Duration::from_secs(u64::from(
+        shared::settings::Settings::default().coalesce_seconds,
+    ));
     tokio::time::sleep(window + Duration::from_secs(1)).await;
-    let profile = omneo.profiles(DEMO_TENANT).into_iter().nth(10).context("a demo profile")?;
+    let profile = omneo
+        .profiles(DEMO_TENANT)
+        .into_iter()
+        .nth(10)
+        .context("a demo profile")?;
     let email = profile.email.clone().context("an email")?;
     let klaviyo_id = klaviyo.profile_by_email(&email).context("synced")?.id;
 
     let before = writes(klaviyo);
-    omneo.edit_profile(DEMO_TENANT, &profile.id, |p| p.first_name = Some("Once".into()))?;
+    omneo.edit_profile(DEMO_TENANT, &profile.id, |p| {
+        p.first_name = Some("Once".into())
+    })?;
     until_first_name(klaviyo, &email, "Once").await?;
     tokio::time::sleep(window + Duration::from_secs(1)).await;
     let one = writes(klaviyo) - before;
 
     // Start just after a window boundary, so the burst falls inside one window.
     let window_ms = window.as_millis() as i64;
-    let into = jiff::Timestamp::now().as_millisecond().rem_euclid(window_ms);
+    let into = jiff::Timestamp::now()
+        .as_millisecond()
+        .rem_euclid(window_ms);
     tokio::time::sleep(Duration::from_millis((window_ms - into + 100) as u64)).await;
     let before = writes(klaviyo);
     for n in 1..=20 {
-        omneo.edit_profile(DEMO_TENANT, &profile.id, |p| p.first_name = Some(format!("Burst{n}")))?;
+        omneo.edit_profile(DEMO_TENANT, &profile.id, |p| {
+            p.first_name = Some(format!("Burst{n}"))
+        })?;
     }
     until_first_name(klaviyo, &email, "Burst20").await?;
     tokio::time::sleep(window + Duration::from_secs(1)).await;
