@@ -154,6 +154,18 @@ async fn klaviyo_urls_set_elsewhere_start_no_klaviyo_simulator() {
         !stack.guide.contains("/_sim/faults"),
         "no simulated Klaviyo to poke"
     );
+    // The sync walk-through points at the configured Klaviyo for step 3, with no command for it.
+    assert!(
+        stack
+            .guide
+            .contains("the profile is in the Klaviyo account at http://127.0.0.1:9/klaviyo"),
+        "{}",
+        stack.guide
+    );
+    assert_eq!(
+        guide_commands(&stack.guide, "Sync Omneo → Klaviyo").len(),
+        3
+    );
 
     // The install link leads to the configured authorize page.
     let authorize = follow_install_link(&stack).await;
@@ -219,6 +231,11 @@ async fn an_omneo_template_set_starts_no_omneo_simulator() {
             .guide
             .contains(&format!("Omneo        {template} (configured)")),
         "{}",
+        stack.guide
+    );
+    assert!(
+        !stack.guide.contains("Sync Omneo → Klaviyo"),
+        "no simulated Omneo to edit: {}",
         stack.guide
     );
 }
@@ -486,11 +503,9 @@ fn guide_commands(guide: &str, heading: &str) -> Vec<Curl> {
         .skip_while(|line| !line.starts_with(heading))
         .skip(1)
         .take_while(|line| !line.trim().is_empty())
-        .filter_map(|line| {
-            line.trim()
-                .starts_with("curl ")
-                .then(|| Curl::parse(line.trim()))
-        })
+        .map(str::trim)
+        .filter(|line| line.starts_with("curl "))
+        .map(Curl::parse)
         .collect()
 }
 

@@ -498,10 +498,9 @@ Sync Omneo → Klaviyo (after installing) — with the demo customer {name}, {id
                 );
             }
             None => {
-                let _ = write!(
+                let _ = writeln!(
                     text,
-                    "  3. After ~{coalesce} s (coalesce_seconds) the profile is in the Klaviyo account at {}.
-",
+                    "  3. After ~{coalesce} s (coalesce_seconds) the profile is in the Klaviyo account at {}.",
                     self.config.klaviyo.api_url
                 );
             }
