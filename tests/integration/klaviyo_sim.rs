@@ -1287,3 +1287,113 @@ async fn deliveries_are_batched_and_signed() {
     );
     server.abort();
 }
+
+// ---- The `/_sim` look at the account ----
+
+/// `GET {sim}{path}` without a token or revision; answers (status, content type, JSON).
+async fn control_get(sim: &KlaviyoSim, path: &str) -> (StatusCode, String, Value) {
+    let response = client()
+        .get(format!("{}{path}", sim.url()))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (status, content_type, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn control_routes_show_profiles_with_consent_and_lists_and_the_events() {
+    let (sim, tokens) = start(no_limits()).await;
+    let token = tokens.access_token.as_str();
+    let list = sim.create_list("Master");
+    let job = subscribe_job(
+        "profile-subscription-bulk-create-job",
+        Some(&list),
+        json!([{"type": "profile", "attributes": {"email": "member@example.test",
+            "phone_number": "+61412345678",
+            "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED"}},
+                              "sms": {"marketing": {"consent": "SUBSCRIBED"}}}}}]),
+        false,
+    );
+    let answer = call(
+        &sim,
+        token,
+        Method::POST,
+        "/api/profile-subscription-bulk-create-jobs",
+        Some(job),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
+    let other = sim
+        .seed_profile(json!({"email": "other@example.test", "first_name": "Ola"}))
+        .unwrap();
+    let event = json!({"data": {"type": "event", "attributes": {
+        "properties": {"points": 5},
+        "metric": {"data": {"type": "metric", "attributes": {"name": "Reward Earned"}}},
+        "profile": {"data": {"type": "profile", "attributes": {"email": "other@example.test"}}}
+    }}});
+    let answer = call(&sim, token, Method::POST, "/api/events", Some(event)).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED);
+    let member = sim.profile_by_email("member@example.test").unwrap();
+
+    // Every profile, oldest first, with its consent per channel and its lists; no token needed.
+    let (status, content_type, profiles) = control_get(&sim, "/_sim/profiles").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "application/json");
+    let ids: Vec<&str> = profiles
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [member.id.as_str(), other.as_str()]);
+    let shown = &profiles[0];
+    assert_eq!(shown["email"], "member@example.test");
+    assert_eq!(shown["phone_number"], "+61412345678");
+    assert_eq!(shown["lists"], json!([list]));
+    for channel in ["email_marketing", "sms_marketing"] {
+        let consent = &shown["subscriptions"][channel];
+        assert_eq!(consent["consent"], "SUBSCRIBED", "{channel}: {shown:#}");
+        assert_eq!(consent["custom_method_detail"], "omneo", "{channel}");
+    }
+    assert_eq!(
+        shown["subscriptions"]["sms_transactional"]["consent"],
+        "NEVER_SUBSCRIBED"
+    );
+    assert_eq!(profiles[1]["first_name"], "Ola");
+    assert_eq!(profiles[1]["lists"], json!([]));
+
+    // One profile; an unknown id is Klaviyo's 404.
+    let (status, _, one) = control_get(&sim, &format!("/_sim/profiles/{}", member.id)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&one, shown);
+    let (status, _, missing) = control_get(&sim, "/_sim/profiles/01ARZ3NDEKTSV4RRFFQ69G5FAV").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(missing["errors"][0]["code"], "not_found");
+
+    // The events accepted.
+    let (status, _, events) = control_get(&sim, "/_sim/events").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(events.as_array().map(Vec::len), Some(1), "{events}");
+    assert_eq!(events[0]["metric"], "Reward Earned");
+    assert_eq!(events[0]["profile_id"], other.as_str());
+    assert_eq!(events[0]["properties"], json!({"points": 5}));
+
+    // Not API endpoints: neither recorded nor listed (the SDK conformance check ignores them).
+    assert!(
+        sim.recorder()
+            .requests()
+            .iter()
+            .all(|r| !r.path.starts_with("/_sim")),
+        "control calls are not recorded"
+    );
+    assert!(
+        sim.endpoints().iter().all(|e| e.path.starts_with("/api/")),
+        "{:?}",
+        sim.endpoints()
+    );
+}

@@ -1,9 +1,11 @@
 //! The local stack of `make dev` (`harness::local_stack`): a simulator starts only for the URLs
-//! left unset, the demo tenant is registered and installs through its printed link, and the guide
-//! never echoes a secret that came from the environment. Every stack runs with `PORT=0` (free
-//! ports for the app and the simulators), so these tests run in parallel.
+//! left unset, the demo tenant is registered and installs through its printed link, the guide's
+//! sync walk-through works as printed, and the guide never echoes a secret that came from the
+//! environment. Every stack runs with `PORT=0` (free ports for the app and the simulators), so
+//! these tests run in parallel.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use harness::local_stack::{DEMO_PROFILES, DEMO_TENANT, DEV_CLIENT_ID, LocalStack};
 use reqwest::Method;
@@ -152,6 +154,18 @@ async fn klaviyo_urls_set_elsewhere_start_no_klaviyo_simulator() {
         !stack.guide.contains("/_sim/faults"),
         "no simulated Klaviyo to poke"
     );
+    // The sync walk-through points at the configured Klaviyo for step 3, with no command for it.
+    assert!(
+        stack
+            .guide
+            .contains("the profile is in the Klaviyo account at http://127.0.0.1:9/klaviyo"),
+        "{}",
+        stack.guide
+    );
+    assert_eq!(
+        guide_commands(&stack.guide, "Sync Omneo → Klaviyo").len(),
+        3
+    );
 
     // The install link leads to the configured authorize page.
     let authorize = follow_install_link(&stack).await;
@@ -217,6 +231,11 @@ async fn an_omneo_template_set_starts_no_omneo_simulator() {
             .guide
             .contains(&format!("Omneo        {template} (configured)")),
         "{}",
+        stack.guide
+    );
+    assert!(
+        !stack.guide.contains("Sync Omneo → Klaviyo"),
+        "no simulated Omneo to edit: {}",
         stack.guide
     );
 }
@@ -341,4 +360,266 @@ async fn secrets_from_the_environment_are_never_printed() {
         stack.guide.contains(stack.admin_key.expose_secret()),
         "the generated admin key is still shown"
     );
+}
+
+/// One curl command of the guide, as a shell would pass it to curl.
+#[derive(Debug)]
+struct Curl {
+    method: Method,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
+    url: String,
+}
+
+impl Curl {
+    /// Parses one command line: `curl` with `-X`, `-H`, `-d` and one URL, words split and
+    /// unquoted as a POSIX shell does (single quotes, double quotes, backslashes). Anything else
+    /// fails the test: the guide must only print what this runs.
+    fn parse(line: &str) -> Self {
+        let words = shell_words(line);
+        assert_eq!(words.first().map(String::as_str), Some("curl"), "{line}");
+        let mut curl = Self {
+            method: Method::GET,
+            headers: Vec::new(),
+            body: None,
+            url: String::new(),
+        };
+        let mut method = None;
+        let mut words = words.into_iter().skip(1);
+        while let Some(word) = words.next() {
+            let mut value = || {
+                words
+                    .next()
+                    .unwrap_or_else(|| panic!("{word} needs a value: {line}"))
+            };
+            match word.as_str() {
+                "-X" => method = Some(Method::from_bytes(value().as_bytes()).unwrap()),
+                "-H" => {
+                    let header = value();
+                    let (name, value) = header.split_once(':').expect("a header is `name: value`");
+                    curl.headers
+                        .push((name.trim().to_owned(), value.trim().to_owned()));
+                }
+                "-d" => curl.body = Some(value()),
+                flag if flag.starts_with('-') => panic!("unsupported curl flag {flag}: {line}"),
+                url => {
+                    assert!(curl.url.is_empty(), "two URLs: {line}");
+                    curl.url = url.to_owned();
+                }
+            }
+        }
+        assert!(!curl.url.is_empty(), "no URL: {line}");
+        // Like curl: `-d` without `-X` is a POST.
+        curl.method = method.unwrap_or(if curl.body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        });
+        curl
+    }
+
+    /// Runs it; answers the status and the JSON body.
+    async fn run(&self) -> (u16, Value) {
+        let mut request = http().request(self.method.clone(), &self.url);
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        if let Some(body) = &self.body {
+            request = request.body(body.clone());
+        }
+        let response = request.send().await.expect("the guide's URL answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "{} {} answered no JSON ({e}): {text}",
+                self.method, self.url
+            )
+        });
+        (status, body)
+    }
+
+    /// Runs it until `done` finds what it waits for in a 200 answer (the pipeline is
+    /// asynchronous); fails after a minute, showing the last answer.
+    async fn run_until<T>(&self, done: impl Fn(&Value) -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.run().await;
+            assert_eq!(status, 200, "{} {}: {body}", self.method, self.url);
+            if let Some(found) = done(&body) {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} {} never showed it; last answer: {body:#}",
+                self.method,
+                self.url
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// Splits a command line into words as a POSIX shell does (no variables or globbing).
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' => words.extend(word.take()),
+            '\'' => {
+                let current = word.get_or_insert_with(String::new);
+                for c in chars.by_ref() {
+                    if c == '\'' {
+                        break;
+                    }
+                    current.push(c);
+                }
+            }
+            '"' => {
+                let current = word.get_or_insert_with(String::new);
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => current.extend(chars.next()),
+                        c => current.push(c),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).extend(chars.next()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+/// The curl commands of the guide's section whose heading starts with `heading`, in order (the
+/// section ends at the next blank line).
+fn guide_commands(guide: &str, heading: &str) -> Vec<Curl> {
+    guide
+        .lines()
+        .skip_while(|line| !line.starts_with(heading))
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .filter(|line| line.starts_with("curl "))
+        .map(Curl::parse)
+        .collect()
+}
+
+#[test]
+fn guide_commands_are_split_like_a_shell_would() {
+    let curl = Curl::parse(
+        r#"curl -X PATCH -H 'content-type: application/json' -d '{"a":"b c"}' "http://x/y\"z" "#,
+    );
+    assert_eq!(curl.method, Method::PATCH);
+    assert_eq!(
+        curl.headers,
+        [("content-type".to_owned(), "application/json".to_owned())]
+    );
+    assert_eq!(curl.body.as_deref(), Some(r#"{"a":"b c"}"#));
+    assert_eq!(curl.url, r#"http://x/y"z"#);
+    assert_eq!(Curl::parse("curl -d x http://x").method, Method::POST);
+    assert_eq!(Curl::parse("curl http://x").method, Method::GET);
+}
+
+#[tokio::test]
+async fn the_guides_sync_commands_carry_an_omneo_edit_to_klaviyo_and_back() {
+    let stack = start(&[]).await;
+    let klaviyo = stack.klaviyo.as_ref().unwrap();
+    let omneo = stack.omneo.as_ref().unwrap();
+
+    // Install as the guide says: the printed link, Allow on the consent page.
+    let authorize = follow_install_link(&stack).await;
+    let callback = klaviyo.approve(&authorize).await.unwrap();
+    let page = http().get(callback.as_str()).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let webhooks = omneo.webhooks(DEMO_TENANT);
+    assert!(
+        !webhooks.is_empty(),
+        "provisioning created the Omneo webhooks"
+    );
+    assert!(webhooks.iter().all(|w| !w.is_active), "… switched off");
+
+    let commands = guide_commands(&stack.guide, "Sync Omneo → Klaviyo");
+    let [activate, edit, in_klaviyo, in_omneo] = commands.as_slice() else {
+        panic!("four commands expected:\n{}", stack.guide);
+    };
+    let customer = &omneo.profiles(DEMO_TENANT)[0];
+    assert!(
+        stack.guide.contains(&format!(
+            "demo customer {} {}, {}",
+            customer.first_name.as_deref().unwrap(),
+            customer.last_name.as_deref().unwrap(),
+            customer.id
+        )),
+        "{}",
+        stack.guide
+    );
+
+    // 1. The webhooks go on.
+    let (status, body) = activate.run().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["data"].as_array().map(Vec::len),
+        Some(webhooks.len()),
+        "{body}"
+    );
+    assert!(omneo.webhooks(DEMO_TENANT).iter().all(|w| w.is_active));
+
+    // 2. The edit: a new first name, SMS marketing on (the first demo customer has it off).
+    assert!(
+        edit.url.ends_with(&format!("/profiles/{}", customer.id)),
+        "{}",
+        edit.url
+    );
+    let asked: Value = serde_json::from_str(edit.body.as_deref().unwrap()).unwrap();
+    let first_name = asked["first_name"]
+        .as_str()
+        .expect("a first name")
+        .to_owned();
+    assert_ne!(customer.first_name.as_deref(), Some(first_name.as_str()));
+    assert_eq!(asked["comms"]["sms_promo"], true);
+    assert_eq!(customer.attributes.comms.sms_promo, Some(false));
+    let (status, body) = edit.run().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["first_name"], first_name.as_str());
+    assert_eq!(body["data"]["attributes"]["comms"]["sms_promo"], true);
+
+    // 3. Klaviyo gets the profile: the new name, SMS consent from Omneo.
+    let klaviyo_profile = in_klaviyo
+        .run_until(|profiles| {
+            profiles
+                .as_array()?
+                .iter()
+                .find(|p| {
+                    p["external_id"] == customer.id.as_str()
+                        && p["first_name"] == first_name.as_str()
+                        && p["subscriptions"]["sms_marketing"]["consent"] == "SUBSCRIBED"
+                })
+                .cloned()
+        })
+        .await;
+    let sms = &klaviyo_profile["subscriptions"]["sms_marketing"];
+    assert_eq!(sms["custom_method_detail"], "omneo", "{klaviyo_profile:#}");
+    assert_eq!(klaviyo_profile["email"], customer.email.as_deref().unwrap());
+    assert_eq!(
+        klaviyo_profile["subscriptions"]["email_marketing"]["consent"],
+        "SUBSCRIBED"
+    );
+    let klaviyo_id = klaviyo_profile["id"].as_str().unwrap().to_owned();
+
+    // 4. Omneo gets the Klaviyo id back as the `klaviyo` identity.
+    let identity = in_omneo
+        .run_until(|profile| {
+            profile["data"]["identities"]
+                .as_array()?
+                .iter()
+                .find(|i| i["handle"] == "klaviyo")
+                .map(|i| i["identifier"].clone())
+        })
+        .await;
+    assert_eq!(identity, klaviyo_id.as_str());
 }

@@ -953,3 +953,188 @@ async fn injected_faults_answer_omneo_errors_with_retry_after() {
     assert!(puts[0].headers["authorization"].starts_with("Bearer "));
     assert_eq!(puts[0].json(), json!({"first_name": "X"}));
 }
+
+/// A call to the simulator's `/_sim` control API (no token); answers (status, content type, JSON).
+async fn control(
+    sim: &OmneoSim,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, String, Value) {
+    let mut request = reqwest::Client::new().request(method, format!("{}{path}", sim.url()));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (status, content_type, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn control_routes_switch_webhooks_on_and_edit_profiles_as_cx_manager() {
+    let sim = start().await;
+    let receiver = Receiver::start(StatusCode::OK).await;
+    let hook = |name: &str| format!("{}/{name}", receiver.url);
+    for (trigger, name, namespace) in [
+        ("profile.updated", "klaviyo", NAMESPACE),
+        ("profile.updated", "crm", "crm"),
+        ("profile.created", "created", NAMESPACE),
+    ] {
+        sim.add_webhook(
+            TENANT,
+            NewWebhook {
+                is_active: false,
+                ..NewWebhook::new(trigger, &hook(name), namespace)
+            },
+        )
+        .unwrap();
+    }
+    let profile = seed(&sim, 1);
+    let other = seed(&sim, 2);
+    let tenant = format!("/_sim/tenants/{TENANT}");
+    let one = format!("{tenant}/profiles/{}", profile.id);
+
+    // The CX Manager toggle: every webhook on, whatever its namespace or trigger.
+    let (status, content_type, body) = control(
+        &sim,
+        reqwest::Method::POST,
+        &format!("{tenant}/webhooks/activate"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(content_type, "application/json");
+    let webhooks = sim.webhooks(TENANT);
+    assert_eq!(webhooks.len(), 3);
+    assert!(webhooks.iter().all(|w| w.is_active));
+    assert_eq!(body["data"], serde_json::to_value(&webhooks).unwrap());
+
+    // The profiles, and one with its identities and comms.
+    let (status, _, body) = control(
+        &sim,
+        reqwest::Method::GET,
+        &format!("{tenant}/profiles"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [profile.id.as_str(), other.id.as_str()]);
+    let (status, _, body) = control(&sim, reqwest::Method::GET, &one, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let current = sim.profile(TENANT, &profile.id).unwrap();
+    assert_eq!(body["data"], serde_json::to_value(&current).unwrap());
+    assert_eq!(body["data"]["identities"][0]["handle"], "shopify");
+    assert_eq!(body["data"]["attributes"]["comms"]["sms_promo"], false);
+
+    // An edit: partial, comms merged, delivered signed to both namespaces' profile.updated.
+    let edit = json!({"first_name": "Liv", "comms": {"sms_promo": true}});
+    let (status, _, body) = control(&sim, reqwest::Method::PATCH, &one, Some(edit.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let edited = sim.profile(TENANT, &profile.id).unwrap();
+    assert_eq!(body["data"], serde_json::to_value(&edited).unwrap());
+    assert_eq!(edited.first_name.as_deref(), Some("Liv"));
+    assert_eq!(edited.last_name, profile.last_name);
+    assert_eq!(edited.attributes.comms.sms_promo, Some(true));
+    assert_eq!(
+        edited.attributes.comms.email_promo,
+        Some(true),
+        "comms merged"
+    );
+    sim.settle().await;
+    for name in ["klaviyo", "crm"] {
+        let hits = receiver.hits(&format!("/{name}"));
+        assert_eq!(hits.len(), 1, "{name}");
+        assert_eq!(hits[0].headers["x-omneo-event"], "profile.updated");
+        assert_eq!(
+            hits[0].headers["x-omneo-hmac-sha256"].to_str().unwrap(),
+            hmac_hex(SECRET, &hits[0].body)
+        );
+        let delivered: Value = serde_json::from_slice(&hits[0].body).unwrap();
+        assert_eq!(delivered["first_name"], "Liv");
+        assert_eq!(delivered["attributes"]["comms"]["sms_promo"], true);
+    }
+    assert!(receiver.hits("/created").is_empty());
+    // The same edit again changes nothing, so nothing is delivered.
+    control(&sim, reqwest::Method::PATCH, &one, Some(edit)).await;
+    sim.settle().await;
+    assert_eq!(sim.deliveries().len(), 2);
+
+    // Bad edits: Laravel's 422 naming every field, and nothing changes.
+    let bad = json!({
+        "email": other.email,
+        "mobile_phone": "0412 345 678",
+        "tier": "gold",
+        "comms": {"sms_promo": "yes", "sms_promox": true},
+    });
+    let (status, _, body) = control(&sim, reqwest::Method::PATCH, &one, Some(bad)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let mut fields: Vec<&str> = body["errors"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "comms.sms_promo",
+            "comms.sms_promox",
+            "email",
+            "mobile_phone",
+            "tier"
+        ]
+    );
+    assert_eq!(
+        body["errors"]["email"][0],
+        "The email has already been taken."
+    );
+    assert!(body["message"].is_string());
+    let (status, _, body) = control(
+        &sim,
+        reqwest::Method::PATCH,
+        &one,
+        Some(json!({"comms": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        body["errors"]["comms"][0],
+        "The comms field must be an object."
+    );
+    assert_eq!(sim.profile(TENANT, &profile.id).unwrap(), edited);
+    assert_eq!(sim.deliveries().len(), 2);
+
+    // Unknown tenant or profile: Omneo's 404.
+    let (status, _, body) = control(
+        &sim,
+        reqwest::Method::POST,
+        "/_sim/tenants/initech/webhooks/activate",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, json!({"message": "Tenant not found."}));
+    let (status, _, body) = control(
+        &sim,
+        reqwest::Method::PATCH,
+        &format!("{tenant}/profiles/nobody"),
+        Some(json!({"first_name": "X"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, json!({"message": "Profile not found."}));
+
+    // Control calls are not API calls: nothing was recorded.
+    assert!(sim.recorder().requests().is_empty());
+}

@@ -10,6 +10,12 @@
 //! store, the in-process Cloud Tasks look-alike, those simulators, and a demo tenant registered
 //! through the same code as `PUT /{tenant}/api/v1/tenant`. Unlike the simulators, this module uses
 //! the `shared` crate: it runs the real app.
+//!
+//! The guide it prints is a walk-through with this run's URLs, ids and keys: install the demo
+//! tenant, then (with the Omneo simulator) watch an Omneo edit reach Klaviyo in four curl commands
+//! — turn the tenant's Omneo webhooks on, edit the first demo customer, see it in the simulated
+//! Klaviyo, see the Klaviyo id written back to Omneo. `tests/integration/local_stack.rs` runs
+//! those commands as printed.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -33,12 +39,15 @@ use tokio::task::JoinHandle;
 use url::Url;
 
 use crate::klaviyo::{KlaviyoSim, KlaviyoSimOptions};
-use crate::omneo::{OmneoSim, OmneoSimOptions, TenantSpec};
+use crate::omneo::{OmneoSim, OmneoSimOptions, Profile, TenantSpec};
 
 /// The demo tenant the local stack registers.
 pub const DEMO_TENANT: &str = "demo";
 /// How many customers the simulated Omneo starts with for the demo tenant.
 pub const DEMO_PROFILES: u32 = 5;
+/// The first name the guide's sync walk-through gives the first demo customer (no demo customer
+/// is called that, so the edit always changes something).
+const NEW_FIRST_NAME: &str = "Robin";
 /// The Klaviyo OAuth client id the local stack's simulator and app share (unless
 /// `KLAVIYO_CLIENT_ID` is set).
 pub const DEV_CLIENT_ID: &str = "omneo-local";
@@ -251,11 +260,12 @@ impl LocalStack {
         let admin_key = register_demo_tenant(&app, &tenant, omneo_token, omneo_signing_secret)
             .await
             .context("registering the demo tenant")?;
-        if let Some(omneo) = &simulators.omneo {
-            omneo
+        let customers = match &simulators.omneo {
+            Some(omneo) => omneo
                 .seed_demo_profiles(DEMO_TENANT, DEMO_PROFILES)
-                .context("seeding the demo tenant's Omneo customers")?;
-        }
+                .context("seeding the demo tenant's Omneo customers")?,
+            None => Vec::new(),
+        };
         let issued = link::issue(&app.config.keyring, &tenant, jiff::Timestamp::now());
         let install_link = issued.url(&app.config.urls.oauth_callback, &tenant);
 
@@ -268,6 +278,8 @@ impl LocalStack {
             admin_key: &admin_key,
             install_link: &install_link,
             expires_at: issued.expires_at,
+            settings: &settings,
+            customer: customers.first(),
         }
         .text();
 
@@ -357,6 +369,10 @@ struct Guide<'a> {
     admin_key: &'a SecretString,
     install_link: &'a Url,
     expires_at: jiff::Timestamp,
+    /// The demo tenant's settings (identity handle, coalescing window).
+    settings: &'a Settings,
+    /// The demo customer the sync walk-through edits (none without the Omneo simulator).
+    customer: Option<&'a Profile>,
 }
 
 impl Guide<'_> {
@@ -367,7 +383,7 @@ impl Guide<'_> {
             || format!("{} (configured)", self.config.klaviyo.api_url),
             |sim| {
                 format!(
-                    "{} (simulator: OAuth consent page, /api/*, /_sim/requests, /_sim/faults)",
+                    "{} (simulator: OAuth consent page, /api/*; control at /_sim/…)",
                     sim.url()
                 )
             },
@@ -376,7 +392,7 @@ impl Guide<'_> {
             || format!("{} (configured)", self.config.omneo_api_url_template),
             |sim| {
                 format!(
-                    "{}/{DEMO_TENANT} (simulator: /api/v3/*, /id/api/v1/*; control at {}/_sim/requests)",
+                    "{}/{DEMO_TENANT} (simulator: /api/v3/*, /id/api/v1/*; control at {}/_sim/…)",
                     sim.url(),
                     sim.url()
                 )
@@ -415,12 +431,19 @@ Sealed secrets:   curl -H 'Authorization: Bearer <operator>' {base}/api/v1/keyri
                   (key rotation: redeploy with ENCRYPTION_KEY=new:…,old:…, then
                    curl -X POST -H 'Authorization: Bearer <operator>' {base}/api/v1/keyring/reseal —
                    docs/operations.md)
-
-Watch and poke:
-  curl {base}/health
 ",
             expires = self.expires_at,
             link = self.install_link,
+        );
+        if let (Some(omneo), Some(customer)) = (self.omneo, self.customer) {
+            self.write_sync(&mut text, omneo, customer);
+        }
+        let _ = write!(
+            text,
+            "
+Watch and poke:
+  curl {base}/health
+"
         );
         if let Some(sim) = self.omneo {
             let _ = writeln!(
@@ -438,5 +461,55 @@ Watch and poke:
             );
         }
         text
+    }
+
+    /// The section "Sync Omneo → Klaviyo": four numbered steps, one curl command each (one line,
+    /// so they paste as they are; the integration test runs them as printed).
+    fn write_sync(&self, text: &mut String, omneo: &OmneoSim, customer: &Profile) {
+        let tenant_url = format!("{}/_sim/tenants/{DEMO_TENANT}", omneo.url());
+        let profile_url = format!("{tenant_url}/profiles/{}", customer.id);
+        let name = [&customer.first_name, &customer.last_name]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let coalesce = self.settings.coalesce_seconds;
+        let handle = &self.settings.identity_handle;
+        let _ = write!(
+            text,
+            "
+Sync Omneo → Klaviyo (after installing) — with the demo customer {name}, {id}:
+  1. Turn the tenant's Omneo webhooks on (the install creates them off; CX Manager has the toggle):
+     curl -X POST {tenant_url}/webhooks/activate
+  2. Edit the customer as CX Manager would — a new first name, SMS marketing on:
+     curl -X PATCH -H 'content-type: application/json' -d '{{\"first_name\":\"{NEW_FIRST_NAME}\",\"comms\":{{\"sms_promo\":true}}}}' {profile_url}
+",
+            id = customer.id,
+        );
+        match self.klaviyo {
+            Some(klaviyo) => {
+                let _ = write!(
+                    text,
+                    "  3. After ~{coalesce} s (coalesce_seconds) the profile is in Klaviyo, its consent with custom_method_detail omneo:
+     curl {}/_sim/profiles
+",
+                    klaviyo.url()
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    text,
+                    "  3. After ~{coalesce} s (coalesce_seconds) the profile is in the Klaviyo account at {}.",
+                    self.config.klaviyo.api_url
+                );
+            }
+        }
+        let _ = write!(
+            text,
+            "  4. The Klaviyo profile id is written back to Omneo as the identity `{handle}`:
+     curl {profile_url}
+"
+        );
     }
 }

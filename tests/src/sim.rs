@@ -9,6 +9,11 @@
 //!   `hold_ms` (the remote did the work; its answer is slow or lost to a client timeout).
 //! - `DELETE /_sim/faults` — clears faults.
 //! - `GET /_sim/requests` — every request received so far (method, path, query, headers, body).
+//! - `DELETE /_sim/requests` — forgets them.
+//!
+//! Each simulator adds routes of its own under `/_sim` (CX Manager actions and a look at its
+//! data: see `omneo::control` and `klaviyo::control`), answering with [`pretty_json`]. None of
+//! the `/_sim` routes needs a token, is recorded, or can be faulted.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,7 +22,7 @@ use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -305,6 +310,17 @@ async fn record_and_inject(
         tokio::time::sleep(Duration::from_millis(hold)).await;
     }
     response
+}
+
+/// A control-API answer: `value` as indented JSON with a final newline, readable with curl alone.
+pub fn pretty_json(status: StatusCode, value: &impl Serialize) -> Response {
+    match serde_json::to_string_pretty(value) {
+        Ok(mut text) => {
+            text.push('\n');
+            (status, [(header::CONTENT_TYPE, "application/json")], text).into_response()
+        }
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
 }
 
 async fn add_fault(

@@ -10,7 +10,8 @@
 //! - The API under `/api/…` ([`api`], listed by [`KlaviyoSim::endpoints`]): Bearer tokens, the
 //!   `revision` header, JSON:API bodies and errors, cursor paging, filters, scopes and
 //!   per-endpoint rate limits ([`rate_limit`]).
-//! - The `/_sim` control API of [`crate::sim`] (faults, recorded requests).
+//! - The `/_sim` control API of [`crate::sim`] (faults, recorded requests), and [`control`]'s
+//!   look at the account (`/_sim/profiles` with consent and lists, `/_sim/events`).
 //!
 //! System webhooks ([`deliveries`]) are pushed by the simulator to the account's webhooks:
 //! consent changes made through the subscription endpoints queue events in an *outbox*
@@ -24,6 +25,7 @@
 //! double opt-in; refresh tokens do not expire after 90 days unused.
 
 pub mod api;
+pub mod control;
 pub mod data_sources;
 pub mod deliveries;
 pub mod events;
@@ -184,7 +186,8 @@ impl KlaviyoSim {
             faults.clone(),
             recorder.clone(),
             jsonapi::render_fault,
-        );
+        )
+        .merge(control::router(ctx.clone()));
         let server = SimServer::spawn(router, addr)
             .await
             .with_context(|| format!("binding the Klaviyo simulator on {addr}"))?;
@@ -222,7 +225,7 @@ impl KlaviyoSim {
         &self.recorder
     }
 
-    /// Every endpoint served under `/api/…` (OAuth and `/_sim` are not included).
+    /// Every endpoint served under `/api/…` (OAuth and `/_sim`, [`control`] included, are not).
     pub fn endpoints(&self) -> &[Endpoint] {
         &self.endpoints
     }

@@ -15,6 +15,9 @@ use super::profiles::ProfilePath;
 use super::responses::{ApiError, Validator, data, json_object};
 use super::state::{Caller, Shared, Tenant};
 
+/// The consent-time fields of comms, email's then SMS's.
+const CONSENT_TIMES: [&str; 2] = ["email_consent_updated_at", "sms_consent_updated_at"];
+
 /// `attributes.comms` of a profile.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Comms {
@@ -76,6 +79,11 @@ impl Comms {
         ]
     }
 
+    /// Whether `name` is a comms field: a flag or one of the two consent times.
+    pub(crate) fn is_field(name: &str) -> bool {
+        CONSENT_TIMES.contains(&name) || Self::default().flags_mut().iter().any(|(n, _)| *n == name)
+    }
+
     /// Subscribed to email marketing: `email_promo != false && email_optout != true &&
     /// email_bounced != true` (null passes).
     pub fn email_subscribed(&self) -> bool {
@@ -88,7 +96,7 @@ impl Comms {
     }
 
     /// Applies a partial `PUT` body (422 on a non-boolean flag or an unparsable date).
-    fn apply(&mut self, body: &Map<String, Value>) -> Result<(), ApiError> {
+    pub(crate) fn apply(&mut self, body: &Map<String, Value>) -> Result<(), ApiError> {
         let mut v = Validator::default();
         let mut next = self.clone();
         for (name, slot) in next.flags_mut() {
@@ -96,10 +104,11 @@ impl Comms {
                 *slot = value;
             }
         }
-        if let Some(at) = v.nullable_datetime(body, "email_consent_updated_at") {
+        let [email_at, sms_at] = CONSENT_TIMES;
+        if let Some(at) = v.nullable_datetime(body, email_at) {
             next.email_consent_updated_at = at;
         }
-        if let Some(at) = v.nullable_datetime(body, "sms_consent_updated_at") {
+        if let Some(at) = v.nullable_datetime(body, sms_at) {
             next.sms_consent_updated_at = at;
         }
         v.finish()?;

@@ -15,10 +15,13 @@
 //!
 //! Webhook deliveries and target calls are signed with the tenant's signing secret
 //! (`X-Omneo-Hmac-SHA256`) and recorded with the receiver's answer ([`OmneoSim::deliveries`]).
-//! Faults, request recording and the `/_sim` control API come from [`crate::sim`].
+//! Faults, request recording and the `/_sim` control API come from [`crate::sim`]; [`control`]
+//! adds CX Manager actions and a look at the data under `/_sim/tenants/{tenant}/…` (turn the
+//! webhooks on, list, show and edit profiles) for `make dev` users with curl.
 
 mod activity;
 mod comms;
+pub mod control;
 mod id_tokens;
 mod identities;
 mod profile_data;
@@ -193,7 +196,8 @@ impl OmneoSim {
             faults.clone(),
             recorder.clone(),
             responses::render_injected,
-        );
+        )
+        .merge(control::router(shared.clone()));
         let server = SimServer::spawn(app, options.addr)
             .await
             .with_context(|| format!("binding the Omneo simulator to {}", options.addr))?;
@@ -294,19 +298,8 @@ impl OmneoSim {
         id: &str,
         edit: impl FnOnce(&mut Profile),
     ) -> anyhow::Result<Profile> {
-        self.cx_change(tenant, |t| {
-            let record = t.record_mut(id)?;
-            let before = record.profile.clone();
-            edit(&mut record.profile);
-            record.profile.id = before.id.clone();
-            if record.profile == before {
-                return Ok((before, None));
-            }
-            record.profile.updated_at = responses::now();
-            let event = ProfileEvent::new(Trigger::Updated, &record.profile);
-            Ok((record.profile.clone(), Some(event)))
-        })
-        .with_context(|| format!("editing profile {id} in tenant {tenant}"))
+        self.cx_change(tenant, |t| t.cx_edit(id, edit))
+            .with_context(|| format!("editing profile {id} in tenant {tenant}"))
     }
 
     /// Deletes a profile as CX Manager would: it is gone from the API (404), and

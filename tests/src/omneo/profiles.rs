@@ -411,7 +411,7 @@ impl Tenant {
     }
 
     /// Checks format and uniqueness of an email and a mobile for profile `except`.
-    fn check_contacts(
+    pub(crate) fn check_contacts(
         &self,
         except: Option<&str>,
         email: Option<&str>,
@@ -575,6 +575,26 @@ impl Tenant {
             self.record_mut(id)?.profile = next.clone();
         }
         Ok((next, changed))
+    }
+
+    /// Edits a profile as CX Manager would ([`super::OmneoSim::edit_profile`] and the `/_sim`
+    /// `PATCH`): the id cannot change, and when the edit changed something `updated_at` is bumped
+    /// and `profile.updated` is answered (for the caller to deliver to every namespace).
+    pub(crate) fn cx_edit(
+        &mut self,
+        id: &str,
+        edit: impl FnOnce(&mut Profile),
+    ) -> Result<(Profile, Option<ProfileEvent>), ApiError> {
+        let record = self.record_mut(id)?;
+        let before = record.profile.clone();
+        edit(&mut record.profile);
+        record.profile.id = before.id.clone();
+        if record.profile == before {
+            return Ok((before, None));
+        }
+        record.profile.updated_at = responses::now();
+        let event = ProfileEvent::new(Trigger::Updated, &record.profile);
+        Ok((record.profile.clone(), Some(event)))
     }
 
     /// Touches `updated_at` of a profile after a change to one of its parts and answers the

@@ -246,6 +246,26 @@ impl Validator {
         self.fail(field, format!("The selected {} is invalid.", human(field)));
     }
 
+    /// "The {field} field is prohibited." (a field the endpoint does not take).
+    pub(crate) fn fail_prohibited(&mut self, field: &str) {
+        self.fail(field, format!("The {} field is prohibited.", human(field)));
+    }
+
+    /// Records the errors of a nested object's validation under `{prefix}.{field}`, as Laravel
+    /// names nested fields (`comms.sms_promo`).
+    pub(crate) fn nest(&mut self, prefix: &str, error: ApiError) {
+        match error {
+            ApiError::Validation(errors) => {
+                for (field, messages) in errors {
+                    for message in messages {
+                        self.fail(&format!("{prefix}.{field}"), message);
+                    }
+                }
+            }
+            other => self.fail(prefix, other.to_string()),
+        }
+    }
+
     /// A required non-empty string.
     pub(crate) fn required_string(
         &mut self,

@@ -196,6 +196,17 @@ impl Tenant {
         Ok(next)
     }
 
+    /// Turns every webhook on, as the CX Manager toggle does (`updated_at` bumped on those that
+    /// were off); answers them all.
+    pub(crate) fn activate_webhooks(&mut self) -> Vec<Webhook> {
+        let now = responses::now();
+        for webhook in self.webhooks.iter_mut().filter(|w| !w.is_active) {
+            webhook.is_active = true;
+            webhook.updated_at.clone_from(&now);
+        }
+        self.webhooks.clone()
+    }
+
     /// The signed deliveries of `event`: every active webhook of its trigger whose namespace is
     /// not `origin` (Omneo's loop guard).
     pub(crate) fn webhook_requests(
