@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use jiff::Timestamp;
@@ -224,22 +224,37 @@ fn task_now(
     }
 }
 
-/// `?withToken=true`.
-#[derive(Deserialize)]
-struct MetricQuery {
-    #[serde(rename = "withToken", default)]
-    with_token: bool,
+/// `?withToken=true|false` (absent: false), read after authentication so an unauthenticated
+/// caller learns nothing from a bad query.
+fn with_token(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut with_token = false;
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if name == "withToken" {
+            with_token = match value.as_ref() {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(ApiError::invalid_field(
+                        "withToken",
+                        format!("must be true or false, not {other:?}"),
+                    ));
+                }
+            };
+        }
+    }
+    Ok(with_token)
 }
 
 /// `POST /{tenant}/api/v1/targets/klaviyo/metric[?withToken=true]`.
 async fn metric(
     State(receiver): State<Arc<Receiver>>,
     Path(tenant): Path<String>,
-    Query(query): Query<MetricQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Accepted, ApiError> {
     let (tenant, queue) = receiver.target(&tenant, &headers, &body).await?;
+    let with_token = with_token(query.as_deref())?;
     let event = metric_event(&body)?;
     let unique_id = event
         .pointer("/data/attributes/unique_id")
@@ -250,16 +265,9 @@ async fn metric(
         "metric",
         tenant.id.as_str(),
         &unique_id,
-        if query.with_token {
-            "with-token"
-        } else {
-            "plain"
-        },
+        if with_token { "with-token" } else { "plain" },
     ]);
-    let work = Work::SendMetric(SendMetric {
-        event,
-        with_token: query.with_token,
-    });
+    let work = Work::SendMetric(SendMetric { event, with_token });
     enqueue(
         receiver.app.queue.as_ref(),
         task_now(&tenant, queue, work, name),
@@ -520,4 +528,38 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
 /// `missing field `x`` → `x`.
 fn missing_field(message: &str) -> Option<&str> {
     message.strip_prefix("missing field `")?.split('`').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn with_token_is_true_false_or_absent() {
+        assert!(!with_token(None).unwrap());
+        assert!(with_token(Some("withToken=true")).unwrap());
+        assert!(!with_token(Some("a=1&withToken=false")).unwrap());
+        let error = with_token(Some("withToken=yes")).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("withToken"));
+    }
+
+    #[test]
+    fn a_metric_gets_its_envelope_type_and_a_unique_id_from_its_body() {
+        let bare = json!({"attributes": {
+            "metric": {"data": {"attributes": {"name": "Points"}}},
+            "profile": {"data": {"attributes": {"email": "a@shop.test"}}}}});
+        let body = bare.to_string();
+        let event = metric_event(body.as_bytes()).unwrap();
+        assert_eq!(event["data"]["type"], "event");
+        let unique_id = event["data"]["attributes"]["unique_id"].as_str().unwrap();
+        assert_eq!(unique_id, hex::encode(Sha256::digest(body.as_bytes())));
+        let again = metric_event(body.as_bytes()).unwrap();
+        assert_eq!(again, event, "the same body, the same event");
+        let mut own = bare.clone();
+        own["attributes"]["unique_id"] = json!("order-1");
+        let event = metric_event(own.to_string().as_bytes()).unwrap();
+        assert_eq!(event["data"]["attributes"]["unique_id"], "order-1");
+    }
 }
