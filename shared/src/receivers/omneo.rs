@@ -43,8 +43,8 @@ use crate::app::App;
 use crate::domain::{DataSourceKind, KlaviyoProfileId, OmneoProfileId, TenantId};
 use crate::omneo::models::{Identity, profile_id};
 use crate::queue::{
-    DataSourceRecord, Direction, ProfileDeleted, SendMetric, SyncProfile, Task, TaskEnvelope,
-    TaskName, Work,
+    DataSourceRecord, Direction, ProfileDeleted, QueueName, SendMetric, SyncProfile, Task,
+    TaskEnvelope, TaskName, Work,
 };
 
 /// `X-Omneo-Hmac-SHA256`: hex HMAC-SHA256 of the raw body under the tenant's signing secret.
@@ -178,7 +178,7 @@ async fn webhook(
 /// bucket, scheduled at its end.
 fn coalesced_sync(
     tenant: &ReceiverTenant,
-    queue: crate::queue::QueueName,
+    queue: QueueName,
     profile: OmneoProfileId,
     now: Timestamp,
 ) -> Task {
@@ -206,12 +206,7 @@ fn coalesced_sync(
     }
 }
 
-fn task_now(
-    tenant: &ReceiverTenant,
-    queue: crate::queue::QueueName,
-    work: Work,
-    name: TaskName,
-) -> Task {
+fn task_now(tenant: &ReceiverTenant, queue: QueueName, work: Work, name: TaskName) -> Task {
     Task {
         queue,
         direction: Direction::Outbound,
@@ -268,12 +263,9 @@ async fn metric(
         if with_token { "with-token" } else { "plain" },
     ]);
     let work = Work::SendMetric(SendMetric { event, with_token });
-    enqueue(
-        receiver.app.queue.as_ref(),
-        task_now(&tenant, queue, work, name),
-        "body",
-    )
-    .await
+    receiver
+        .enqueue_now(&tenant, queue, work, name, "body")
+        .await
 }
 
 /// The target's body as a Klaviyo event document `{"data": {"type": "event", "attributes":
@@ -370,12 +362,9 @@ async fn upsert_profile_data(
     let work = Work::SyncProfile(SyncProfile {
         profile_id: profile,
     });
-    enqueue(
-        receiver.app.queue.as_ref(),
-        task_now(&tenant, queue, work, name),
-        "body",
-    )
-    .await
+    receiver
+        .enqueue_now(&tenant, queue, work, name, "body")
+        .await
 }
 
 /// A `data-source-record` call's body.
@@ -437,15 +426,26 @@ async fn data_source_record(
         data_source,
         record: Value::Object(call.record),
     });
-    enqueue(
-        receiver.app.queue.as_ref(),
-        task_now(&tenant, queue, work, name),
-        "record",
-    )
-    .await
+    receiver
+        .enqueue_now(&tenant, queue, work, name, "record")
+        .await
 }
 
 impl Receiver {
+    /// Enqueues `work` to run now on the tenant's outbound `queue` as task `name` (see
+    /// [`enqueue`]; `field` is what a 413 names).
+    async fn enqueue_now(
+        &self,
+        tenant: &ReceiverTenant,
+        queue: QueueName,
+        work: Work,
+        name: TaskName,
+        field: &str,
+    ) -> Result<Accepted, ApiError> {
+        let task = task_now(tenant, queue, work, name);
+        enqueue(self.app.queue.as_ref(), task, field).await
+    }
+
     /// The tenant of the path; unknown (or not a tenant id) → 404.
     async fn tenant(&self, raw: &str) -> Result<Arc<ReceiverTenant>, ApiError> {
         let unknown = || ApiError::not_found(format!("no tenant {raw:?}"));
@@ -460,7 +460,7 @@ impl Receiver {
         raw: &str,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<(Arc<ReceiverTenant>, crate::queue::QueueName), ApiError> {
+    ) -> Result<(Arc<ReceiverTenant>, QueueName), ApiError> {
         let tenant = self.tenant(raw).await?;
         if headers.contains_key(SIGNATURE_HEADER) {
             verify_hex_hmac(
