@@ -62,6 +62,23 @@ async fn transient_faults_heal_without_duplicates_on_firestore() {
 }
 
 #[tokio::test]
+async fn a_timed_out_import_is_repeated_without_a_second_profile() {
+    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    // Klaviyo handles the import at once but the answer outlives the 30 s attempt timeout.
+    o.t.klaviyo
+        .faults()
+        .inject(FaultRule::slow_answer(IMPORT, Duration::from_secs(32), 1));
+    let created = o.create(customer(95)).await;
+    assert_one_profile(&o, &created.id);
+    assert_eq!(
+        o.klaviyo_calls("POST", IMPORT),
+        2,
+        "the timed-out import and its repeat"
+    );
+    assert!(o.failures().await.is_empty(), "{:?}", o.failures().await);
+}
+
+#[tokio::test]
 async fn a_rejected_token_is_refreshed_once_and_the_call_repeated() {
     let o = Outbound::start(StoreKind::Memory, json!({})).await;
     let refreshed = o.t.klaviyo.token_counts().refreshed;

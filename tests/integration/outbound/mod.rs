@@ -20,7 +20,7 @@ use shared::store::{Failure, FailureQuery, InstallStatus};
 use crate::support::{Registered, StoreKind, TestApp, TestAppOptions};
 
 /// How long a test waits for the pipeline to settle.
-const PATIENCE: Duration = Duration::from_secs(30);
+const PATIENCE: Duration = Duration::from_secs(90);
 
 /// A test app with one installed tenant whose Omneo webhooks are active.
 pub(crate) struct Outbound {
