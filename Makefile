@@ -4,6 +4,8 @@ VENV ?= .venv
 CARGO ?= cargo
 TASKS_EMULATOR_VERSION := 0.6.2
 KLAVIYO_SDK := tests/klaviyo-sdk/requirements.txt
+# Where `cargo build --release` puts the binaries (the benchmarks run them from there, unrebuilt).
+RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
 .PHONY: dev test bench lint fmt build venv clean-venv oauth-interop
 
@@ -16,10 +18,14 @@ test: venv oauth-interop
 	$(CARGO) build --workspace --bins
 	tests/emulators.sh $(CARGO) nextest run --workspace --no-fail-fast
 
-## bench: cold start (exec → first 200 on /health) and idle RSS of each function beside an axum hello-world
+## bench: cold start (exec → first 200 on /health) and idle RSS of each function beside an axum hello-world,
+## then omneo-webhook's ingest throughput beside an empty handler and a Node.js receiver (needs wrk: installed if missing)
 bench:
+	command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; \
+		else sudo apt-get update && sudo apt-get install -y wrk; fi; }
 	$(CARGO) build --release --workspace --bins
-	$(CARGO) run --release -p harness --bin bench-startup
+	$(RELEASE_DIR)/bench-startup
+	$(RELEASE_DIR)/bench-ingest
 
 ## lint: formatting and clippy (warnings are errors)
 lint:

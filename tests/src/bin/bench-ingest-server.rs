@@ -1,0 +1,133 @@
+//! The server of `make bench`'s ingest benchmark (`bench-ingest` starts it pinned to one core):
+//! the `omneo-webhook` router beside an empty `POST /baseline` handler, in one process, behind the
+//! runtime layer production serves every function with (`/health`, request spans and their log
+//! lines, the body limit, graceful shutdown).
+//!
+//! The app runs on the memory store and the local queue, with one tenant registered and
+//! installed: `$BENCH_TENANT`, whose Omneo signing secret is `$BENCH_OMNEO_SIGNING_SECRET`. Its
+//! two queues are ensured with their production settings and paused, so the accepted tasks are
+//! held rather than dispatched and dispatching does not compete with the receiver for the core.
+//! It listens on `127.0.0.1:$PORT` until SIGTERM, then prints the queue's counters on stderr as
+//! `pending=… attempts=…`. Logs go to stdout as in production (`RUST_LOG`, default `info`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::http::StatusCode;
+use axum::routing::post;
+use secrecy::{ExposeSecret, SecretString};
+use shared::app::{App, http_client, task_targets};
+use shared::config::Config;
+use shared::crypto::{new_keyring_spec, random_secret};
+use shared::domain::TenantId;
+use shared::install::registration::{self, Registration};
+use shared::queue::{LocalQueue, Queue, QueueSettings, TenantQueues};
+use shared::runtime::{serve_function, telemetry};
+use shared::store::{Install, InstallStatus, MemoryStore};
+
+fn main() -> anyhow::Result<()> {
+    let port: u16 = required("PORT")?.parse().context("PORT is not a port")?;
+    let tenant = TenantId::parse(required("BENCH_TENANT")?).context("BENCH_TENANT")?;
+    let signing_secret = SecretString::from(required("BENCH_OMNEO_SIGNING_SECRET")?);
+    let config = config(port)?;
+    telemetry::init(config.log_format, None)?;
+    // The runtime production's `run_function` builds: one worker per core this process may use.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("the async runtime")?
+        .block_on(serve(config, tenant, signing_secret))
+}
+
+fn required(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("{name} must be set"))
+}
+
+/// A local configuration built the way the tests build theirs: memory store, local queue, fresh
+/// keys, the app's own address as every function's URL.
+fn config(port: u16) -> anyhow::Result<Config> {
+    let vars: HashMap<&str, String> = HashMap::from([
+        ("PORT", port.to_string()),
+        ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
+        ("KLAVIYO_CLIENT_ID", "bench".to_owned()),
+        ("KLAVIYO_CLIENT_SECRET", "bench-secret".to_owned()),
+        ("STORE", "memory".to_owned()),
+        ("QUEUE", "local".to_owned()),
+        (
+            "ENCRYPTION_KEY",
+            new_keyring_spec("bench").expose_secret().to_owned(),
+        ),
+        (
+            "OPERATOR_TOKEN",
+            random_secret(24).expose_secret().to_owned(),
+        ),
+    ]);
+    Ok(Config::from_env(&|name: &str| vars.get(name).cloned())?)
+}
+
+async fn serve(
+    config: Config,
+    tenant: TenantId,
+    signing_secret: SecretString,
+) -> anyhow::Result<()> {
+    let http = http_client()?;
+    let queue = LocalQueue::new(task_targets(&config), http.clone());
+    let store = Arc::new(MemoryStore::new(config.keyring.clone()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], config.listen_addr().port()));
+    let app = App::new(config, store, Arc::new(queue.clone()), http);
+    install_tenant(&app, &queue, &tenant, signing_secret).await?;
+
+    let routes = shared::functions::omneo_webhook::router(app)
+        .route("/baseline", post(|| async { StatusCode::ACCEPTED }));
+    serve_function("omneo-webhook", routes, addr).await?;
+
+    let stats = queue.stats();
+    eprintln!("pending={} attempts={}", stats.pending, stats.attempts);
+    Ok(())
+}
+
+/// Registers `tenant` (through the same code as `PUT /{tenant}/api/v1/tenant`) and records it
+/// installed with its two queues, which are ensured and paused.
+async fn install_tenant(
+    app: &App,
+    queue: &LocalQueue,
+    tenant: &TenantId,
+    signing_secret: SecretString,
+) -> anyhow::Result<()> {
+    let registration = Registration {
+        omneo_api_token: Some(random_secret(24)),
+        omneo_signing_secret: Some(signing_secret),
+        ..Registration::default()
+    };
+    registration::register(app, tenant, registration)
+        .await
+        .map_err(|error| anyhow::anyhow!("registering {tenant}: {}", error.message))?;
+    let registered = app
+        .store
+        .tenant(tenant)
+        .await?
+        .context("the tenant just registered")?;
+    let queues = TenantQueues::of(tenant, &registered.settings)?;
+    for name in queues.both() {
+        let direction = name
+            .direction()
+            .context("tenant queue names end with their direction")?;
+        queue
+            .ensure_queue(name, &QueueSettings::for_direction(direction))
+            .await?;
+        queue.pause(name)?;
+    }
+    let names: Vec<_> = queues.both().into_iter().cloned().collect();
+    let now = jiff::Timestamp::now();
+    app.store
+        .update_install(tenant, &|current| {
+            let mut install = current.unwrap_or_else(|| Install::pending(tenant.clone(), now));
+            install.resources.queues = names.clone();
+            install.transition(InstallStatus::Installed, Some("bench".into()), now);
+            Ok(install)
+        })
+        .await?;
+    Ok(())
+}
