@@ -20,7 +20,8 @@
 //! medians over the rounds, and the ratios are medians of each round's ratio.
 //!
 //! Options: `--rounds N` (3), `--seconds S` per run (10), `--warmup S` (2), `--connections C` (32).
-//! Exits non-zero when a target answered anything but 2xx (its figures would mean nothing).
+//! Exits non-zero when a target answered with an error status (4xx, 5xx) or dropped connections:
+//! its figures would mean nothing.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -116,7 +117,7 @@ struct Run {
     requests_per_second: f64,
     p50_us: f64,
     p99_us: f64,
-    /// Answers that were not 2xx or 3xx, and connections that failed.
+    /// Answers with an error status (4xx, 5xx), and connections that failed.
     failures: u64,
 }
 
