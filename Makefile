@@ -19,13 +19,15 @@ test: venv oauth-interop
 	tests/emulators.sh $(CARGO) nextest run --workspace --no-fail-fast
 
 ## bench: cold start (exec → first 200 on /health) and idle RSS of each function beside an axum hello-world,
-## then omneo-webhook's ingest throughput beside an empty handler and a Node.js receiver (needs wrk: installed if missing)
+## then omneo-webhook's ingest throughput beside an empty handler and a Node.js receiver (needs wrk: installed if missing),
+## then the outbound sync's share of Klaviyo's quota and its writes per profile change, against the simulators
 bench:
 	command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; \
 		else sudo apt-get update && sudo apt-get install -y wrk; fi; }
 	$(CARGO) build --release --workspace --bins
 	$(RELEASE_DIR)/bench-startup
 	$(RELEASE_DIR)/bench-ingest
+	$(RELEASE_DIR)/bench-outbound
 
 ## lint: formatting and clippy (warnings are errors)
 lint:

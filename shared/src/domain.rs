@@ -38,6 +38,12 @@ macro_rules! string_id {
             }
         }
 
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = $error;
             fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -101,7 +101,7 @@ struct Inner {
 struct State {
     queues: HashMap<QueueName, Gate>,
     /// Taken task names, per queue: `None` while pending, else when the task finished.
-    names: HashMap<(QueueName, TaskName), Option<Instant>>,
+    names: HashMap<QueueName, HashMap<TaskName, Option<Instant>>>,
     /// When finished names were last swept.
     swept_at: Instant,
 }
@@ -213,6 +213,10 @@ impl LocalQueue {
 #[async_trait]
 impl Queue for LocalQueue {
     async fn enqueue(&self, task: &Task) -> Result<Enqueued, QueueError> {
+        // A name already taken is answered before the body is built: in a burst most calls are.
+        if self.inner.lock().name_taken(task)? {
+            return Ok(Enqueued::AlreadyExists);
+        }
         let body = serde_json::to_vec(&task.envelope)
             .map_err(|e| QueueError::Rejected(format!("task body is not JSON: {e}")))?;
         if body.len() > MAX_TASK_BYTES {
@@ -223,19 +227,15 @@ impl Queue for LocalQueue {
         }
         {
             let mut state = self.inner.lock();
-            if !state.queues.contains_key(&task.queue) {
-                return Err(QueueError::QueueNotFound(task.queue.to_string()));
-            }
-            state.sweep_names();
-            let key = (task.queue.clone(), task.name.clone());
-            if state
-                .names
-                .get(&key)
-                .is_some_and(|&finished| name_taken(finished))
-            {
+            // Taken meanwhile by a concurrent enqueue of the same name?
+            if state.name_taken(task)? {
                 return Ok(Enqueued::AlreadyExists);
             }
-            state.names.insert(key, None);
+            state
+                .names
+                .entry(task.queue.clone())
+                .or_default()
+                .insert(task.name.clone(), None);
         }
         self.inner.stats.send_modify(|stats| stats.pending += 1);
         tokio::spawn(Arc::clone(&self.inner).run(task.clone(), body, self.backoff_scale));
@@ -263,10 +263,26 @@ impl Queue for LocalQueue {
 }
 
 impl State {
+    /// Whether `task`'s name is taken on its queue (sweeping expired names first); a queue that
+    /// was never ensured is [`QueueError::QueueNotFound`].
+    fn name_taken(&mut self, task: &Task) -> Result<bool, QueueError> {
+        if !self.queues.contains_key(&task.queue) {
+            return Err(QueueError::QueueNotFound(task.queue.to_string()));
+        }
+        self.sweep_names();
+        Ok(self
+            .names
+            .get(&task.queue)
+            .and_then(|names| names.get(&task.name))
+            .is_some_and(|&finished| name_taken(finished)))
+    }
+
     /// Forgets the names whose retention ended, at most once per [`NAME_SWEEP_INTERVAL`].
     fn sweep_names(&mut self) {
         if self.swept_at.elapsed() >= NAME_SWEEP_INTERVAL {
-            self.names.retain(|_, &mut finished| name_taken(finished));
+            for names in self.names.values_mut() {
+                names.retain(|_, &mut finished| name_taken(finished));
+            }
             self.swept_at = Instant::now();
         }
     }
@@ -505,7 +521,8 @@ impl Inner {
         if let Some(finished) = self
             .lock()
             .names
-            .get_mut(&(task.queue.clone(), task.name.clone()))
+            .get_mut(&task.queue)
+            .and_then(|names| names.get_mut(&task.name))
         {
             *finished = Some(Instant::now());
         }

@@ -41,7 +41,11 @@ impl QueueName {
     pub fn direction(&self) -> Option<Direction> {
         [Direction::Inbound, Direction::Outbound]
             .into_iter()
-            .find(|d| self.0.ends_with(&format!("-{}", d.as_str())))
+            .find(|d| {
+                self.0
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|rest| rest.ends_with('-'))
+            })
     }
 }
 
@@ -155,7 +159,9 @@ impl TaskName {
             hasher.update((part.len() as u64).to_be_bytes());
             hasher.update(part.as_bytes());
         }
-        Self(hex::encode(hasher.finalize()))
+        let mut hex = [0; 64];
+        hex::encode_to_slice(hasher.finalize(), &mut hex).expect("64 hex digits hold 32 bytes");
+        Self(String::from_utf8(hex.to_vec()).expect("hex digits are ASCII"))
     }
 
     /// Parses a task id as Cloud Tasks sends it in `X-CloudTasks-TaskName`:
@@ -171,6 +177,12 @@ impl TaskName {
     /// The task id.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<TaskName> for String {
+    fn from(name: TaskName) -> Self {
+        name.0
     }
 }
 

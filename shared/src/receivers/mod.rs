@@ -14,17 +14,18 @@
 pub mod omneo;
 pub mod tenant_cache;
 
-use axum::Json;
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
 use sha2::Sha256;
 
 use crate::api_error::{ApiError, ErrorCode};
 use crate::crypto::constant_time_eq;
 use crate::queue::{Enqueued, MAX_TASK_BYTES, Queue, Task, TaskName};
+use crate::runtime::http::BODY_LIMIT_BYTES;
 
 pub use self::tenant_cache::{CACHE_TTL, ReceiverTenant, TenantCache};
 
@@ -38,26 +39,77 @@ pub fn invalid_signature(header: &str, message: impl Into<String>) -> ApiError {
     .with_field(header)
 }
 
-/// Checks that `header` holds the lowercase (or uppercase) hex HMAC-SHA256 of `body` under
-/// `secret`; the comparison is constant-time (the MAC library's own).
+/// An HMAC-SHA256 key made ready once (its padded inner and outer states computed), so each
+/// verification only hashes the message.
+#[derive(Clone)]
+pub struct HmacKey(Hmac<Sha256>);
+
+impl HmacKey {
+    /// The key of `secret`.
+    pub fn new(secret: &SecretString) -> Self {
+        Self(
+            Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
+                .expect("HMAC takes a key of any length"),
+        )
+    }
+}
+
+impl std::fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HmacKey(<redacted>)")
+    }
+}
+
+/// Checks that `header` holds the lowercase (or uppercase) hex HMAC-SHA256 of `body` under `key`;
+/// the comparison is constant-time (the MAC library's own).
 pub fn verify_hex_hmac(
     headers: &HeaderMap,
     header: &str,
-    secret: &SecretString,
+    key: &HmacKey,
     body: &[&[u8]],
 ) -> Result<(), ApiError> {
     let value = headers
         .get(header)
         .ok_or_else(|| invalid_signature(header, format!("missing {header} header")))?;
-    let signature = hex::decode(value.as_bytes().trim_ascii())
-        .map_err(|_| invalid_signature(header, format!("{header} is not hex")))?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
-        .expect("HMAC takes a key of any length");
+    let mut signature = [0; 32];
+    hex::decode_to_slice(value.as_bytes().trim_ascii(), &mut signature)
+        .map_err(|_| invalid_signature(header, format!("{header} is not 64 hex digits")))?;
+    let mut mac = key.0.clone();
     for part in body {
         mac.update(part);
     }
     mac.verify_slice(&signature)
         .map_err(|_| invalid_signature(header, format!("{header} does not match the body")))
+}
+
+/// A delivery's headers and raw body, moved out of the request (the headers are not copied, as
+/// the `HeaderMap` extractor would). The body was read and limited by the runtime layer.
+pub struct Delivery {
+    /// The request headers.
+    pub headers: HeaderMap,
+    /// The raw body, exactly as signed.
+    pub body: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Delivery {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, BODY_LIMIT_BYTES)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::PayloadTooLarge,
+                    format!("request body exceeds the limit of {BODY_LIMIT_BYTES} bytes"),
+                )
+            })?;
+        Ok(Self {
+            headers: parts.headers,
+            body,
+        })
+    }
 }
 
 /// Whether `header` holds one of `secrets` (constant-time per secret); absent is `None`.
@@ -75,36 +127,63 @@ pub fn shared_secret_matches<'a>(
     Some(matched)
 }
 
-/// The answer to an accepted delivery.
-#[derive(Debug, Serialize)]
-pub struct Accepted {
-    /// `enqueued` (a new task), `duplicate` (a task of that name exists: already accepted) or
-    /// `ignored` (nothing to do, e.g. an event we do not handle).
-    pub status: &'static str,
-    /// The task's name, when one was enqueued.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub task: Option<TaskName>,
+/// `X-Task-Status` of a 202: `enqueued`, `duplicate` or `ignored` (see [`Accepted`]).
+pub const TASK_STATUS_HEADER: &str = "x-task-status";
+/// `X-Task-Name` of a 202: the task the delivery became.
+pub const TASK_NAME_HEADER: &str = "x-task-name";
+
+/// The answer to an accepted delivery: 202 with an empty body (senders only read the status), and
+/// what became of it in [`TASK_STATUS_HEADER`] and [`TASK_NAME_HEADER`] for whoever debugs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// A new task.
+    Enqueued(TaskName),
+    /// A task of that name exists: the same delivery was accepted before.
+    Duplicate(TaskName),
+    /// Nothing to do (an event this extension does not handle).
+    Ignored,
 }
 
 impl Accepted {
-    /// A delivery acknowledged without a task.
-    pub fn ignored() -> Self {
-        Self {
-            status: "ignored",
-            task: None,
+    /// The `X-Task-Status` value.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Self::Enqueued(_) => "enqueued",
+            Self::Duplicate(_) => "duplicate",
+            Self::Ignored => "ignored",
         }
     }
 }
 
 impl IntoResponse for Accepted {
     fn into_response(self) -> Response {
-        (StatusCode::ACCEPTED, Json(self)).into_response()
+        let mut response = StatusCode::ACCEPTED.into_response();
+        let headers = response.headers_mut();
+        headers.insert(TASK_STATUS_HEADER, HeaderValue::from_static(self.status()));
+        if let Self::Enqueued(name) | Self::Duplicate(name) = self
+            && let Ok(name) = HeaderValue::from_maybe_shared(Bytes::from(String::from(name)))
+        {
+            headers.insert(TASK_NAME_HEADER, name);
+        }
+        response
     }
 }
 
-/// Enqueues `task` and answers 202 once it is durably queued; a body too large for a task is
-/// 413 naming `field`, and an unavailable queue is 503.
-pub async fn enqueue(queue: &dyn Queue, task: Task, field: &str) -> Result<Accepted, ApiError> {
+/// Enqueues `task` and answers 202 once it is durably queued; an unavailable queue is 503.
+pub async fn enqueue(queue: &dyn Queue, task: Task) -> Result<Accepted, ApiError> {
+    Ok(match queue.enqueue(&task).await? {
+        Enqueued::Created => Accepted::Enqueued(task.name),
+        Enqueued::AlreadyExists => Accepted::Duplicate(task.name),
+    })
+}
+
+/// [`enqueue`] for a task that carries a caller's body (a target's event or record): one too
+/// large for a task is 413 naming `field` instead of a queue error.
+pub async fn enqueue_carrying(
+    queue: &dyn Queue,
+    task: Task,
+    field: &str,
+) -> Result<Accepted, ApiError> {
     let size = serde_json::to_vec(&task.envelope)
         .map(|body| body.len())
         .unwrap_or(usize::MAX);
@@ -116,14 +195,7 @@ pub async fn enqueue(queue: &dyn Queue, task: Task, field: &str) -> Result<Accep
         )
         .with_field(field));
     }
-    let enqueued = queue.enqueue(&task).await?;
-    Ok(Accepted {
-        status: match enqueued {
-            Enqueued::Created => "enqueued",
-            Enqueued::AlreadyExists => "duplicate",
-        },
-        task: Some(task.name),
-    })
+    enqueue(queue, task).await
 }
 
 #[cfg(test)]
@@ -146,7 +218,7 @@ mod tests {
 
     #[test]
     fn hex_hmacs_verify_only_for_the_right_key_and_body() {
-        let secret = SecretString::from("s3cret");
+        let secret = HmacKey::new(&SecretString::from("s3cret"));
         let body = br#"{"id":"p-1"}"#;
         let good = hex_hmac("s3cret", body);
         let h = "X-Sig";

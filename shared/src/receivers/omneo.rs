@@ -25,7 +25,6 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
@@ -35,12 +34,12 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Accepted, CACHE_TTL, ReceiverTenant, TenantCache, enqueue, invalid_signature,
-    shared_secret_matches, verify_hex_hmac,
+    Accepted, CACHE_TTL, Delivery, ReceiverTenant, TenantCache, enqueue, enqueue_carrying,
+    invalid_signature, shared_secret_matches, verify_hex_hmac,
 };
 use crate::api_error::{ApiError, ErrorCode};
 use crate::app::App;
-use crate::domain::{DataSourceKind, KlaviyoProfileId, OmneoProfileId, TenantId};
+use crate::domain::{DataSourceKind, KlaviyoProfileId, OmneoProfileId};
 use crate::omneo::models::{Identity, profile_id};
 use crate::queue::{
     DataSourceRecord, Direction, ProfileDeleted, QueueName, SendMetric, SyncProfile, Task,
@@ -123,14 +122,13 @@ struct DeletedProfile {
 async fn webhook(
     State(receiver): State<Arc<Receiver>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
     let tenant = receiver.tenant(&tenant).await?;
     verify_hex_hmac(
         &headers,
         SIGNATURE_HEADER,
-        &tenant.omneo_signing_secret,
+        &tenant.omneo_signing_key,
         &[&body],
     )?;
     let queue = tenant.queue(Direction::Outbound)?.clone();
@@ -142,7 +140,7 @@ async fn webhook(
         .ok_or_else(|| ApiError::invalid_field("X-Omneo-Event", "missing X-Omneo-Event header"))?;
     let Some(trigger) = ProfileTrigger::parse(event) else {
         tracing::info!(tenant = %tenant.id, event, "ignored an Omneo event this extension does not handle");
-        return Ok(Accepted::ignored());
+        return Ok(Accepted::Ignored);
     };
     let now = Timestamp::now();
     let task = match trigger {
@@ -171,7 +169,7 @@ async fn webhook(
             task_now(&tenant, queue, work, name)
         }
     };
-    enqueue(receiver.app.queue.as_ref(), task, "body").await
+    enqueue(receiver.app.queue.as_ref(), task).await
 }
 
 /// A sync of `profile` coalesced into the current `coalesce_seconds` bucket: named from the
@@ -245,8 +243,7 @@ async fn metric(
     State(receiver): State<Arc<Receiver>>,
     Path(tenant): Path<String>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
+    Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
     let (tenant, queue) = receiver.target(&tenant, &headers, &body).await?;
     let with_token = with_token(query.as_deref())?;
@@ -343,8 +340,7 @@ fn optional_profile_id<'de, D: serde::Deserializer<'de>>(
 async fn upsert_profile_data(
     State(receiver): State<Arc<Receiver>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
     let (tenant, queue) = receiver.target(&tenant, &headers, &body).await?;
     let named: UpsertProfile = parse_json(&body)?;
@@ -378,8 +374,7 @@ struct RecordCall {
 async fn data_source_record(
     State(receiver): State<Arc<Receiver>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
     let (tenant, queue) = receiver.target(&tenant, &headers, &body).await?;
     let call: RecordCall = parse_json(&body)?;
@@ -443,14 +438,15 @@ impl Receiver {
         field: &str,
     ) -> Result<Accepted, ApiError> {
         let task = task_now(tenant, queue, work, name);
-        enqueue(self.app.queue.as_ref(), task, field).await
+        enqueue_carrying(self.app.queue.as_ref(), task, field).await
     }
 
     /// The tenant of the path; unknown (or not a tenant id) → 404.
     async fn tenant(&self, raw: &str) -> Result<Arc<ReceiverTenant>, ApiError> {
-        let unknown = || ApiError::not_found(format!("no tenant {raw:?}"));
-        let id = TenantId::parse(raw).map_err(|_| unknown())?;
-        self.tenants.get(&id).await?.ok_or_else(unknown)
+        self.tenants
+            .get_raw(raw)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no tenant {raw:?}")))
     }
 
     /// A target call's tenant, authenticated by signature or shared secret, and its outbound
@@ -466,7 +462,7 @@ impl Receiver {
             verify_hex_hmac(
                 headers,
                 SIGNATURE_HEADER,
-                &tenant.omneo_signing_secret,
+                &tenant.omneo_signing_key,
                 &[body],
             )?;
         } else {
@@ -498,6 +494,12 @@ impl Receiver {
 /// Parses a JSON body into `T`: not JSON → 400 `invalid_json`; the wrong shape → 400
 /// `invalid_field` naming the path (`record.id`, `id`).
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // The fast path; only a body that fails is parsed again, tracking the path to name the field.
+    serde_json::from_slice(body).or_else(|_| parse_json_naming_the_field(body))
+}
+
+/// [`parse_json`]'s slow path: the same parse with the path tracked, for the error.
+fn parse_json_naming_the_field<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let not_json = |error: &serde_json::Error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use jiff::Timestamp;
 use secrecy::SecretString;
 
+use super::HmacKey;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::crypto::{CryptoError, Keyring};
 use crate::domain::TenantId;
@@ -34,8 +35,8 @@ pub struct ReceiverTenant {
     pub id: TenantId,
     /// Its settings.
     pub settings: Settings,
-    /// Key of `X-Omneo-Hmac-SHA256`.
-    pub omneo_signing_secret: SecretString,
+    /// Key of `X-Omneo-Hmac-SHA256`, ready to verify with.
+    pub omneo_signing_key: HmacKey,
     /// The shared secret (`x-omneo-secret`, the Klaviyo system webhook's `secret_key`).
     pub webhook_secret: SecretString,
     /// The replaced shared secret and until when it is still accepted.
@@ -126,11 +127,34 @@ impl TenantCache {
 
     /// The tenant, or `None` when it is not registered.
     pub async fn get(&self, id: &TenantId) -> Result<Option<Arc<ReceiverTenant>>, TenantViewError> {
-        if let Some(entry) = self.lock().get(id)
-            && entry.read_at.elapsed() < self.ttl
-        {
-            return Ok(entry.tenant.clone());
+        if let Some(fresh) = self.fresh(id.as_str()) {
+            return Ok(fresh);
         }
+        self.refresh(id).await
+    }
+
+    /// The tenant named by the raw path segment `raw`: `Ok(None)` when it is not registered or
+    /// not a tenant id at all. A cached tenant is found without parsing or allocating.
+    pub async fn get_raw(&self, raw: &str) -> Result<Option<Arc<ReceiverTenant>>, TenantViewError> {
+        if let Some(fresh) = self.fresh(raw) {
+            return Ok(fresh);
+        }
+        match TenantId::parse(raw) {
+            Ok(id) => self.refresh(&id).await,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The cached entry of `id` while it is younger than the TTL.
+    fn fresh(&self, id: &str) -> Option<Option<Arc<ReceiverTenant>>> {
+        self.lock()
+            .get(id)
+            .filter(|entry| entry.read_at.elapsed() < self.ttl)
+            .map(|entry| entry.tenant.clone())
+    }
+
+    /// Reads the tenant from the store and caches it.
+    async fn refresh(&self, id: &TenantId) -> Result<Option<Arc<ReceiverTenant>>, TenantViewError> {
         let read_at = Instant::now();
         let tenant = self.read(id).await?.map(Arc::new);
         let mut entries = self.lock();
@@ -174,7 +198,7 @@ impl TenantCache {
             .map(|secret| (secret, until));
         Ok(Some(ReceiverTenant {
             id: id.clone(),
-            omneo_signing_secret: open(TenantSecret::OmneoSigningSecret)?,
+            omneo_signing_key: HmacKey::new(&open(TenantSecret::OmneoSigningSecret)?),
             webhook_secret: open(TenantSecret::WebhookSecret)?,
             previous_webhook_secret: previous,
             settings: tenant.settings,
@@ -189,9 +213,23 @@ impl TenantCache {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+    use hmac::{Hmac, KeyInit as _, Mac as _};
     use secrecy::ExposeSecret as _;
+    use sha2::Sha256;
 
     use super::*;
+    use crate::receivers::verify_hex_hmac;
+
+    /// Whether the view's signing key is `secret`'s.
+    fn signs_with(view: &ReceiverTenant, secret: &str) -> bool {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(b"{}");
+        let mut headers = HeaderMap::new();
+        let signature = hex::encode(mac.finalize().into_bytes());
+        headers.insert("sig", HeaderValue::from_str(&signature).unwrap());
+        verify_hex_hmac(&headers, "sig", &view.omneo_signing_key, &[b"{}"]).is_ok()
+    }
     use crate::crypto::random_secret;
     use crate::store::{MemoryStore, Tenant};
 
@@ -235,7 +273,7 @@ mod tests {
         );
         tokio::time::sleep(ttl).await;
         let seen = cache.get(&id).await.unwrap().expect("registered");
-        assert_eq!(seen.omneo_signing_secret.expose_secret(), "first");
+        assert!(signs_with(&seen, "first"));
         assert!(seen.queue(Direction::Outbound).is_err(), "not installed");
 
         store
@@ -252,14 +290,10 @@ mod tests {
             .await
             .unwrap();
         let cached = cache.get(&id).await.unwrap().unwrap();
-        assert_eq!(
-            cached.omneo_signing_secret.expose_secret(),
-            "first",
-            "within the TTL"
-        );
+        assert!(signs_with(&cached, "first"), "within the TTL");
         tokio::time::sleep(ttl).await;
         let fresh = cache.get(&id).await.unwrap().unwrap();
-        assert_eq!(fresh.omneo_signing_secret.expose_secret(), "second");
+        assert!(signs_with(&fresh, "second"));
         assert_eq!(fresh.settings.coalesce_seconds, 30);
     }
 
@@ -269,7 +303,7 @@ mod tests {
         let view = ReceiverTenant {
             id: TenantId::parse("acme").unwrap(),
             settings: Settings::default(),
-            omneo_signing_secret: SecretString::from("s"),
+            omneo_signing_key: HmacKey::new(&SecretString::from("s")),
             webhook_secret: SecretString::from("new"),
             previous_webhook_secret: Some((
                 SecretString::from("old"),
