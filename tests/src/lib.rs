@@ -6,6 +6,7 @@
 //! cannot hide behind the same bug in the fake. `local_stack` runs the real app (`shared`) against
 //! them, and holds the simulator wiring the integration tests' `TestApp` uses too.
 
+pub mod bench;
 pub mod emulators;
 pub mod klaviyo;
 pub mod local_stack;

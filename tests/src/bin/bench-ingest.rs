@@ -482,7 +482,7 @@ impl Server {
             .with_context(|| format!("starting {name}"))?;
         let mut server = Self { name, child, port };
         let began = Instant::now();
-        while !health_ok(port) {
+        while !harness::bench::health_ok(port) {
             if let Some(status) = server.child.try_wait()? {
                 anyhow::bail!("{name} exited with {status}: {}", server.stderr());
             }
@@ -531,17 +531,4 @@ impl Drop for Server {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Whether `GET /health` on `port` answers 200.
-fn health_ok(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let request = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    if stream.write_all(request).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }

@@ -4,8 +4,7 @@
 //! Rounds interleave the binaries so machine noise spreads evenly over them. Run from a release
 //! build: the binaries are looked up next to this executable.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -66,7 +65,7 @@ fn measure(binary: &PathBuf) -> anyhow::Result<(Duration, u64)> {
     let began = Instant::now();
     let mut child = spawn(binary, port)?;
     let started = loop {
-        if health_ok(port) {
+        if harness::bench::health_ok(port) {
             break began.elapsed();
         }
         if began.elapsed() > START_TIMEOUT {
@@ -107,18 +106,6 @@ fn spawn(binary: &PathBuf, port: u16) -> anyhow::Result<Child> {
         .stderr(Stdio::null())
         .spawn()?;
     Ok(child)
-}
-
-fn health_ok(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let request = b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-    if stream.write_all(request).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
