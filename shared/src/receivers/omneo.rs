@@ -204,6 +204,7 @@ fn coalesced_sync(
     }
 }
 
+/// A task of `work` on the tenant's outbound `queue`, to run now.
 fn task_now(tenant: &ReceiverTenant, queue: QueueName, work: Work, name: TaskName) -> Task {
     Task {
         queue,
