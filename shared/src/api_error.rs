@@ -12,6 +12,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// The largest request body accepted (product.md §2); larger ones get 413 `payload_too_large`
+/// ([`ApiError::body_too_large`]).
+pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
+
 /// Every `error.code` the API answers with: the one definition of each (product.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -138,6 +142,18 @@ impl ApiError {
     /// 400 `invalid_field`: malformed or missing input, naming the field.
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, message).with_field(field)
+    }
+
+    /// 413 `payload_too_large`: the body is over [`BODY_LIMIT_BYTES`].
+    pub fn body_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "request body exceeds the limit of {BODY_LIMIT_BYTES} bytes ({} KiB)",
+                BODY_LIMIT_BYTES / 1024
+            ),
+        )
     }
 
     /// 401 `unauthorized`.

@@ -22,10 +22,9 @@ use hmac::{Hmac, KeyInit as _, Mac as _};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
-use crate::api_error::{ApiError, ErrorCode};
+use crate::api_error::{ApiError, BODY_LIMIT_BYTES, ErrorCode};
 use crate::crypto::constant_time_eq;
 use crate::queue::{Enqueued, MAX_TASK_BYTES, Queue, Task, TaskName};
-use crate::runtime::http::BODY_LIMIT_BYTES;
 
 pub use self::tenant_cache::{CACHE_TTL, ReceiverTenant, TenantCache};
 
@@ -98,13 +97,7 @@ impl<S: Send + Sync> FromRequest<S> for Delivery {
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, BODY_LIMIT_BYTES)
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ErrorCode::PayloadTooLarge,
-                    format!("request body exceeds the limit of {BODY_LIMIT_BYTES} bytes"),
-                )
-            })?;
+            .map_err(|_| ApiError::body_too_large())?;
         Ok(Self {
             headers: parts.headers,
             body,

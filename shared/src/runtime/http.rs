@@ -22,8 +22,7 @@ use tracing::{Instrument, field};
 use super::telemetry::TraceContext;
 use crate::api_error::{ApiError, ErrorCode};
 
-/// The largest request body accepted (product.md §2); larger ones get 413 `payload_too_large`.
-pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
+pub use crate::api_error::BODY_LIMIT_BYTES;
 
 /// How long in-flight requests may take to finish after the shutdown signal. Cloud Run kills the
 /// instance 10 s after SIGTERM.
@@ -102,11 +101,11 @@ async fn limit_body(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > BODY_LIMIT_BYTES as u64) {
-        return too_large().into_response();
+        return ApiError::body_too_large().into_response();
     }
     let bytes = match Limited::new(body, BODY_LIMIT_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => return too_large().into_response(),
+        Err(e) if e.is::<LengthLimitError>() => return ApiError::body_too_large().into_response(),
         Err(e) => {
             tracing::info!(error = %e, "could not read the request body");
             return ApiError::new(
@@ -119,17 +118,6 @@ async fn limit_body(request: Request, next: Next) -> Response {
     };
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
-}
-
-fn too_large() -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::PayloadTooLarge,
-        format!(
-            "request body exceeds the limit of {BODY_LIMIT_BYTES} bytes ({} KiB)",
-            BODY_LIMIT_BYTES / 1024
-        ),
-    )
 }
 
 /// Serves `router` on `listener` until `shutdown` completes; then stops accepting connections and
