@@ -10,10 +10,10 @@
 //! | [`crypto`] | AES-256-GCM sealing of secrets at rest, bound to their place, with key rotation |
 //! | [`settings`] | a tenant's settings (product.md §4) |
 //! | [`config`] | typed, validated configuration from the environment (product.md §9) |
+//! | [`remote`] | what both clients share: the one retry policy, error classification, sending |
 //! | [`queue`] | task names, typed task kinds, enqueueing: trait, in-process look-alike and Cloud Tasks |
 //! | [`store`] | tenant / install / idempotency / failure records: trait, memory and Firestore |
 //! | [`worker`] | the task workers' side of the queue: reading a push, settling its outcome |
-//! | [`remote`] | what both clients share: the one retry policy, error classification, sending |
 //! | [`klaviyo`], [`omneo`] | typed clients of the two remote APIs |
 //! | [`access`] | a tenant's Klaviyo access: token refresh, pacing, calls |
 //! | [`app`] | the shared state handlers receive, built from the configuration |
