@@ -16,6 +16,20 @@ use serde::Serialize;
 /// ([`ApiError::body_too_large`]).
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
 
+/// The field a deserialisation error is about, as a dot path (`mappings[2].target`, `record.id`):
+/// serde's `path` ends at an unknown or malformed field but stops at a missing field's parent,
+/// whose name only the `message` holds. `"."` means the document itself.
+pub fn field_of(path: &str, message: &str) -> String {
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    match missing {
+        Some(name) if path == "." => name.to_owned(),
+        Some(name) => format!("{path}.{name}"),
+        None => path.to_owned(),
+    }
+}
+
 /// Every `error.code` the API answers with: the one definition of each (product.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -7,6 +7,8 @@ use phonenumber::country::Id as CountryId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::api_error::field_of;
+
 /// What to do in Klaviyo when an Omneo profile is deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -101,15 +103,8 @@ impl Settings {
     /// and validates it.
     pub fn from_json(value: &Value) -> Result<Self, InvalidSetting> {
         let settings: Self = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
             let message = e.inner().to_string();
-            // serde's path ends at an unknown field but stops at a missing field's parent.
-            let field = match missing_field(&message) {
-                Some(name) if path == "." => name.to_owned(),
-                Some(name) => format!("{path}.{name}"),
-                None => path,
-            };
-            InvalidSetting::new(field, message)
+            InvalidSetting::new(field_of(&e.path().to_string(), &message), message)
         })?;
         settings.validate()?;
         Ok(settings)
@@ -294,11 +289,6 @@ where
         Value::String(text) => Some(text),
         rule => Some(rule.to_string()),
     })
-}
-
-/// `missing field `x`` → `x`.
-fn missing_field(message: &str) -> Option<&str> {
-    message.strip_prefix("missing field `")?.split('`').next()
 }
 
 fn is_dot_path(value: &str) -> bool {

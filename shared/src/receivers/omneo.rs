@@ -37,7 +37,7 @@ use super::{
     Accepted, CACHE_TTL, Delivery, ReceiverTenant, TenantCache, enqueue, enqueue_carrying,
     invalid_signature, shared_secret_matches, verify_hex_hmac,
 };
-use crate::api_error::{ApiError, ErrorCode};
+use crate::api_error::{ApiError, ErrorCode, field_of};
 use crate::app::App;
 use crate::domain::{DataSourceKind, KlaviyoProfileId, OmneoProfileId};
 use crate::omneo::models::{Identity, profile_id};
@@ -445,7 +445,7 @@ impl Receiver {
     /// The tenant of the path; unknown (or not a tenant id) → 404.
     async fn tenant(&self, raw: &str) -> Result<Arc<ReceiverTenant>, ApiError> {
         self.tenants
-            .get_raw(raw)
+            .get(raw)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("no tenant {raw:?}")))
     }
@@ -516,21 +516,14 @@ fn parse_json_naming_the_field<T: serde::de::DeserializeOwned>(body: &[u8]) -> R
             return not_json(&inner);
         }
         let message = inner.to_string();
-        let field = match missing_field(&message) {
-            Some(name) if path == "." => name.to_owned(),
-            Some(name) => format!("{path}.{name}"),
-            None if path == "." => "body".to_owned(),
-            None => path,
+        let field = match field_of(&path, &message) {
+            root if root == "." => "body".to_owned(),
+            field => field,
         };
         ApiError::invalid_field(field, message)
     })?;
     deserializer.end().map_err(|error| not_json(&error))?;
     Ok(parsed)
-}
-
-/// `missing field `x`` → `x`.
-fn missing_field(message: &str) -> Option<&str> {
-    message.strip_prefix("missing field `")?.split('`').next()
 }
 
 #[cfg(test)]

@@ -125,17 +125,9 @@ impl TenantCache {
         }
     }
 
-    /// The tenant, or `None` when it is not registered.
-    pub async fn get(&self, id: &TenantId) -> Result<Option<Arc<ReceiverTenant>>, TenantViewError> {
-        if let Some(fresh) = self.fresh(id.as_str()) {
-            return Ok(fresh);
-        }
-        self.refresh(id).await
-    }
-
     /// The tenant named by the raw path segment `raw`: `Ok(None)` when it is not registered or
     /// not a tenant id at all. A cached tenant is found without parsing or allocating.
-    pub async fn get_raw(&self, raw: &str) -> Result<Option<Arc<ReceiverTenant>>, TenantViewError> {
+    pub async fn get(&self, raw: &str) -> Result<Option<Arc<ReceiverTenant>>, TenantViewError> {
         if let Some(fresh) = self.fresh(raw) {
             return Ok(fresh);
         }
@@ -261,18 +253,21 @@ mod tests {
         let id = TenantId::parse("acme").unwrap();
         let ttl = Duration::from_millis(200);
         let cache = TenantCache::new(store.clone(), keyring.clone(), ttl);
-        assert!(cache.get(&id).await.unwrap().is_none(), "unknown at first");
+        assert!(
+            cache.get("acme").await.unwrap().is_none(),
+            "unknown at first"
+        );
 
         store
             .create_tenant(&tenant(&keyring, &id, "first"))
             .await
             .unwrap();
         assert!(
-            cache.get(&id).await.unwrap().is_none(),
+            cache.get("acme").await.unwrap().is_none(),
             "an unknown tenant is cached for the TTL too"
         );
         tokio::time::sleep(ttl).await;
-        let seen = cache.get(&id).await.unwrap().expect("registered");
+        let seen = cache.get("acme").await.unwrap().expect("registered");
         assert!(signs_with(&seen, "first"));
         assert!(seen.queue(Direction::Outbound).is_err(), "not installed");
 
@@ -289,10 +284,10 @@ mod tests {
             })
             .await
             .unwrap();
-        let cached = cache.get(&id).await.unwrap().unwrap();
+        let cached = cache.get("acme").await.unwrap().unwrap();
         assert!(signs_with(&cached, "first"), "within the TTL");
         tokio::time::sleep(ttl).await;
-        let fresh = cache.get(&id).await.unwrap().unwrap();
+        let fresh = cache.get("acme").await.unwrap().unwrap();
         assert!(signs_with(&fresh, "second"));
         assert_eq!(fresh.settings.coalesce_seconds, 30);
     }
