@@ -44,8 +44,9 @@ use tracing::Instrument as _;
 use crate::access::KlaviyoCallError;
 use crate::api_error::{ApiError, ErrorCode};
 use crate::app::App;
-use crate::domain::OmneoProfileId;
+use crate::domain::{KlaviyoProfileId, OmneoProfileId};
 use crate::klaviyo::KlaviyoClient;
+use crate::klaviyo::models::Profile as KlaviyoProfile;
 use crate::omneo::OmneoClient;
 use crate::queue::{Direction, QueueSettings, TaskEnvelope, Work};
 use crate::remote::RemoteError;
@@ -200,6 +201,19 @@ impl<'a> Job<'a> {
                 call(self.app.klaviyo.clone(), token)
             })
             .await
+    }
+
+    /// The Klaviyo profile with this id, with its consent; `None` when Klaviyo has none.
+    pub async fn klaviyo_profile(
+        &self,
+        id: &KlaviyoProfileId,
+    ) -> Result<Option<KlaviyoProfile>, Setback> {
+        self.klaviyo(|k, t| {
+            let id = id.clone();
+            async move { k.profile(&t, &id).await }
+        })
+        .await
+        .map_err(klaviyo_setback("match_profile"))
     }
 
     /// Records a warning for review: the work was done, with a caveat (one per task and kind of

@@ -10,10 +10,11 @@
 use phonenumber::country::Id as CountryId;
 
 use super::consent::CUSTOM_SOURCE;
-use super::sync::find_klaviyo_profile;
 use super::{Job, klaviyo_setback, store_setback};
 use crate::domain::{E164Phone, KlaviyoProfileId, OmneoProfileId};
-use crate::klaviyo::models::{DeletionTarget, Subscriber, UnsubscribeJob};
+use crate::klaviyo::models::{
+    DeletionTarget, Profile as KlaviyoProfile, ProfileFilter, Subscriber, UnsubscribeJob,
+};
 use crate::queue::ProfileDeleted;
 use crate::settings::OnProfileDeleted;
 use crate::worker::Setback;
@@ -124,4 +125,35 @@ pub async fn forget(job: &Job<'_>, known: &Known) -> Result<(), Setback> {
         .delete_sync_state(&job.tenant.id, &known.profile_id)
         .await
         .map_err(store_setback("forget_sync_state"))
+}
+
+/// The Klaviyo profile of an Omneo profile: by the stored identity, then `external_id`, then
+/// email (each read with its consent).
+async fn find_klaviyo_profile(
+    job: &Job<'_>,
+    identity: Option<&KlaviyoProfileId>,
+    omneo_id: &OmneoProfileId,
+    email: Option<&str>,
+) -> Result<Option<KlaviyoProfile>, Setback> {
+    if let Some(identity) = identity {
+        let found = job.klaviyo_profile(identity).await?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    let mut filters = vec![ProfileFilter::ExternalId(omneo_id.clone())];
+    filters.extend(email.map(|email| ProfileFilter::Email(email.to_owned())));
+    for filter in filters {
+        let found = job
+            .klaviyo(|k, t| {
+                let filter = filter.clone();
+                async move { k.find_profiles(&t, &filter).await }
+            })
+            .await
+            .map_err(klaviyo_setback("match_profile"))?;
+        if let Some(profile) = found.into_iter().next() {
+            return Ok(Some(profile));
+        }
+    }
+    Ok(None)
 }

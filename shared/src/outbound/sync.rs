@@ -24,7 +24,7 @@ use super::removal::{self, Known};
 use super::{Job, klaviyo_setback, omneo_setback, store_setback};
 use crate::access::KlaviyoCallError;
 use crate::domain::{KlaviyoProfileId, OmneoProfileId};
-use crate::klaviyo::models::{ImportedProfile, Patch, Profile as KlaviyoProfile, ProfileFilter};
+use crate::klaviyo::models::{ImportedProfile, Patch, Profile as KlaviyoProfile};
 use crate::remote::ErrorKind;
 use crate::store::{ConsentSent, SyncState};
 use crate::worker::Setback;
@@ -81,7 +81,7 @@ async fn sync_held(job: &Job<'_>, id: &OmneoProfileId) -> Result<(), Setback> {
         .and_then(|identifier| KlaviyoProfileId::parse(identifier).ok())
         .or_else(|| state.as_ref().and_then(|s| s.klaviyo_profile_id.clone()));
     let found = match &identity {
-        Some(identity) => read_profile(job, identity).await?,
+        Some(identity) => job.klaviyo_profile(identity).await?,
         None => None,
     };
     let hash = mapped.hash();
@@ -109,7 +109,7 @@ async fn sync_held(job: &Job<'_>, id: &OmneoProfileId) -> Result<(), Setback> {
             let current = if imported.created {
                 consent::current(None)
             } else {
-                let existing = read_profile(job, &imported.id).await?;
+                let existing = job.klaviyo_profile(&imported.id).await?;
                 consent::current(existing.and_then(|p| p.attributes.subscriptions).as_ref())
             };
             (imported.id, current, !imported.created)
@@ -167,50 +167,6 @@ async fn sync_held(job: &Job<'_>, id: &OmneoProfileId) -> Result<(), Setback> {
         .put_sync_state(&sync_state)
         .await
         .map_err(store_setback("write_sync_state"))
-}
-
-/// The Klaviyo profile with this id, with its consent; `None` when Klaviyo has none.
-async fn read_profile(
-    job: &Job<'_>,
-    id: &KlaviyoProfileId,
-) -> Result<Option<KlaviyoProfile>, Setback> {
-    job.klaviyo(|k, t| {
-        let id = id.clone();
-        async move { k.profile(&t, &id).await }
-    })
-    .await
-    .map_err(klaviyo_setback("match_profile"))
-}
-
-/// The Klaviyo profile of an Omneo profile: by the stored identity, then `external_id`, then
-/// email (each read with its consent).
-pub async fn find_klaviyo_profile(
-    job: &Job<'_>,
-    identity: Option<&KlaviyoProfileId>,
-    omneo_id: &OmneoProfileId,
-    email: Option<&str>,
-) -> Result<Option<KlaviyoProfile>, Setback> {
-    if let Some(identity) = identity {
-        let found = read_profile(job, identity).await?;
-        if found.is_some() {
-            return Ok(found);
-        }
-    }
-    let mut filters = vec![ProfileFilter::ExternalId(omneo_id.clone())];
-    filters.extend(email.map(|email| ProfileFilter::Email(email.to_owned())));
-    for filter in filters {
-        let found = job
-            .klaviyo(|k, t| {
-                let filter = filter.clone();
-                async move { k.find_profiles(&t, &filter).await }
-            })
-            .await
-            .map_err(klaviyo_setback("match_profile"))?;
-        if let Some(profile) = found.into_iter().next() {
-            return Ok(Some(profile));
-        }
-    }
-    Ok(None)
 }
 
 /// Imports the mapped profile (as `id` when matched); a duplicate-profile conflict is retried once
