@@ -1,7 +1,8 @@
 //! Small domain types that parse on construction: once you hold one, it is valid.
 //!
 //! They are the nouns of the spec — [`TenantId`], [`KlaviyoProfileId`], [`OmneoProfileId`],
-//! [`E164Phone`], [`ConsentState`], [`DataSourceKind`] — parsed once where a value enters the system (a request, a
+//! [`E164Phone`], [`ConsentState`], [`DataSourceKind`], [`KlaviyoTopic`], the interaction
+//! vocabulary — parsed once where a value enters the system (a request, a
 //! remote's answer, a stored record), so the code behind that edge never re-checks a string.
 
 use std::fmt;
@@ -277,6 +278,174 @@ impl DataSourceKind {
     }
 }
 
+/// What an Omneo interaction was (omneo.md §Interactions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)] // Omneo's values.
+pub enum InteractionAction {
+    Broadcast,
+    Disclose,
+    Feedback,
+    Product,
+    Reach,
+    Refer,
+    Service,
+    Visit,
+    View,
+}
+
+/// Where an Omneo interaction happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)] // Omneo's values.
+pub enum InteractionChannel {
+    App,
+    Email,
+    Location,
+    Push,
+    Sms,
+    Social,
+    Support,
+    Website,
+}
+
+/// An Omneo interaction's sentiment: 1, 0 or −1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// 1.
+    Positive,
+    /// 0.
+    Neutral,
+    /// −1.
+    Negative,
+}
+
+impl Signal {
+    /// The signal's number.
+    pub fn value(self) -> i8 {
+        match self {
+            Self::Positive => 1,
+            Self::Neutral => 0,
+            Self::Negative => -1,
+        }
+    }
+}
+
+impl Serialize for Signal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i8(self.value())
+    }
+}
+
+impl<'de> Deserialize<'de> for Signal {
+    /// 1, 0 or −1, as a number or a numeric string (a templated Flow webhook body may quote it).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        let number = match Raw::deserialize(deserializer)? {
+            Raw::Number(number) => Some(number),
+            Raw::Text(text) => text.trim().parse().ok(),
+        };
+        match number {
+            Some(1) => Ok(Self::Positive),
+            Some(0) => Ok(Self::Neutral),
+            Some(-1) => Ok(Self::Negative),
+            _ => Err(serde::de::Error::custom("a signal is 1, 0 or -1")),
+        }
+    }
+}
+
+/// A Klaviyo system-webhook topic the extension subscribes to and acts on (product.md §7.2,
+/// `klaviyo.md` §System webhooks). Serialized as Klaviyo's topic id, e.g.
+/// `event:klaviyo.bounced_email`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum KlaviyoTopic {
+    /// An email bounced.
+    #[serde(rename = "event:klaviyo.bounced_email")]
+    BouncedEmail,
+    /// An SMS could not be delivered.
+    #[serde(rename = "event:klaviyo.failed_to_deliver_sms")]
+    FailedToDeliverSms,
+    /// An email was marked as spam.
+    #[serde(rename = "event:klaviyo.marked_email_as_spam")]
+    MarkedEmailAsSpam,
+    /// Subscribed to email marketing.
+    #[serde(rename = "event:klaviyo.subscribed_to_email_marketing")]
+    SubscribedToEmailMarketing,
+    /// Unsubscribed from email marketing.
+    #[serde(rename = "event:klaviyo.unsubscribed_from_email_marketing")]
+    UnsubscribedFromEmailMarketing,
+    /// Subscribed to SMS marketing.
+    #[serde(rename = "event:klaviyo.subscribed_to_sms_marketing")]
+    SubscribedToSmsMarketing,
+    /// Unsubscribed from SMS marketing.
+    #[serde(rename = "event:klaviyo.unsubscribed_from_sms_marketing")]
+    UnsubscribedFromSmsMarketing,
+    /// Joined a list.
+    #[serde(rename = "event:klaviyo.subscribed_to_list")]
+    SubscribedToList,
+    /// Left a list.
+    #[serde(rename = "event:klaviyo.unsubscribed_from_list")]
+    UnsubscribedFromList,
+    /// Suppressed from email marketing by hand.
+    #[serde(rename = "event:klaviyo.manually_suppressed_from_email_marketing")]
+    ManuallySuppressedFromEmailMarketing,
+    /// Unsuppressed from email marketing by hand.
+    #[serde(rename = "event:klaviyo.manually_unsuppressed_from_email_marketing")]
+    ManuallyUnsuppressedFromEmailMarketing,
+}
+
+impl KlaviyoTopic {
+    /// Every topic, in the order provisioning subscribes the system webhook to them.
+    /// (`event:klaviyo.dropped_email` is left out: a dropped email says the address is already
+    /// suppressed, which the suppression topics report.)
+    pub const ALL: [Self; 11] = [
+        Self::BouncedEmail,
+        Self::FailedToDeliverSms,
+        Self::MarkedEmailAsSpam,
+        Self::SubscribedToEmailMarketing,
+        Self::UnsubscribedFromEmailMarketing,
+        Self::SubscribedToSmsMarketing,
+        Self::UnsubscribedFromSmsMarketing,
+        Self::SubscribedToList,
+        Self::UnsubscribedFromList,
+        Self::ManuallySuppressedFromEmailMarketing,
+        Self::ManuallyUnsuppressedFromEmailMarketing,
+    ];
+
+    /// Klaviyo's topic id, e.g. `event:klaviyo.bounced_email`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::BouncedEmail => "event:klaviyo.bounced_email",
+            Self::FailedToDeliverSms => "event:klaviyo.failed_to_deliver_sms",
+            Self::MarkedEmailAsSpam => "event:klaviyo.marked_email_as_spam",
+            Self::SubscribedToEmailMarketing => "event:klaviyo.subscribed_to_email_marketing",
+            Self::UnsubscribedFromEmailMarketing => {
+                "event:klaviyo.unsubscribed_from_email_marketing"
+            }
+            Self::SubscribedToSmsMarketing => "event:klaviyo.subscribed_to_sms_marketing",
+            Self::UnsubscribedFromSmsMarketing => "event:klaviyo.unsubscribed_from_sms_marketing",
+            Self::SubscribedToList => "event:klaviyo.subscribed_to_list",
+            Self::UnsubscribedFromList => "event:klaviyo.unsubscribed_from_list",
+            Self::ManuallySuppressedFromEmailMarketing => {
+                "event:klaviyo.manually_suppressed_from_email_marketing"
+            }
+            Self::ManuallyUnsuppressedFromEmailMarketing => {
+                "event:klaviyo.manually_unsuppressed_from_email_marketing"
+            }
+        }
+    }
+
+    /// The topic with this id; `None` for topics the extension does not act on.
+    pub fn from_id(id: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|topic| topic.id() == id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,5 +549,14 @@ mod tests {
             serde_json::to_value(ConsentState::NotSubscribed).unwrap(),
             "not_subscribed"
         );
+    }
+
+    #[test]
+    fn klaviyo_topics_serialize_as_their_ids() {
+        for topic in KlaviyoTopic::ALL {
+            assert_eq!(serde_json::to_value(topic).unwrap(), topic.id());
+            assert_eq!(KlaviyoTopic::from_id(topic.id()), Some(topic));
+        }
+        assert_eq!(KlaviyoTopic::from_id("event:klaviyo.dropped_email"), None);
     }
 }

@@ -17,8 +17,10 @@
 //! | [`klaviyo`], [`omneo`] | typed clients of the two remote APIs |
 //! | [`access`] | a tenant's Klaviyo access: token refresh, pacing, calls |
 //! | [`app`] | the shared state handlers receive, built from the configuration |
+//! | [`job`] | one pushed task's run for either worker: load the tenant, leases, done-markers, settle |
 //! | [`receivers`] | the webhook receivers: authenticate, check the shape, enqueue, answer |
 //! | [`outbound`] | the Omneo → Klaviyo worker: profile sync, deletions, metrics, data-source records |
+//! | [`inbound`] | the Klaviyo → Omneo worker: consent events to comms and interactions, Flow actions |
 //! | [`install`] | registration, admin API, OAuth, provisioning, settings, uninstall, key rotation |
 //! | [`failures`] | the failure records' admin API: list, filter, page, replay |
 //! | [`functions`] | one router per Cloud Run function |
@@ -35,7 +37,9 @@ pub mod crypto;
 pub mod domain;
 pub mod failures;
 pub mod functions;
+pub mod inbound;
 pub mod install;
+pub mod job;
 pub mod klaviyo;
 pub mod omneo;
 pub mod outbound;

@@ -1,4 +1,5 @@
-//! The `inbound-task` function's routes (product.md §2).
+//! The `inbound-task` function's routes (product.md §2): `POST /tasks/inbound`, the Klaviyo →
+//! Omneo worker of [`crate::inbound`].
 
 use std::sync::Arc;
 
@@ -8,5 +9,5 @@ use crate::app::App;
 
 /// The routes `inbound-task` serves.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new().with_state(app)
+    crate::inbound::routes(app)
 }

@@ -1,4 +1,5 @@
-//! The `klaviyo-webhook` function's routes (product.md §2).
+//! The `klaviyo-webhook` function's routes (product.md §2): Klaviyo's system webhooks and the
+//! three Flow webhooks, received by [`crate::receivers::klaviyo`].
 
 use std::sync::Arc;
 
@@ -8,5 +9,5 @@ use crate::app::App;
 
 /// The routes `klaviyo-webhook` serves.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new().with_state(app)
+    crate::receivers::klaviyo::routes(app)
 }

@@ -231,6 +231,49 @@ impl OmneoClient {
         self.create(self.api(&["benefits"]), &json!(benefit)).await
     }
 
+    /// Whether the profile already holds a reward with this `external_id`
+    /// (`GET /profiles/{id}/rewards`): how a retry after an unknown outcome avoids a second one.
+    pub async fn has_reward(
+        &self,
+        profile_id: &OmneoProfileId,
+        external_id: &str,
+    ) -> Result<bool, RemoteError> {
+        self.holds(profile_id, "rewards", external_id).await
+    }
+
+    /// Whether the profile already holds a benefit with this `external_id`
+    /// (`GET /profiles/{id}/benefits`).
+    pub async fn has_benefit(
+        &self,
+        profile_id: &OmneoProfileId,
+        external_id: &str,
+    ) -> Result<bool, RemoteError> {
+        self.holds(profile_id, "benefits", external_id).await
+    }
+
+    /// Whether the profile's `part` (rewards or benefits) lists an item with this `external_id`.
+    /// The filter narrows the page where Omneo supports it; the match is checked here either way.
+    async fn holds(
+        &self,
+        profile_id: &OmneoProfileId,
+        part: &str,
+        external_id: &str,
+    ) -> Result<bool, RemoteError> {
+        #[derive(Deserialize)]
+        struct Item {
+            #[serde(default)]
+            external_id: Option<String>,
+        }
+        let mut url = self.api(&["profiles", profile_id.as_str(), part]);
+        url.query_pairs_mut()
+            .append_pair("filter[external_id]", external_id)
+            .append_pair("page[size]", "100");
+        let items = self.get::<Page<Item>>(url).await?.data;
+        Ok(items
+            .iter()
+            .any(|item| item.external_id.as_deref() == Some(external_id)))
+    }
+
     /// `POST {ID API}/auth/token`: a short-lived ID token for a profile id, or for an identity
     /// identifier with its handle. A second token is harmless, so retried.
     pub async fn mint_id_token(

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::domain::{ConsentState, OmneoProfileId};
+pub use crate::domain::{InteractionAction, InteractionChannel, Signal};
 
 /// An Omneo date-time: written `YYYY-MM-DD HH:MM:SS` in UTC, read in that form or ISO 8601.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -439,58 +440,6 @@ pub enum InteractionProfile {
         /// The identity handle.
         handle: String,
     },
-}
-
-/// What an interaction was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[allow(missing_docs)] // Omneo's values.
-pub enum InteractionAction {
-    Broadcast,
-    Disclose,
-    Feedback,
-    Product,
-    Reach,
-    Refer,
-    Service,
-    Visit,
-    View,
-}
-
-/// Where an interaction happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[allow(missing_docs)] // Omneo's values.
-pub enum InteractionChannel {
-    App,
-    Email,
-    Location,
-    Push,
-    Sms,
-    Social,
-    Support,
-    Website,
-}
-
-/// An interaction's sentiment: 1, 0 or −1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// 1.
-    Positive,
-    /// 0.
-    Neutral,
-    /// −1.
-    Negative,
-}
-
-impl Serialize for Signal {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_i8(match self {
-            Self::Positive => 1,
-            Self::Neutral => 0,
-            Self::Negative => -1,
-        })
-    }
 }
 
 /// An interaction to record (`POST /interactions`).

@@ -23,10 +23,8 @@ use crate::klaviyo::models::{
     ChannelConsent, SubscribeJob, Subscriber, Subscriptions, UnsubscribeJob,
 };
 use crate::omneo::models::{Channel, Comms};
+use crate::queue::OUR_CUSTOM_SOURCE;
 use crate::store::ConsentSent;
-
-/// The `custom_source` of every consent change the extension makes.
-pub const CUSTOM_SOURCE: &str = "omneo";
 
 /// What Omneo wants per channel (`None`: nothing to say — no comms, or no email/phone).
 pub fn desired(comms: Option<&Comms>, has_email: bool, phone: Option<&E164Phone>) -> ConsentSent {
@@ -120,7 +118,7 @@ pub fn writes(
                     .filter(|_| subscriber.email_marketing)
                     .map(str::to_owned),
                 subscribers: vec![subscriber],
-                custom_source: Some(CUSTOM_SOURCE.into()),
+                custom_source: Some(OUR_CUSTOM_SOURCE.into()),
                 historical_consent: at,
             }
         })
@@ -137,7 +135,7 @@ pub fn writes(
         (unsubscriber.email_marketing || unsubscriber.sms_marketing).then(|| UnsubscribeJob {
             subscribers: vec![unsubscriber],
             list_id: None,
-            custom_source: Some(CUSTOM_SOURCE.into()),
+            custom_source: Some(OUR_CUSTOM_SOURCE.into()),
         });
     ConsentWrites {
         subscribe,
@@ -271,7 +269,7 @@ mod tests {
         assert_eq!(w.calls(), 1);
         let job = &w.subscribe[0];
         assert_eq!(job.list_id.as_deref(), Some("MASTER"));
-        assert_eq!(job.custom_source.as_deref(), Some(CUSTOM_SOURCE));
+        assert_eq!(job.custom_source.as_deref(), Some(OUR_CUSTOM_SOURCE));
         assert_eq!(job.historical_consent, None);
         assert!(job.subscribers[0].email_marketing && job.subscribers[0].sms_marketing);
         let sms_only = writes(
@@ -308,7 +306,7 @@ mod tests {
         );
         let job = w.unsubscribe.unwrap();
         assert_eq!(job.list_id, None);
-        assert_eq!(job.custom_source.as_deref(), Some(CUSTOM_SOURCE));
+        assert_eq!(job.custom_source.as_deref(), Some(OUR_CUSTOM_SOURCE));
         assert!(job.subscribers[0].email_marketing && !job.subscribers[0].sms_marketing);
         assert!(w.subscribe.is_empty());
     }

@@ -9,13 +9,12 @@
 
 use phonenumber::country::Id as CountryId;
 
-use super::consent::CUSTOM_SOURCE;
-use super::{Job, klaviyo_setback, store_setback};
 use crate::domain::{E164Phone, KlaviyoProfileId, OmneoProfileId};
+use crate::job::{Job, klaviyo_setback, store_setback};
 use crate::klaviyo::models::{
     DeletionTarget, Profile as KlaviyoProfile, ProfileFilter, Subscriber, UnsubscribeJob,
 };
-use crate::queue::ProfileDeleted;
+use crate::queue::{OUR_CUSTOM_SOURCE, ProfileDeleted};
 use crate::settings::OnProfileDeleted;
 use crate::worker::Setback;
 
@@ -108,7 +107,7 @@ pub async fn forget(job: &Job<'_>, known: &Known) -> Result<(), Setback> {
                     let unsubscribe = UnsubscribeJob {
                         subscribers: vec![subscriber],
                         list_id: None,
-                        custom_source: Some(CUSTOM_SOURCE.into()),
+                        custom_source: Some(OUR_CUSTOM_SOURCE.into()),
                     };
                     job.klaviyo(|k, t| {
                         let unsubscribe = unsubscribe.clone();

@@ -4,7 +4,7 @@
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 
-use super::{Job, klaviyo_setback, omneo_setback};
+use crate::job::{Job, klaviyo_setback, omneo_setback};
 use crate::queue::{DataSourceRecord, SendMetric};
 use crate::worker::Setback;
 
@@ -34,25 +34,9 @@ async fn add_id_token(job: &Job<'_>, event: &mut Value) -> Result<(), Setback> {
     };
     let klaviyo_id = text("/data/attributes/profile/data/id");
     let email = text("/data/attributes/profile/data/attributes/email");
-    let mut profile = None;
-    if let Some(klaviyo_id) = &klaviyo_id {
-        profile = job
-            .omneo
-            .find_profile_by_identity(&job.tenant.settings.identity_handle, klaviyo_id)
-            .await
-            .map_err(omneo_setback("resolve_profile"))?;
-    }
-    if profile.is_none()
-        && let Some(email) = &email
-    {
-        profile = job
-            .omneo
-            .find_profiles_by_email(email)
-            .await
-            .map_err(omneo_setback("resolve_profile"))?
-            .into_iter()
-            .next();
-    }
+    let profile = job
+        .omneo_profile_of(klaviyo_id.as_deref(), email.as_deref())
+        .await?;
     let profile = profile.ok_or_else(|| {
         Setback::give_up(
             "resolve_profile",

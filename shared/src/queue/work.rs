@@ -2,11 +2,15 @@
 //! type — the contract between the receivers that enqueue and the workers that run (product.md
 //! §6, §7). Payloads stay small: ids and the facts a worker cannot re-read.
 
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::Direction;
-use crate::domain::{DataSourceKind, KlaviyoProfileId, OmneoProfileId};
+use crate::domain::{
+    DataSourceKind, InteractionAction, InteractionChannel, KlaviyoProfileId, KlaviyoTopic,
+    OmneoProfileId, Signal,
+};
 
 /// A task's work, stored in the envelope as `{"kind": "<kind>", "payload": {…}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,40 +181,199 @@ pub struct DataSourceRecord {
     pub record: Value,
 }
 
-/// [`Work::KlaviyoEvents`]: one profile's events of one delivery, oldest first.
+/// [`Work::KlaviyoEvents`]: one Klaviyo profile's consent events of one delivery.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KlaviyoEvents {
     /// The Klaviyo profile the events are about.
     pub klaviyo_profile_id: KlaviyoProfileId,
-    /// The events as the delivery carried them (`payload.data` of each entry).
-    pub events: Vec<Value>,
+    /// Its email, as the events carried it (how Omneo is asked when no identity matches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The events, in the order the delivery carried them (the worker sorts them by time).
+    pub events: Vec<ConsentEvent>,
 }
 
-/// Which Flow webhook action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FlowActionKind {
-    /// Issue a reward.
-    Rewards,
-    /// Issue a benefit.
-    Benefits,
-    /// Create an interaction.
-    Interactions,
+/// One Klaviyo system event, reduced to what the inbound worker uses (the typed part of
+/// `payload.data` of a system-webhook entry, or of an event `GET /api/events` returns).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentEvent {
+    /// The Klaviyo event id (what makes its interaction idempotent).
+    pub id: String,
+    /// Its topic.
+    pub topic: KlaviyoTopic,
+    /// When it happened (`attributes.datetime`).
+    pub at: Timestamp,
+    /// `event_properties.method`, e.g. `API`, `PREFERENCE_PAGE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `event_properties.method_detail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method_detail: Option<String>,
+    /// `event_properties.custom_method_detail`: the `custom_source` of an API change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_method_detail: Option<String>,
+    /// `event_properties.list_id` (list topics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_id: Option<String>,
 }
 
-/// [`Work::FlowAction`]: a validated Flow webhook call.
+/// The `custom_source` of every consent change the extension makes in Klaviyo, which Klaviyo
+/// reports back as the event's `custom_method_detail` (product.md §6.4, §7.2 step 2).
+pub const OUR_CUSTOM_SOURCE: &str = "omneo";
+
+impl ConsentEvent {
+    /// Whether the extension caused it (its `custom_method_detail` is [`OUR_CUSTOM_SOURCE`]):
+    /// such an event is an echo and is dropped.
+    pub fn is_circular(&self) -> bool {
+        self.custom_method_detail.as_deref() == Some(OUR_CUSTOM_SOURCE)
+    }
+}
+
+/// [`Work::FlowAction`]: a validated Flow webhook call (product.md §7.3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FlowAction {
-    /// Which action.
-    pub action: FlowActionKind,
     /// `person_id`: the Klaviyo profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub klaviyo_profile_id: Option<KlaviyoProfileId>,
     /// `email`: the fallback match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
-    /// The action's fields (`data`).
-    pub data: Value,
-    /// What makes a repeat a no-op: the caller's `idempotency_key`, else a hash of the body.
-    pub idempotency_key: String,
+    /// What makes a repeat of the call a no-op.
+    pub dedupe: FlowDedupe,
+    /// What to do.
+    pub request: FlowRequest,
+}
+
+/// What identifies one Flow webhook call across Klaviyo's retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowDedupe {
+    /// The caller's `idempotency_key`.
+    Key(String),
+    /// No key was sent: the SHA-256 (hex) of the body, which counts for 24 hours.
+    BodyHash(String),
+}
+
+impl FlowDedupe {
+    /// The identifying text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Key(text) | Self::BodyHash(text) => text,
+        }
+    }
+}
+
+/// A Flow webhook's action, with its validated `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum FlowRequest {
+    /// `rewards`: issue a reward.
+    Reward(IssueReward),
+    /// `benefits`: issue a benefit.
+    Benefit(IssueBenefit),
+    /// `interactions`: record an interaction.
+    Interaction(RecordInteraction),
+}
+
+impl FlowRequest {
+    /// The action's name as its path says it: `rewards`, `benefits`, `interactions`.
+    pub fn path_name(&self) -> &'static str {
+        match self {
+            Self::Reward(_) => "rewards",
+            Self::Benefit(_) => "benefits",
+            Self::Interaction(_) => "interactions",
+        }
+    }
+}
+
+/// `data` of a `rewards` call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueReward {
+    /// Which reward definition (a string or a number, as Omneo ids come).
+    pub reward_definition_id: DefinitionId,
+    /// The value: initial = remaining = amount.
+    #[serde(deserialize_with = "positive_amount")]
+    pub amount: f64,
+    /// When it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// Free-form details, passed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Map<String, Value>>,
+}
+
+/// `data` of a `benefits` call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueBenefit {
+    /// Which benefit definition.
+    pub benefit_definition_id: DefinitionId,
+    /// When it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// Free-form details, passed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Map<String, Value>>,
+}
+
+/// `data` of an `interactions` call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordInteraction {
+    /// What it was.
+    pub action: InteractionAction,
+    /// Where.
+    pub channel: InteractionChannel,
+    /// Its sentiment.
+    pub signal: Signal,
+    /// Its name.
+    #[serde(deserialize_with = "non_empty_text")]
+    pub name: String,
+    /// When it happened (now when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interacted_at: Option<Timestamp>,
+    /// Free-form details, passed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Map<String, Value>>,
+}
+
+/// An Omneo definition id: a non-empty string or a whole number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DefinitionId {
+    /// A numeric id.
+    Number(u64),
+    /// A textual id.
+    #[serde(deserialize_with = "non_empty_text")]
+    Text(String),
+}
+
+fn non_empty_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.trim().is_empty() {
+        return Err(serde::de::Error::custom("must not be empty"));
+    }
+    Ok(text)
+}
+
+/// A positive, finite amount, given as a number or a numeric string (a templated body may quote
+/// it).
+fn positive_amount<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(f64),
+        Text(String),
+    }
+    let amount = match Raw::deserialize(deserializer)? {
+        Raw::Number(number) => Some(number),
+        Raw::Text(text) => text.trim().parse().ok(),
+    };
+    match amount {
+        Some(amount) if amount.is_finite() && amount > 0.0 => Ok(amount),
+        _ => Err(serde::de::Error::custom("must be a positive number")),
+    }
 }
 
 #[cfg(test)]

@@ -5,12 +5,14 @@
 //! |---|---|
 //! | [`tenant_cache`] | the per-instance, short-lived view of a tenant receivers authenticate against |
 //! | [`omneo`] | `omneo-webhook`: Omneo's profile webhooks and the three Klaviyo targets |
+//! | [`klaviyo`] | `klaviyo-webhook`: Klaviyo's system webhooks and the three Flow webhooks |
 //!
 //! What every receiver shares is here: verifying a hex HMAC-SHA256 in constant time, comparing a
 //! shared secret in constant time, and the one way to answer — 202 only once the task is durably
 //! enqueued, 503 when the queue is unavailable (the sender retries; nothing is acknowledged that
 //! was not enqueued).
 
+pub mod klaviyo;
 pub mod omneo;
 pub mod tenant_cache;
 
@@ -22,9 +24,12 @@ use hmac::{Hmac, KeyInit as _, Mac as _};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
-use crate::api_error::{ApiError, BODY_LIMIT_BYTES, ErrorCode};
+use crate::api_error::{ApiError, BODY_LIMIT_BYTES, ErrorCode, field_of};
 use crate::crypto::constant_time_eq;
-use crate::queue::{Enqueued, MAX_TASK_BYTES, Queue, Task, TaskName};
+use crate::domain::TenantId;
+use crate::queue::{
+    Enqueued, MAX_TASK_BYTES, Queue, QueueName, Task, TaskEnvelope, TaskName, Work,
+};
 
 pub use self::tenant_cache::{CACHE_TTL, ReceiverTenant, TenantCache};
 
@@ -124,6 +129,8 @@ pub fn shared_secret_matches<'a>(
 pub const TASK_STATUS_HEADER: &str = "x-task-status";
 /// `X-Task-Name` of a 202: the task the delivery became.
 pub const TASK_NAME_HEADER: &str = "x-task-name";
+/// `X-Task-Count` of a 202 for a batch: how many tasks the delivery became.
+pub const TASK_COUNT_HEADER: &str = "x-task-count";
 
 /// The answer to an accepted delivery: 202 with an empty body (senders only read the status), and
 /// what became of it in [`TASK_STATUS_HEADER`] and [`TASK_NAME_HEADER`] for whoever debugs.
@@ -135,6 +142,13 @@ pub enum Accepted {
     Duplicate(TaskName),
     /// Nothing to do (an event this extension does not handle).
     Ignored,
+    /// A batch became several tasks: `enqueued` new ones, `duplicates` accepted before.
+    Batch {
+        /// New tasks.
+        enqueued: usize,
+        /// Tasks that existed already.
+        duplicates: usize,
+    },
 }
 
 impl Accepted {
@@ -144,6 +158,8 @@ impl Accepted {
             Self::Enqueued(_) => "enqueued",
             Self::Duplicate(_) => "duplicate",
             Self::Ignored => "ignored",
+            Self::Batch { enqueued: 0, .. } => "duplicate",
+            Self::Batch { .. } => "enqueued",
         }
     }
 }
@@ -153,12 +169,35 @@ impl IntoResponse for Accepted {
         let mut response = StatusCode::ACCEPTED.into_response();
         let headers = response.headers_mut();
         headers.insert(TASK_STATUS_HEADER, HeaderValue::from_static(self.status()));
-        if let Self::Enqueued(name) | Self::Duplicate(name) = self
-            && let Ok(name) = HeaderValue::from_maybe_shared(Bytes::from(String::from(name)))
-        {
-            headers.insert(TASK_NAME_HEADER, name);
+        match self {
+            Self::Enqueued(name) | Self::Duplicate(name) => {
+                if let Ok(name) = HeaderValue::from_maybe_shared(Bytes::from(String::from(name))) {
+                    headers.insert(TASK_NAME_HEADER, name);
+                }
+            }
+            Self::Batch {
+                enqueued,
+                duplicates,
+            } => {
+                headers.insert(TASK_COUNT_HEADER, HeaderValue::from(enqueued + duplicates));
+            }
+            Self::Ignored => {}
         }
         response
+    }
+}
+
+/// A task of `work` for `tenant` on `queue`, to run now; the worker follows from the work's kind.
+pub fn task_now(tenant: &TenantId, queue: QueueName, work: Work, name: TaskName) -> Task {
+    Task {
+        queue,
+        direction: work.kind().direction(),
+        envelope: TaskEnvelope {
+            tenant: tenant.clone(),
+            work,
+        },
+        name,
+        schedule_at: None,
     }
 }
 
@@ -170,6 +209,28 @@ pub async fn enqueue(queue: &dyn Queue, task: Task) -> Result<Accepted, ApiError
     })
 }
 
+/// Enqueues every task at once and answers 202 once all are durably queued; if any fails, the
+/// answer is that failure (503 for an unavailable queue): the sender retries the whole delivery,
+/// and the tasks already queued are found again by name.
+pub async fn enqueue_all(queue: &dyn Queue, tasks: Vec<Task>) -> Result<Accepted, ApiError> {
+    if tasks.is_empty() {
+        return Ok(Accepted::Ignored);
+    }
+    let results =
+        futures_util::future::join_all(tasks.iter().map(|task| queue.enqueue(task))).await;
+    let (mut enqueued, mut duplicates) = (0, 0);
+    for result in results {
+        match result? {
+            Enqueued::Created => enqueued += 1,
+            Enqueued::AlreadyExists => duplicates += 1,
+        }
+    }
+    Ok(Accepted::Batch {
+        enqueued,
+        duplicates,
+    })
+}
+
 /// [`enqueue`] for a task that carries a caller's body (a target's event or record): one too
 /// large for a task is 413 naming `field` instead of a queue error.
 pub async fn enqueue_carrying(
@@ -177,6 +238,12 @@ pub async fn enqueue_carrying(
     task: Task,
     field: &str,
 ) -> Result<Accepted, ApiError> {
+    fits_a_task(&task, field)?;
+    enqueue(queue, task).await
+}
+
+/// 413 naming `field` when the task's body would exceed what a task holds.
+pub fn fits_a_task(task: &Task, field: &str) -> Result<(), ApiError> {
     let size = serde_json::to_vec(&task.envelope)
         .map(|body| body.len())
         .unwrap_or(usize::MAX);
@@ -188,7 +255,41 @@ pub async fn enqueue_carrying(
         )
         .with_field(field));
     }
-    enqueue(queue, task).await
+    Ok(())
+}
+
+/// Parses a JSON body into `T`: not JSON → 400 `invalid_json`; the wrong shape → 400
+/// `invalid_field` naming the path (`record.id`, `id`).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // The fast path; only a body that fails is parsed again, tracking the path to name the field.
+    serde_json::from_slice(body).or_else(|_| parse_json_naming_the_field(body))
+}
+
+/// [`parse_json`]'s slow path: the same parse with the path tracked, for the error.
+fn parse_json_naming_the_field<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let not_json = |error: &serde_json::Error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidJson,
+            format!("the body is not JSON: {error}"),
+        )
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return not_json(&inner);
+        }
+        let message = inner.to_string();
+        let field = match field_of(&path, &message) {
+            root if root == "." => "body".to_owned(),
+            field => field,
+        };
+        ApiError::invalid_field(field, message)
+    })?;
+    deserializer.end().map_err(|error| not_json(&error))?;
+    Ok(parsed)
 }
 
 #[cfg(test)]

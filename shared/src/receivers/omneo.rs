@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::routing::post;
 use jiff::Timestamp;
 use serde::Deserialize;
@@ -35,9 +35,9 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Accepted, CACHE_TTL, Delivery, ReceiverTenant, TenantCache, enqueue, enqueue_carrying,
-    invalid_signature, shared_secret_matches, verify_hex_hmac,
+    invalid_signature, parse_json, shared_secret_matches, task_now, verify_hex_hmac,
 };
-use crate::api_error::{ApiError, ErrorCode, field_of};
+use crate::api_error::ApiError;
 use crate::app::App;
 use crate::domain::{DataSourceKind, KlaviyoProfileId, OmneoProfileId};
 use crate::omneo::models::{Identity, profile_id};
@@ -124,7 +124,7 @@ async fn webhook(
     Path(tenant): Path<String>,
     Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
-    let tenant = receiver.tenant(&tenant).await?;
+    let tenant = receiver.tenants.find(&tenant).await?;
     verify_hex_hmac(
         &headers,
         SIGNATURE_HEADER,
@@ -166,7 +166,7 @@ async fn webhook(
                     .filter(|phone| !phone.trim().is_empty()),
                 klaviyo_profile_id,
             });
-            task_now(&tenant, queue, work, name)
+            task_now(&tenant.id, queue, work, name)
         }
     };
     enqueue(receiver.app.queue.as_ref(), task).await
@@ -201,20 +201,6 @@ fn coalesced_sync(
         },
         name,
         schedule_at: Some(bucket_end),
-    }
-}
-
-/// A task of `work` on the tenant's outbound `queue`, to run now.
-fn task_now(tenant: &ReceiverTenant, queue: QueueName, work: Work, name: TaskName) -> Task {
-    Task {
-        queue,
-        direction: Direction::Outbound,
-        envelope: TaskEnvelope {
-            tenant: tenant.id.clone(),
-            work,
-        },
-        name,
-        schedule_at: None,
     }
 }
 
@@ -438,16 +424,8 @@ impl Receiver {
         name: TaskName,
         field: &str,
     ) -> Result<Accepted, ApiError> {
-        let task = task_now(tenant, queue, work, name);
+        let task = task_now(&tenant.id, queue, work, name);
         enqueue_carrying(self.app.queue.as_ref(), task, field).await
-    }
-
-    /// The tenant of the path; unknown (or not a tenant id) → 404.
-    async fn tenant(&self, raw: &str) -> Result<Arc<ReceiverTenant>, ApiError> {
-        self.tenants
-            .get(raw)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("no tenant {raw:?}")))
     }
 
     /// A target call's tenant, authenticated by signature or shared secret, and its outbound
@@ -458,7 +436,7 @@ impl Receiver {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<(Arc<ReceiverTenant>, QueueName), ApiError> {
-        let tenant = self.tenant(raw).await?;
+        let tenant = self.tenants.find(raw).await?;
         if headers.contains_key(SIGNATURE_HEADER) {
             verify_hex_hmac(
                 headers,
@@ -490,40 +468,6 @@ impl Receiver {
         let queue = tenant.queue(Direction::Outbound)?.clone();
         Ok((tenant, queue))
     }
-}
-
-/// Parses a JSON body into `T`: not JSON → 400 `invalid_json`; the wrong shape → 400
-/// `invalid_field` naming the path (`record.id`, `id`).
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    // The fast path; only a body that fails is parsed again, tracking the path to name the field.
-    serde_json::from_slice(body).or_else(|_| parse_json_naming_the_field(body))
-}
-
-/// [`parse_json`]'s slow path: the same parse with the path tracked, for the error.
-fn parse_json_naming_the_field<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let not_json = |error: &serde_json::Error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidJson,
-            format!("the body is not JSON: {error}"),
-        )
-    };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return not_json(&inner);
-        }
-        let message = inner.to_string();
-        let field = match field_of(&path, &message) {
-            root if root == "." => "body".to_owned(),
-            field => field,
-        };
-        ApiError::invalid_field(field, message)
-    })?;
-    deserializer.end().map_err(|error| not_json(&error))?;
-    Ok(parsed)
 }
 
 #[cfg(test)]

@@ -41,6 +41,10 @@ pub struct ReceiverTenant {
     pub webhook_secret: SecretString,
     /// The replaced shared secret and until when it is still accepted.
     pub previous_webhook_secret: Option<(SecretString, Timestamp)>,
+    /// Key of `Klaviyo-Signature` (the shared secret), ready to verify with.
+    pub webhook_key: HmacKey,
+    /// The replaced shared secret's key, accepted as long as that secret is.
+    pub previous_webhook_key: Option<HmacKey>,
     /// The install record, if any.
     pub install: Option<Install>,
 }
@@ -72,6 +76,19 @@ impl ReceiverTenant {
             .filter(|(_, until)| now < *until)
             .map(|(secret, _)| secret);
         std::iter::once(&self.webhook_secret).chain(previous)
+    }
+
+    /// The keys of the shared secrets accepted at `now` (see [`Self::webhook_secrets`]).
+    pub fn webhook_keys(&self, now: Timestamp) -> impl Iterator<Item = &HmacKey> {
+        let previous_accepted = self
+            .previous_webhook_secret
+            .as_ref()
+            .is_some_and(|(_, until)| now < *until);
+        std::iter::once(&self.webhook_key).chain(
+            self.previous_webhook_key
+                .as_ref()
+                .filter(|_| previous_accepted),
+        )
     }
 }
 
@@ -137,6 +154,13 @@ impl TenantCache {
         }
     }
 
+    /// [`Self::get`], with an unknown tenant as the 404 receivers answer.
+    pub async fn find(&self, raw: &str) -> Result<Arc<ReceiverTenant>, ApiError> {
+        self.get(raw)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("no tenant {raw:?}")))
+    }
+
     /// The cached entry of `id` while it is younger than the TTL.
     fn fresh(&self, id: &str) -> Option<Option<Arc<ReceiverTenant>>> {
         self.lock()
@@ -188,10 +212,13 @@ impl TenantCache {
             .previous_webhook_secret(&self.keyring, Timestamp::now())
             .map_err(sealed)?
             .map(|secret| (secret, until));
+        let webhook_secret = open(TenantSecret::WebhookSecret)?;
         Ok(Some(ReceiverTenant {
             id: id.clone(),
             omneo_signing_key: HmacKey::new(&open(TenantSecret::OmneoSigningSecret)?),
-            webhook_secret: open(TenantSecret::WebhookSecret)?,
+            webhook_key: HmacKey::new(&webhook_secret),
+            webhook_secret,
+            previous_webhook_key: previous.as_ref().map(|(secret, _)| HmacKey::new(secret)),
             previous_webhook_secret: previous,
             settings: tenant.settings,
             install,
@@ -304,6 +331,8 @@ mod tests {
                 SecretString::from("old"),
                 now + jiff::SignedDuration::from_mins(10),
             )),
+            webhook_key: HmacKey::new(&SecretString::from("new")),
+            previous_webhook_key: Some(HmacKey::new(&SecretString::from("old"))),
             install: None,
         };
         let accepted = |at| -> Vec<String> {
@@ -313,5 +342,11 @@ mod tests {
         };
         assert_eq!(accepted(now), ["new", "old"]);
         assert_eq!(accepted(now + jiff::SignedDuration::from_mins(11)), ["new"]);
+        assert_eq!(view.webhook_keys(now).count(), 2);
+        assert_eq!(
+            view.webhook_keys(now + jiff::SignedDuration::from_mins(11))
+                .count(),
+            1
+        );
     }
 }

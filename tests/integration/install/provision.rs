@@ -16,7 +16,7 @@ use serde_json::Value;
 use shared::app::App;
 use shared::domain::{DataSourceKind, OmneoProfileId, TenantId};
 use shared::install::provision::{
-    OMNEO_TRIGGERS, ProvisionError, SYSTEM_WEBHOOK_TOPICS, provision,
+    OMNEO_TRIGGERS, ProvisionError, provision, system_webhook_topics,
 };
 use shared::klaviyo::models::{NewDataSource, Visibility};
 use shared::omneo::models::WebhookUpdate;
@@ -109,7 +109,8 @@ pub(super) async fn assert_provisioned_once(t: &TestApp, tenant: &TenantId) {
         .unwrap();
     assert_eq!(webhook.secret_key, secret.expose_secret());
     let topics: BTreeSet<&str> = webhook.topics.iter().map(String::as_str).collect();
-    assert_eq!(topics, SYSTEM_WEBHOOK_TOPICS.into_iter().collect());
+    let expected = system_webhook_topics();
+    assert_eq!(topics, expected.iter().map(String::as_str).collect());
     assert!(webhook.enabled);
     assert_eq!(
         install.resources.klaviyo_webhook_id.as_ref(),
@@ -183,9 +184,9 @@ async fn assert_topics_exist(t: &TestApp, tenant: &TenantId) {
         .into_iter()
         .map(|topic| topic.id)
         .collect();
-    for topic in SYSTEM_WEBHOOK_TOPICS {
+    for topic in system_webhook_topics() {
         assert!(
-            offered.contains(topic),
+            offered.contains(&topic),
             "{topic} is not a Klaviyo topic: {offered:?}"
         );
     }

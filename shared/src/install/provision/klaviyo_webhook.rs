@@ -8,31 +8,24 @@ use super::Run;
 use crate::access::{KlaviyoCallError, Pacer, RateClass, TokenProvider, klaviyo_call};
 use crate::config::{Config, join};
 use crate::crypto::constant_time_eq;
-use crate::domain::TenantId;
+use crate::domain::{KlaviyoTopic, TenantId};
 use crate::install::failure::StepFailure;
 use crate::klaviyo::KlaviyoClient;
 use crate::klaviyo::models::{NewWebhook, WebhookUpdate};
 use crate::store::{Tenant, TenantSecret};
 
 /// The topics of the Klaviyo system webhook (klaviyo.md §System webhooks): exactly the topics the
-/// inbound worker maps to Omneo comms (product.md §7.2) — bounce (`bounced_email`,
-/// `failed_to_deliver_sms`), spam, subscribe/unsubscribe for email, SMS and lists, and manual
-/// suppression/unsuppression. `event:klaviyo.dropped_email` is left out on purpose: a dropped
-/// email is Klaviyo skipping a send to an address it already suppresses, not a new fact about the
-/// customer, and §7.2 gives it no mapping.
-pub const SYSTEM_WEBHOOK_TOPICS: [&str; 11] = [
-    "event:klaviyo.bounced_email",
-    "event:klaviyo.failed_to_deliver_sms",
-    "event:klaviyo.marked_email_as_spam",
-    "event:klaviyo.subscribed_to_email_marketing",
-    "event:klaviyo.unsubscribed_from_email_marketing",
-    "event:klaviyo.subscribed_to_sms_marketing",
-    "event:klaviyo.unsubscribed_from_sms_marketing",
-    "event:klaviyo.subscribed_to_list",
-    "event:klaviyo.unsubscribed_from_list",
-    "event:klaviyo.manually_suppressed_from_email_marketing",
-    "event:klaviyo.manually_unsuppressed_from_email_marketing",
-];
+/// inbound worker maps to Omneo comms (product.md §7.2), [`KlaviyoTopic::ALL`] — bounce
+/// (`bounced_email`, `failed_to_deliver_sms`), spam, subscribe/unsubscribe for email, SMS and
+/// lists, and manual suppression/unsuppression. `event:klaviyo.dropped_email` is left out on
+/// purpose: a dropped email is Klaviyo skipping a send to an address it already suppresses, not a
+/// new fact about the customer, and §7.2 gives it no mapping.
+pub fn system_webhook_topics() -> Vec<String> {
+    KlaviyoTopic::ALL
+        .iter()
+        .map(|topic| topic.id().to_owned())
+        .collect()
+}
 
 /// The name of the tenant's Klaviyo system webhook (how it is found again: URLs are masked).
 pub fn klaviyo_webhook_name(tenant: &TenantId) -> String {
@@ -58,7 +51,7 @@ pub(super) async fn ensure(run: &Run<'_>) -> Result<String, StepFailure> {
         .open(&app.config.keyring, TenantSecret::WebhookSecret)
         .map_err(StepFailure::Sealed)?;
     let sent = secret_key.clone();
-    let topics: Vec<String> = SYSTEM_WEBHOOK_TOPICS.map(str::to_owned).to_vec();
+    let topics = system_webhook_topics();
     let mut ours = find_klaviyo_webhooks(&app.tokens, &app.klaviyo, tenant, &run.pacer)
         .await?
         .into_iter();

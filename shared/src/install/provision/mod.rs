@@ -7,7 +7,7 @@
 //! | step | module | what it ensures | how it finds what exists |
 //! |---|---|---|---|
 //! | `data_sources` | [`data_sources`] | the six Klaviyo data sources of [`DataSourceKind`](crate::domain::DataSourceKind) (private) | every page of `GET /api/data-sources`, by exact title; only the missing are created |
-//! | `klaviyo_webhook` | [`klaviyo_webhook`] | one system webhook `Omneo {tenant}` at `{KLAVIYO_WEBHOOK_URL}/{tenant}/api/v1/webhooks/klaviyo/system`, `secret_key` = the tenant's `webhook_secret`, topics [`SYSTEM_WEBHOOK_TOPICS`] | by *name* (Klaviyo masks URLs); found → `PATCH` url, secret and topics; extra copies of the name are deleted |
+//! | `klaviyo_webhook` | [`klaviyo_webhook`] | one system webhook `Omneo {tenant}` at `{KLAVIYO_WEBHOOK_URL}/{tenant}/api/v1/webhooks/klaviyo/system`, `secret_key` = the tenant's `webhook_secret`, topics [`system_webhook_topics`] | by *name* (Klaviyo masks URLs); found → `PATCH` url, secret and topics; extra copies of the name are deleted |
 //! | `omneo_webhooks` | [`omneo_webhooks`] | [`OMNEO_TRIGGERS`] at `{OMNEO_WEBHOOK_URL}/{tenant}/api/v1/webhooks/omneo` in the tenant's namespace, created **disabled** | by (namespace, trigger); a changed URL is fixed with `PUT {url}`; `is_active` is never touched |
 //! | `queues` | [`queues`] | the tenant's [`TenantQueues`](crate::queue::TenantQueues) with [`QueueSettings::for_direction`](crate::queue::QueueSettings::for_direction), their names reserved for the tenant | `ensure_queue` creates or updates |
 //!
@@ -51,7 +51,7 @@ use axum::{Json, Router};
 use jiff::Timestamp;
 use secrecy::SecretString;
 
-pub use self::klaviyo_webhook::{SYSTEM_WEBHOOK_TOPICS, klaviyo_webhook_name, klaviyo_webhook_url};
+pub use self::klaviyo_webhook::{klaviyo_webhook_name, klaviyo_webhook_url, system_webhook_topics};
 pub use self::omneo_webhooks::{OMNEO_TRIGGERS, omneo_webhook_url};
 use super::admin::AdminTenant;
 use super::failure::StepFailure;

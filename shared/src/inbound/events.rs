@@ -1,0 +1,236 @@
+//! *Klaviyo events*: one Klaviyo profile's consent events → Omneo (product.md §7.2).
+//!
+//! In order: drop the echoes of the extension's own changes (`custom_method_detail` = `omneo`,
+//! before any remote call); find the Omneo profile (Klaviyo identity, then email; none → skip,
+//! never create); then, holding the profile's lease: claim each event (an event already applied
+//! drops out), merge the rest into one comms update ([`super::consent::merge`]) and send it if
+//! it changes anything, check the master list, and record one interaction per event, marking
+//! each event done as its interaction is made. Subscription status is never pushed back to
+//! Klaviyo; the only Klaviyo write is the master-list subscribe.
+//!
+//! **Retries.** A retry after a partial failure (comms written, some interactions not) finds the
+//! finished events done and the comms already equal, so nothing is written twice. The one gap:
+//! an attempt that dies between Omneo creating an interaction and the store marking its event
+//! done leaves the claim to lapse, and the retry records that interaction again (Omneo offers no
+//! way to look one up).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::consent::{applied, effect, merge};
+use crate::domain::{ConsentState, KlaviyoTopic};
+use crate::job::{Held, Hold, Job, klaviyo_setback, omneo_setback};
+use crate::klaviyo::models::{SubscribeJob, Subscriber};
+use crate::omneo::models::{
+    Channel, Comms, InteractionProfile, NewInteraction, OmneoTime, Profile as OmneoProfile,
+};
+use crate::outbound::consent::current as klaviyo_consent;
+use crate::queue::{ConsentEvent, KlaviyoEvents, OUR_CUSTOM_SOURCE};
+use crate::store::IdempotencyKey;
+use crate::worker::Setback;
+
+/// How long an applied event is remembered: longer than any redelivery by Klaviyo, and than the
+/// look-back of reconciliation, which feeds the same events again.
+pub const EVENT_RETAIN: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Applies one profile's events to Omneo (see the module docs).
+pub async fn klaviyo_events(job: &Job<'_>, work: &KlaviyoEvents) -> Result<(), Setback> {
+    let events: Vec<&ConsentEvent> = work.events.iter().filter(|e| !e.is_circular()).collect();
+    if events.is_empty() {
+        tracing::info!(
+            klaviyo_profile = %work.klaviyo_profile_id,
+            "every event was the extension's own change; nothing to do"
+        );
+        return Ok(());
+    }
+    let Some(profile) = job
+        .omneo_profile_of(
+            Some(work.klaviyo_profile_id.as_str()),
+            work.email.as_deref(),
+        )
+        .await?
+    else {
+        tracing::info!(
+            klaviyo_profile = %work.klaviyo_profile_id,
+            events = events.len(),
+            "no Omneo profile holds this Klaviyo identity or email; skipped (profiles are never created)"
+        );
+        return Ok(());
+    };
+    job.with_profile_lease(&profile.id, apply(job, work, &profile, events))
+        .await
+}
+
+/// Claims the events and applies those not applied before.
+async fn apply(
+    job: &Job<'_>,
+    work: &KlaviyoEvents,
+    profile: &OmneoProfile,
+    events: Vec<&ConsentEvent>,
+) -> Result<(), Setback> {
+    let mut claimed: Vec<(&ConsentEvent, Held)> = Vec::with_capacity(events.len());
+    for event in events {
+        match job.hold(event_key(job, event), "claim_event").await {
+            Ok(Hold::Acquired(held)) => claimed.push((event, held)),
+            Ok(Hold::Done) => {}
+            Err(setback) => {
+                let_go_all(job, claimed).await;
+                return Err(setback);
+            }
+        }
+    }
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    claimed.sort_by(|(a, _), (b, _)| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+    let fresh: Vec<&ConsentEvent> = claimed.iter().map(|(event, _)| *event).collect();
+    if let Err(setback) = update_comms(job, work, profile, &fresh).await {
+        let_go_all(job, claimed).await;
+        return Err(setback);
+    }
+    let mut claimed = claimed.into_iter();
+    while let Some((event, held)) = claimed.next() {
+        let recorded = record_interaction(job, profile, event).await;
+        match recorded {
+            Ok(()) => job.finish(held, EVENT_RETAIN, "record_interaction").await?,
+            Err(setback) => {
+                job.let_go(held).await;
+                let_go_all(job, claimed).await;
+                return Err(setback);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The done-marker of one Klaviyo event in the tenant.
+fn event_key(job: &Job<'_>, event: &ConsentEvent) -> IdempotencyKey {
+    IdempotencyKey::new(&job.tenant.id, "klaviyo-event", &[&event.id])
+}
+
+async fn let_go_all<'e>(
+    job: &Job<'_>,
+    claimed: impl IntoIterator<Item = (&'e ConsentEvent, Held)>,
+) {
+    for (_, held) in claimed {
+        job.let_go(held).await;
+    }
+}
+
+/// Steps 3–5 and 7: the merged comms update (when it changes anything), then the master list.
+async fn update_comms(
+    job: &Job<'_>,
+    work: &KlaviyoEvents,
+    profile: &OmneoProfile,
+    events: &[&ConsentEvent],
+) -> Result<(), Setback> {
+    let current = job
+        .omneo
+        .comms(&profile.id)
+        .await
+        .map_err(omneo_setback("read_comms"))?;
+    let update = merge(&current, events.iter().copied());
+    if update != Comms::default() {
+        job.omneo
+            .update_comms(&profile.id, &update)
+            .await
+            .map_err(omneo_setback("update_comms"))?;
+    }
+    let after = applied(&current, &update);
+    let opted_in = events
+        .iter()
+        .any(|event| effect(event.topic).may_subscribe_email());
+    if opted_in && after.consent(Channel::Email).is_subscribed() {
+        join_master_list(job, work, events).await?;
+    }
+    Ok(())
+}
+
+/// Step 7: an email-subscribed profile that is not in the tenant's master list is subscribed
+/// with the list (`custom_source: omneo`, so the echo is dropped). Nothing without a master list.
+async fn join_master_list(
+    job: &Job<'_>,
+    work: &KlaviyoEvents,
+    events: &[&ConsentEvent],
+) -> Result<(), Setback> {
+    let Some(list_id) = job.tenant.settings.master_list_id.as_deref() else {
+        return Ok(());
+    };
+    if events
+        .iter()
+        .any(|e| e.topic == KlaviyoTopic::SubscribedToList && e.list_id.as_deref() == Some(list_id))
+    {
+        return Ok(());
+    }
+    // Re-read: the events may be older than Klaviyo's current consent.
+    let Some(klaviyo) = job.klaviyo_profile(&work.klaviyo_profile_id).await? else {
+        return Ok(());
+    };
+    let subscribed = klaviyo_consent(klaviyo.attributes.subscriptions.as_ref()).email
+        == Some(ConsentState::Subscribed);
+    let Some(email) = klaviyo.attributes.email.as_deref().filter(|_| subscribed) else {
+        return Ok(());
+    };
+    let member = job
+        .klaviyo(|k, t| async move { k.list_has_email(&t, list_id, email).await })
+        .await
+        .map_err(klaviyo_setback("check_master_list"))?;
+    if member {
+        return Ok(());
+    }
+    let subscribe = SubscribeJob {
+        subscribers: vec![Subscriber {
+            email: Some(email.to_owned()),
+            phone_number: None,
+            email_marketing: true,
+            sms_marketing: false,
+        }],
+        list_id: Some(list_id.to_owned()),
+        custom_source: Some(OUR_CUSTOM_SOURCE.to_owned()),
+        historical_consent: None,
+    };
+    job.klaviyo(|k, t| {
+        let subscribe = subscribe.clone();
+        async move { k.subscribe(&t, &subscribe).await }
+    })
+    .await
+    .map_err(klaviyo_setback("join_master_list"))
+}
+
+/// Step 8: the event's interaction, in the tenant's namespace, at the event's time.
+async fn record_interaction(
+    job: &Job<'_>,
+    profile: &OmneoProfile,
+    event: &ConsentEvent,
+) -> Result<(), Setback> {
+    let effect = effect(event.topic);
+    let mut meta = json!({
+        "klaviyo_event_id": event.id,
+        "topic": event.topic.id(),
+    });
+    for (key, value) in [
+        ("method", &event.method),
+        ("method_detail", &event.method_detail),
+        ("list_id", &event.list_id),
+    ] {
+        if let Some(value) = value {
+            meta[key] = Value::from(value.as_str());
+        }
+    }
+    let interaction = NewInteraction {
+        profile: InteractionProfile::ProfileId(profile.id.clone()),
+        action: effect.action,
+        channel: effect.channel,
+        signal: effect.signal,
+        name: effect.name.to_owned(),
+        namespace: job.tenant.settings.namespace.clone(),
+        interacted_at: Some(OmneoTime(event.at)),
+        meta: Some(meta),
+    };
+    job.omneo
+        .create_interaction(&interaction)
+        .await
+        .map(drop)
+        .map_err(omneo_setback("record_interaction"))
+}
