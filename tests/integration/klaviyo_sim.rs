@@ -1397,3 +1397,249 @@ async fn control_routes_show_profiles_with_consent_and_lists_and_the_events() {
         sim.endpoints()
     );
 }
+
+/// `POST {sim}{path}` with a raw body, without a token or revision; answers (status, JSON),
+/// checking the content type.
+async fn control_post(sim: &KlaviyoSim, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+    let mut request = client().post(format!("{}{path}", sim.url()));
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    // The simulator's own shapes as plain JSON; errors are Klaviyo's, JSON:API.
+    let expected = if status.is_success() {
+        "application/json"
+    } else {
+        "application/vnd.api+json"
+    };
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        expected,
+        "{path}: {status}"
+    );
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn control_routes_change_consent_on_klaviyos_side_and_deliver_the_outbox() {
+    let (sim, tokens) = start(no_limits()).await;
+    let token = tokens.access_token.as_str();
+    let (url, received, server) = receiver().await;
+    let mut webhook_ids = Vec::new();
+    for (name, endpoint) in [
+        ("Omneo t1", url.as_str()),
+        ("Gone", "http://127.0.0.1:9/hook"),
+    ] {
+        let topics: &[&str] = if name == "Gone" {
+            &[topics::UNSUBSCRIBED_FROM_EMAIL]
+        } else {
+            &[topics::UNSUBSCRIBED_FROM_EMAIL, topics::SUBSCRIBED_TO_SMS]
+        };
+        let created = call(
+            &sim,
+            token,
+            Method::POST,
+            "/api/webhooks",
+            Some(webhook_body(name, endpoint, topics)),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        webhook_ids.push(created.body["data"]["id"].as_str().unwrap().to_owned());
+    }
+    let id = sim
+        .seed_profile(json!({"email": "ada@example.test", "phone_number": "+61412345678"}))
+        .unwrap();
+    let consent =
+        |channel: &str, state: &str| format!(r#"{{"channel":"{channel}","consent":"{state}"}}"#);
+
+    // An unsubscribe by id: the method defaults to the preference page; the event is queued.
+    let path = format!("/_sim/profiles/{id}/consent");
+    let (status, pending) =
+        control_post(&sim, &path, Some(&consent("email", "UNSUBSCRIBED"))).await;
+    assert_eq!(status, StatusCode::OK, "{pending}");
+    let stored = sim.consent(&id).unwrap().email_marketing;
+    assert_eq!(stored.consent, ConsentState::Unsubscribed);
+    assert_eq!(stored.method.as_deref(), Some("PREFERENCE_PAGE"));
+    let outbox = sim.pending_events();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(
+        pending,
+        json!([{
+            "topic": topics::UNSUBSCRIBED_FROM_EMAIL,
+            "event_id": outbox[0].event_id,
+            "profile_id": id,
+            "email": "ada@example.test",
+            "method": "PREFERENCE_PAGE",
+            "custom_method_detail": null
+        }])
+    );
+
+    // By email (case-insensitive), with a method; the answer is the whole outbox.
+    let (status, pending) = control_post(
+        &sim,
+        "/_sim/profiles/ADA@example.test/consent",
+        Some(r#"{"channel":"sms","consent":"SUBSCRIBED","method":"API"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{pending}");
+    assert_eq!(pending.as_array().map(Vec::len), Some(2), "{pending}");
+    assert_eq!(pending[1]["topic"], topics::SUBSCRIBED_TO_SMS);
+    assert_eq!(pending[1]["method"], "API");
+    assert_eq!(
+        sim.consent(&id).unwrap().sms_marketing.consent,
+        ConsentState::Subscribed
+    );
+    // No change, no event; a change no webhook subscribes to is queued all the same.
+    let (status, pending) =
+        control_post(&sim, &path, Some(&consent("email", "UNSUBSCRIBED"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pending.as_array().map(Vec::len), Some(2), "{pending}");
+    sim.change_consent(&id, Channel::Sms, ConsentState::Unsubscribed, "API")
+        .unwrap();
+    assert_eq!(sim.pending_events().len(), 3);
+
+    // Bad bodies: Klaviyo's 400 pointing at the member; nothing changes.
+    for (body, pointer) in [
+        ("not json", "/"),
+        (r#"["email"]"#, "/"),
+        (r#"{"channel":"fax","consent":"UNSUBSCRIBED"}"#, "/channel"),
+        (r#"{"consent":"UNSUBSCRIBED"}"#, "/channel"),
+        (
+            r#"{"channel":"email","consent":"unsubscribed"}"#,
+            "/consent",
+        ),
+        (r#"{"channel":"email"}"#, "/consent"),
+        (
+            r#"{"channel":"email","consent":"SUBSCRIBED","method":" "}"#,
+            "/method",
+        ),
+        (
+            r#"{"channel":"email","consent":"SUBSCRIBED","method":7}"#,
+            "/method",
+        ),
+        (
+            r#"{"channel":"email","consent":"SUBSCRIBED","list":"x"}"#,
+            "/list",
+        ),
+    ] {
+        let (status, error) = control_post(&sim, &path, Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
+        assert_eq!(error["errors"][0]["code"], "invalid", "{body}");
+        assert_eq!(error["errors"][0]["source"]["pointer"], pointer, "{body}");
+    }
+    assert_eq!(
+        sim.consent(&id).unwrap().email_marketing.consent,
+        ConsentState::Unsubscribed
+    );
+    assert_eq!(sim.pending_events().len(), 3);
+
+    // An unknown profile, by id or email: Klaviyo's 404.
+    for unknown in ["01ARZ3NDEKTSV4RRFFQ69G5FAV", "nobody@example.test"] {
+        let (status, error) = control_post(
+            &sim,
+            &format!("/_sim/profiles/{unknown}/consent"),
+            Some(&consent("email", "SUBSCRIBED")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{unknown}: {error}");
+        assert_eq!(error["errors"][0]["code"], "not_found");
+        assert_eq!(
+            error["errors"][0]["detail"],
+            format!("Profile {unknown} not found.")
+        );
+    }
+    // The profile page takes the email too.
+    let (status, _, shown) = control_get(&sim, "/_sim/profiles/ada@example.test").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(
+        shown["subscriptions"]["email_marketing"]["consent"],
+        "UNSUBSCRIBED"
+    );
+
+    // Deliver: one signed POST per webhook with the events of its topics, and each answer.
+    let (status, deliveries) = control_post(&sim, "/_sim/deliver", None).await;
+    assert_eq!(status, StatusCode::OK, "{deliveries}");
+    assert!(sim.pending_events().is_empty(), "the outbox is drained");
+    let deliveries = deliveries.as_array().unwrap();
+    assert_eq!(deliveries.len(), 2, "{deliveries:?}");
+    let delivered = &deliveries[0];
+    assert_eq!(delivered["webhook_id"], webhook_ids[0].as_str());
+    assert_eq!(delivered["endpoint_url"], url.as_str());
+    assert_eq!(delivered["status"], 200);
+    assert_eq!(delivered["error"], Value::Null);
+    let topics_sent: Vec<&str> = delivered["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        topics_sent,
+        [topics::UNSUBSCRIBED_FROM_EMAIL, topics::SUBSCRIBED_TO_SMS],
+        "not the SMS unsubscribe, which the webhook does not take"
+    );
+    assert!(
+        delivered["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["profile_id"] == id.as_str() && e["event_id"].is_string())
+    );
+    let failed = &deliveries[1];
+    assert_eq!(failed["webhook_id"], webhook_ids[1].as_str());
+    assert_eq!(failed["status"], Value::Null);
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(webhook_ids[1].as_str())),
+        "{failed}"
+    );
+    assert_eq!(failed["events"].as_array().map(Vec::len), Some(1));
+
+    // What the receiver got is what the answer says, signed with the webhook's secret.
+    let (headers, body) = received.lock().unwrap()[0].clone();
+    let timestamp = headers["klaviyo-timestamp"].to_str().unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec-test-1").unwrap();
+    mac.update(&body);
+    mac.update(timestamp.as_bytes());
+    assert_eq!(
+        headers["klaviyo-signature"].to_str().unwrap(),
+        hex::encode(mac.finalize().into_bytes())
+    );
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    let event_ids: Vec<&Value> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["payload"]["data"]["id"])
+        .collect();
+    let answered: Vec<&Value> = delivered["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["event_id"])
+        .collect();
+    assert_eq!(event_ids, answered);
+    assert_eq!(
+        body["data"][0]["payload"]["data"]["attributes"]["event_properties"]["method"],
+        "PREFERENCE_PAGE"
+    );
+
+    // Nothing left: an empty list, and nothing sent.
+    let (status, deliveries) = control_post(&sim, "/_sim/deliver", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deliveries, json!([]));
+    assert_eq!(received.lock().unwrap().len(), 1);
+    assert!(
+        sim.recorder()
+            .requests()
+            .iter()
+            .all(|r| !r.path.starts_with("/_sim")),
+        "control calls are not recorded"
+    );
+    server.abort();
+}

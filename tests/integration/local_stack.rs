@@ -1,19 +1,22 @@
 //! The local stack of `make dev` (`harness::local_stack`): a simulator starts only for the URLs
 //! left unset, the demo tenant is registered and installs through its printed link, the guide's
-//! sync walk-through works as printed, and the guide never echoes a secret that came from the
-//! environment. Every stack runs with `PORT=0` (free ports for the app and the simulators), so
+//! sync walk-throughs (Omneo → Klaviyo, then Klaviyo → Omneo) work as printed, and the guide never
+//! echoes a secret that came from the environment. Every stack runs with `PORT=0` (free ports for the app and the simulators), so
 //! these tests run in parallel.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use harness::klaviyo::topics;
 use harness::local_stack::{DEMO_PROFILES, DEMO_TENANT, DEV_CLIENT_ID, LocalStack};
+use harness::omneo::Profile;
 use reqwest::Method;
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use shared::config::Config;
 use shared::crypto::new_keyring_spec;
 use shared::domain::TenantId;
+use shared::store::TenantSecret;
 
 /// Starts a stack from `vars` (plus `PORT=0`), as `make dev` starts it from the environment.
 async fn start(vars: &[(&str, &str)]) -> LocalStack {
@@ -166,6 +169,19 @@ async fn klaviyo_urls_set_elsewhere_start_no_klaviyo_simulator() {
         guide_commands(&stack.guide, "Sync Omneo → Klaviyo").len(),
         3
     );
+    // The way back: the unsubscribe is made in that Klaviyo, so no command for it or a delivery;
+    // reading Omneo and the Flow webhook are the same.
+    assert!(
+        stack
+            .guide
+            .contains("email marketing in the Klaviyo account at http://127.0.0.1:9/klaviyo"),
+        "{}",
+        stack.guide
+    );
+    assert_eq!(
+        guide_commands(&stack.guide, "Sync Klaviyo → Omneo").len(),
+        4
+    );
 
     // The install link leads to the configured authorize page.
     let authorize = follow_install_link(&stack).await;
@@ -233,11 +249,13 @@ async fn an_omneo_template_set_starts_no_omneo_simulator() {
         "{}",
         stack.guide
     );
-    assert!(
-        !stack.guide.contains("Sync Omneo → Klaviyo"),
-        "no simulated Omneo to edit: {}",
-        stack.guide
-    );
+    for section in ["Sync Omneo → Klaviyo", "Sync Klaviyo → Omneo"] {
+        assert!(
+            !stack.guide.contains(section),
+            "no simulated Omneo to edit or read: {}",
+            stack.guide
+        );
+    }
 }
 
 #[tokio::test]
@@ -418,7 +436,7 @@ impl Curl {
         curl
     }
 
-    /// Runs it; answers the status and the JSON body.
+    /// Runs it; answers the status and the JSON body (`null` when empty, as a 202's is).
     async fn run(&self) -> (u16, Value) {
         let mut request = http().request(self.method.clone(), &self.url);
         for (name, value) in &self.headers {
@@ -430,6 +448,9 @@ impl Curl {
         let response = request.send().await.expect("the guide's URL answers");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
+        if text.is_empty() {
+            return (status, Value::Null);
+        }
         let body = serde_json::from_str(&text).unwrap_or_else(|e| {
             panic!(
                 "{} {} answered no JSON ({e}): {text}",
@@ -437,6 +458,14 @@ impl Curl {
             )
         });
         (status, body)
+    }
+
+    /// The value of one of its headers.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
     }
 
     /// Runs it until `done` finds what it waits for in a 200 answer (the pipeline is
@@ -528,11 +557,18 @@ fn guide_commands_are_split_like_a_shell_would() {
 #[tokio::test]
 async fn the_guides_sync_commands_carry_an_omneo_edit_to_klaviyo_and_back() {
     let stack = start(&[]).await;
+    run_the_sync_section(&stack).await;
+}
+
+/// Installs the demo tenant through the printed link and runs the section "Sync Omneo → Klaviyo"
+/// as printed, checking each step; answers the demo customer (as it was before the edit) and its
+/// Klaviyo profile id.
+async fn run_the_sync_section(stack: &LocalStack) -> (Profile, String) {
     let klaviyo = stack.klaviyo.as_ref().unwrap();
     let omneo = stack.omneo.as_ref().unwrap();
 
     // Install as the guide says: the printed link, Allow on the consent page.
-    let authorize = follow_install_link(&stack).await;
+    let authorize = follow_install_link(stack).await;
     let callback = klaviyo.approve(&authorize).await.unwrap();
     let page = http().get(callback.as_str()).send().await.unwrap();
     assert_eq!(page.status(), 200);
@@ -547,7 +583,7 @@ async fn the_guides_sync_commands_carry_an_omneo_edit_to_klaviyo_and_back() {
     let [activate, edit, in_klaviyo, in_omneo] = commands.as_slice() else {
         panic!("four commands expected:\n{}", stack.guide);
     };
-    let customer = &omneo.profiles(DEMO_TENANT)[0];
+    let customer = omneo.profiles(DEMO_TENANT).swap_remove(0);
     assert!(
         stack.guide.contains(&format!(
             "demo customer {} {}, {}",
@@ -622,4 +658,175 @@ async fn the_guides_sync_commands_carry_an_omneo_edit_to_klaviyo_and_back() {
         })
         .await;
     assert_eq!(identity, klaviyo_id.as_str());
+    (customer, klaviyo_id)
+}
+
+/// An Omneo time, `YYYY-MM-DD HH:MM:SS` UTC.
+fn omneo_time(text: &str) -> jiff::Timestamp {
+    jiff::civil::DateTime::strptime("%Y-%m-%d %H:%M:%S", text)
+        .unwrap_or_else(|e| panic!("{text} is no Omneo time: {e}"))
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .unwrap()
+        .timestamp()
+}
+
+#[tokio::test]
+async fn the_guides_klaviyo_commands_carry_an_unsubscribe_and_a_reward_to_omneo() {
+    let stack = start(&[]).await;
+    let omneo = stack.omneo.as_ref().unwrap();
+    let (customer, klaviyo_id) = run_the_sync_section(&stack).await;
+    let before = customer.attributes.comms.clone();
+    assert_eq!(before.email_promo, Some(true), "{before:?}");
+    let email = customer.email.as_deref().unwrap();
+    let started = jiff::Timestamp::now();
+
+    let commands = guide_commands(&stack.guide, "Sync Klaviyo → Omneo");
+    let [unsubscribe, deliver, comms, interactions, reward, rewards] = commands.as_slice() else {
+        panic!("six commands expected:\n{}", stack.guide);
+    };
+    assert!(
+        stack.guide.contains(&format!(
+            "Sync Klaviyo → Omneo (after the sync above) — the same customer, {email}:"
+        )),
+        "{}",
+        stack.guide
+    );
+
+    // 1. The customer unsubscribes on Klaviyo's side: the event waits in Klaviyo's outbox.
+    let (status, pending) = unsubscribe.run().await;
+    assert_eq!(status, 200, "{pending}");
+    let unsubscribed = pending
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["topic"] == topics::UNSUBSCRIBED_FROM_EMAIL)
+        .unwrap_or_else(|| panic!("no unsubscribe queued: {pending:#}"));
+    assert_eq!(unsubscribed["profile_id"], klaviyo_id.as_str());
+    assert_eq!(unsubscribed["method"], "PREFERENCE_PAGE");
+    let event_id = unsubscribed["event_id"].as_str().unwrap().to_owned();
+
+    // 2. Klaviyo delivers it to the tenant's system webhook, which accepts it (202).
+    let (status, deliveries) = deliver.run().await;
+    assert_eq!(status, 200, "{deliveries}");
+    let delivery = deliveries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| {
+            d["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["event_id"] == event_id.as_str()))
+        })
+        .unwrap_or_else(|| panic!("the unsubscribe was not delivered: {deliveries:#}"));
+    assert!(
+        delivery["endpoint_url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/{DEMO_TENANT}/api/v1/webhooks/klaviyo/system")),
+        "{delivery}"
+    );
+    assert_eq!(delivery["status"], 202, "{delivery}");
+
+    // 3. Omneo's comms: email marketing off, its consent time now; SMS as the sync left it.
+    assert!(comms.url.ends_with(&format!("/profiles/{}", customer.id)));
+    let after = comms
+        .run_until(|profile| {
+            let comms = &profile["data"]["attributes"]["comms"];
+            (comms["email_promo"] == false).then(|| comms.clone())
+        })
+        .await;
+    let consent_at = after["email_consent_updated_at"].as_str().unwrap();
+    assert_ne!(
+        Some(consent_at),
+        before.email_consent_updated_at.as_deref(),
+        "{after:#}"
+    );
+    let consent_at = omneo_time(consent_at);
+    assert!(
+        consent_at.as_second() >= started.as_second() - 1 && consent_at <= jiff::Timestamp::now(),
+        "{consent_at} is the unsubscribe's time"
+    );
+    assert_eq!(after["sms_promo"], true, "{after:#}");
+
+    // 4. One interaction recording it, negative.
+    let recorded = interactions
+        .run_until(|list| {
+            let list = list["data"].as_array()?;
+            (!list.is_empty()).then(|| list.clone())
+        })
+        .await;
+    assert_eq!(recorded.len(), 1, "{recorded:#?}");
+    let interaction = &recorded[0];
+    assert_eq!(interaction["profile_id"], customer.id.as_str());
+    assert_eq!(interaction["signal"], -1);
+    assert_eq!(interaction["action"], "disclose");
+    assert_eq!(interaction["channel"], "email");
+    assert_eq!(
+        interaction["name"],
+        "Klaviyo: unsubscribed from email marketing"
+    );
+
+    // 5. A Flow webhook: the tenant's webhook secret, the customer's email; accepted twice, as
+    //    Klaviyo's retries would be.
+    let tenant = stack
+        .app
+        .store
+        .tenant(&TenantId::parse(DEMO_TENANT).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let secret = tenant
+        .open(&stack.app.config.keyring, TenantSecret::WebhookSecret)
+        .unwrap();
+    assert_eq!(
+        reward.header("x-omneo-secret"),
+        Some(secret.expose_secret())
+    );
+    assert_eq!(
+        reward.url,
+        format!(
+            "{}/{DEMO_TENANT}/api/v1/webhooks/klaviyo/rewards",
+            stack.url
+        )
+    );
+    let call: Value = serde_json::from_str(reward.body.as_deref().unwrap()).unwrap();
+    assert_eq!(call["email"], email);
+    assert!(call["idempotency_key"].is_string(), "{call}");
+    let definition = call["data"]["reward_definition_id"].clone();
+    let amount = call["data"]["amount"].as_f64().expect("an amount");
+    for _ in 0..2 {
+        let (status, body) = reward.run().await;
+        assert_eq!(status, 202, "{body}");
+    }
+
+    // 6. One reward of that amount, initial = remaining, beside the demo's seeded ones.
+    let is_flow_reward = |r: &Value| {
+        r["profile_id"] == customer.id.as_str() && r["reward_definition_id"] == definition
+    };
+    rewards
+        .run_until(|list| {
+            list["data"]
+                .as_array()?
+                .iter()
+                .find(|r| is_flow_reward(r))
+                .cloned()
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, list) = rewards.run().await;
+    assert_eq!(status, 200);
+    let issued: Vec<&Value> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| is_flow_reward(r))
+        .collect();
+    assert_eq!(issued.len(), 1, "issued once: {list:#}");
+    assert_eq!(issued[0]["value_initial"], amount);
+    assert_eq!(issued[0]["value_remaining"], amount);
+    assert_eq!(
+        omneo.rewards(DEMO_TENANT).len(),
+        DEMO_PROFILES as usize + 1,
+        "the seeded ones and this one"
+    );
 }

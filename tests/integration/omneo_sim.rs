@@ -12,7 +12,9 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use harness::omneo::{NewProfile, NewWebhook, OmneoSim, OmneoSimOptions, Profile, TenantSpec};
+use harness::omneo::{
+    NewBenefit, NewProfile, NewReward, NewWebhook, OmneoSim, OmneoSimOptions, Profile, TenantSpec,
+};
 use harness::sim::{FaultRule, SimServer};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
@@ -1137,4 +1139,178 @@ async fn control_routes_switch_webhooks_on_and_edit_profiles_as_cx_manager() {
 
     // Control calls are not API calls: nothing was recorded.
     assert!(sim.recorder().requests().is_empty());
+}
+
+#[tokio::test]
+async fn control_routes_list_the_tenants_interactions_rewards_and_benefits() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let tenant = format!("/_sim/tenants/{TENANT}");
+    let lists = ["interactions", "rewards", "benefits"];
+
+    // Nothing written yet: empty lists in the envelope.
+    for list in lists {
+        let (status, content_type, body) = control(
+            &sim,
+            reqwest::Method::GET,
+            &format!("{tenant}/{list}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{list}: {body}");
+        assert_eq!(content_type, "application/json");
+        assert_eq!(body, json!({"data": []}), "{list}");
+    }
+
+    // Written through the API (as the extension does) and seeded (as the demo tenant is).
+    let profile = seed(&sim, 1);
+    let other = seed(&sim, 2);
+    let (status, _) = api
+        .post(
+            "/api/v3/interactions",
+            json!({"profile_id": profile.id, "action": "disclose",
+            "channel": "email", "signal": -1, "name": "Klaviyo: unsubscribed from email marketing",
+            "namespace": NAMESPACE}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = api
+        .post(
+            "/api/v3/interactions",
+            json!({"profile_id": other.id, "action": "reach",
+            "channel": "sms", "signal": 0, "name": "x", "namespace": NAMESPACE}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = api
+        .post(
+            "/api/v3/rewards",
+            json!({"profile_id": profile.id, "reward_definition_id": "vip",
+            "value_initial": 25, "value_remaining": 25, "external_id": "flow-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    sim.issue_reward(
+        TENANT,
+        NewReward {
+            profile_id: other.id.clone(),
+            reward_definition_id: json!(1),
+            value_initial: 10.0,
+            value_remaining: 10.0,
+            expires_at: None,
+            external_id: Some("welcome-2".into()),
+            meta: None,
+            region_id: None,
+        },
+    )
+    .unwrap();
+    sim.issue_benefit(
+        TENANT,
+        NewBenefit {
+            profile_id: other.id.clone(),
+            benefit_definition_id: json!(1),
+            issued_at: None,
+            expires_at: None,
+            external_id: None,
+            meta: None,
+        },
+    )
+    .unwrap();
+    let (status, _) = api
+        .post(
+            "/api/v3/benefits",
+            json!({"profile_id": other.id, "benefit_definition_id": "vip-lounge"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // Each list is the simulator's, in order, every entry naming its profile.
+    let (_, _, interactions) = control(
+        &sim,
+        reqwest::Method::GET,
+        &format!("{tenant}/interactions"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        interactions["data"],
+        serde_json::to_value(sim.interactions(TENANT)).unwrap()
+    );
+    let shown = &interactions["data"][0];
+    assert_eq!(shown["profile_id"], profile.id.as_str());
+    assert_eq!(shown["signal"], -1);
+    assert_eq!(shown["action"], "disclose");
+    assert_eq!(shown["namespace"], NAMESPACE);
+    assert_eq!(interactions["data"][1]["profile_id"], other.id.as_str());
+
+    let (_, _, rewards) = control(
+        &sim,
+        reqwest::Method::GET,
+        &format!("{tenant}/rewards"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        rewards["data"],
+        serde_json::to_value(sim.rewards(TENANT)).unwrap()
+    );
+    assert_eq!(rewards["data"].as_array().map(Vec::len), Some(2));
+    let reward = &rewards["data"][0];
+    assert_eq!(reward["profile_id"], profile.id.as_str());
+    assert_eq!(reward["reward_definition_id"], "vip");
+    assert_eq!(reward["value_initial"], 25.0);
+    assert_eq!(reward["value_remaining"], 25.0);
+    assert_eq!(reward["external_id"], "flow-1");
+    assert_eq!(
+        rewards["data"][1]["profile_id"],
+        other.id.as_str(),
+        "seeded"
+    );
+
+    let (_, _, benefits) = control(
+        &sim,
+        reqwest::Method::GET,
+        &format!("{tenant}/benefits"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        benefits["data"],
+        serde_json::to_value(sim.benefits(TENANT)).unwrap()
+    );
+    let definitions: Vec<&Value> = benefits["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["benefit_definition_id"])
+        .collect();
+    assert_eq!(definitions, [&json!(1), &json!("vip-lounge")]);
+
+    // Read-only, Omneo's 404 for an unknown tenant, and not recorded as API calls.
+    for list in lists {
+        let (status, _, body) = control(
+            &sim,
+            reqwest::Method::GET,
+            &format!("/_sim/tenants/initech/{list}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{list}");
+        assert_eq!(body, json!({"message": "Tenant not found."}));
+        let response = reqwest::Client::new()
+            .post(format!("{}{tenant}/{list}", sim.url()))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 405, "{list} is read-only");
+    }
+    assert_eq!(sim.interactions(TENANT).len(), 2);
+    assert!(
+        sim.recorder()
+            .requests()
+            .iter()
+            .all(|r| !r.path.starts_with("/_sim")),
+        "control calls are not recorded"
+    );
 }

@@ -14,8 +14,11 @@
 //! The guide it prints is a walk-through with this run's URLs, ids and keys: install the demo
 //! tenant, then (with the Omneo simulator) watch an Omneo edit reach Klaviyo in four curl commands
 //! — turn the tenant's Omneo webhooks on, edit the first demo customer, see it in the simulated
-//! Klaviyo, see the Klaviyo id written back to Omneo. `tests/integration/local_stack.rs` runs
-//! those commands as printed.
+//! Klaviyo, see the Klaviyo id written back to Omneo — and the way back, Klaviyo → Omneo: the
+//! same customer unsubscribes on Klaviyo's side (the Klaviyo simulator's consent route), Klaviyo
+//! delivers its system events, and Omneo's comms and interactions show it; then a Klaviyo Flow
+//! webhook (with the demo tenant's `webhook_secret`, printed) issues a reward that Omneo lists.
+//! `tests/integration/local_stack.rs` runs those commands as printed.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -33,6 +36,7 @@ use shared::install::link;
 use shared::install::registration::{self, Registration};
 use shared::runtime::http;
 use shared::settings::Settings;
+use shared::store::TenantSecret;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -48,6 +52,12 @@ pub const DEMO_PROFILES: u32 = 5;
 /// The first name the guide's sync walk-through gives the first demo customer (no demo customer
 /// is called that, so the edit always changes something).
 const NEW_FIRST_NAME: &str = "Robin";
+/// The reward definition of the guide's Flow webhook call (the demo's seeded rewards use `1`).
+const FLOW_REWARD_DEFINITION: &str = "klaviyo-vip";
+/// The amount of that reward.
+const FLOW_REWARD_AMOUNT: u32 = 25;
+/// Its `idempotency_key`: sent again, the call issues nothing more.
+const FLOW_REWARD_KEY: &str = "guide-reward-1";
 /// The Klaviyo OAuth client id the local stack's simulator and app share (unless
 /// `KLAVIYO_CLIENT_ID` is set).
 pub const DEV_CLIENT_ID: &str = "omneo-local";
@@ -260,6 +270,13 @@ impl LocalStack {
         let admin_key = register_demo_tenant(&app, &tenant, omneo_token, omneo_signing_secret)
             .await
             .context("registering the demo tenant")?;
+        let webhook_secret = app
+            .store
+            .tenant(&tenant)
+            .await?
+            .context("the demo tenant was just registered")?
+            .open(&app.config.keyring, TenantSecret::WebhookSecret)
+            .context("opening the demo tenant's webhook secret")?;
         let customers = match &simulators.omneo {
             Some(omneo) => omneo
                 .seed_demo_profiles(DEMO_TENANT, DEMO_PROFILES)
@@ -276,6 +293,7 @@ impl LocalStack {
             klaviyo: simulators.klaviyo.as_ref(),
             omneo: simulators.omneo.as_ref(),
             admin_key: &admin_key,
+            webhook_secret: &webhook_secret,
             install_link: &install_link,
             expires_at: issued.expires_at,
             settings: &settings,
@@ -367,6 +385,8 @@ struct Guide<'a> {
     klaviyo: Option<&'a KlaviyoSim>,
     omneo: Option<&'a OmneoSim>,
     admin_key: &'a SecretString,
+    /// The demo tenant's `webhook_secret` (generated at registration; Flow webhooks send it).
+    webhook_secret: &'a SecretString,
     install_link: &'a Url,
     expires_at: jiff::Timestamp,
     /// The demo tenant's settings (identity handle, coalescing window).
@@ -437,6 +457,9 @@ Sealed secrets:   curl -H 'Authorization: Bearer <operator>' {base}/api/v1/keyri
         );
         if let (Some(omneo), Some(customer)) = (self.omneo, self.customer) {
             self.write_sync(&mut text, omneo, customer);
+            if let Some(email) = &customer.email {
+                self.write_inbound(&mut text, omneo, customer, email);
+            }
         }
         let _ = write!(
             text,
@@ -510,6 +533,68 @@ Sync Omneo → Klaviyo (after installing) — with the demo customer {name}, {id
             "  4. The Klaviyo profile id is written back to Omneo as the identity `{handle}`:
      curl {profile_url}
 "
+        );
+    }
+
+    /// The section "Sync Klaviyo → Omneo", after "Sync Omneo → Klaviyo" (whose customer it
+    /// uses): the customer unsubscribes on Klaviyo's side and Klaviyo delivers (with the Klaviyo
+    /// simulator; otherwise one line says what to do in the Klaviyo account), Omneo's comms and
+    /// interactions show it, and a Flow webhook issues a reward Omneo lists. Numbered steps, one
+    /// one-line curl command each, which the integration test runs as printed.
+    fn write_inbound(&self, text: &mut String, omneo: &OmneoSim, customer: &Profile, email: &str) {
+        let base = self.url;
+        let tenant_url = format!("{}/_sim/tenants/{DEMO_TENANT}", omneo.url());
+        let profile_url = format!("{tenant_url}/profiles/{}", customer.id);
+        let secret = self.webhook_secret.expose_secret();
+        let mut step = 0;
+        let mut next = || {
+            step += 1;
+            step
+        };
+        let _ = writeln!(
+            text,
+            "
+Sync Klaviyo → Omneo (after the sync above) — the same customer, {email}:"
+        );
+        match self.klaviyo {
+            Some(klaviyo) => {
+                let profile = format!("{}/_sim/profiles/{email}", klaviyo.url());
+                let _ = write!(
+                    text,
+                    "  {}. Unsubscribe them from email marketing on Klaviyo's side, as on its preference page (queues a system event):
+     curl -X POST -H 'content-type: application/json' -d '{{\"channel\":\"email\",\"consent\":\"UNSUBSCRIBED\",\"method\":\"PREFERENCE_PAGE\"}}' {profile}/consent
+  {}. Klaviyo delivers its pending system events, signed, to the tenant's webhook (the sync's own changes come too and are ignored; 202 = enqueued):
+     curl -X POST {}/_sim/deliver
+",
+                    next(),
+                    next(),
+                    klaviyo.url()
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    text,
+                    "  {}. Unsubscribe them from email marketing in the Klaviyo account at {} (its system webhook must reach this stack: a public PUBLIC_URL).",
+                    next(),
+                    self.config.klaviyo.api_url
+                );
+            }
+        }
+        let _ = write!(
+            text,
+            "  {}. A moment later (the inbound queue) Omneo has it: comms email_promo false, email_consent_updated_at now:
+     curl {profile_url}
+  {}. … and one interaction recording it (action disclose, channel email, signal -1):
+     curl {tenant_url}/interactions
+  {}. A Klaviyo Flow webhook issues a reward (x-omneo-secret is the tenant's webhook_secret; answers 202, no body; sent again with this idempotency_key, it issues nothing more):
+     curl -X POST -H 'content-type: application/json' -H 'x-omneo-secret: {secret}' -d '{{\"email\":\"{email}\",\"data\":{{\"reward_definition_id\":\"{FLOW_REWARD_DEFINITION}\",\"amount\":{FLOW_REWARD_AMOUNT}}},\"idempotency_key\":\"{FLOW_REWARD_KEY}\"}}' {base}/{DEMO_TENANT}/api/v1/webhooks/klaviyo/rewards
+  {}. A moment later Omneo lists it after the demo's welcome rewards: value_initial = value_remaining = {FLOW_REWARD_AMOUNT}:
+     curl {tenant_url}/rewards
+",
+            next(),
+            next(),
+            next(),
+            next()
         );
     }
 }

@@ -11,13 +11,17 @@
 //!   `revision` header, JSON:API bodies and errors, cursor paging, filters, scopes and
 //!   per-endpoint rate limits ([`rate_limit`]).
 //! - The `/_sim` control API of [`crate::sim`] (faults, recorded requests), and [`control`]'s
-//!   look at the account (`/_sim/profiles` with consent and lists, `/_sim/events`).
+//!   look at the account (`/_sim/profiles` with consent and lists, `/_sim/events`) and
+//!   Klaviyo-side actions for curl users: `POST /_sim/profiles/{id}/consent` (a customer's
+//!   consent change, as [`KlaviyoSim::change_consent`]) and `POST /_sim/deliver` (the outbox
+//!   now, as [`KlaviyoSim::deliver_pending`]).
 //!
 //! System webhooks ([`deliveries`]) are pushed by the simulator to the account's webhooks:
 //! consent changes made through the subscription endpoints queue events in an *outbox*
 //! (with `custom_source` as `custom_method_detail`); [`KlaviyoSim::deliver_pending`] sends them,
 //! or [`KlaviyoSimOptions::auto_deliver`] sends them right after each job. Klaviyo-side changes
-//! (a customer unsubscribing from an email) are made with [`KlaviyoSim::change_consent`].
+//! (a customer unsubscribing from an email) are made with [`KlaviyoSim::change_consent`]. Both
+//! are also reachable over HTTP ([`control`]).
 //!
 //! Deliberate deviations from the real service, each documented where it is implemented:
 //! webhook `endpoint_url`s may be `http://` for loopback hosts (real Klaviyo requires https);

@@ -16,6 +16,9 @@
 //!   clears) and `comms`, an object of flags and consent times as on
 //!   `PUT /profiles/{id}/attributes/comms` (e.g. `{"comms": {"sms_promo": true}}`). Any other
 //!   field is refused. Answers the profile.
+//! - `GET /_sim/tenants/{tenant}/interactions`, `…/rewards`, `…/benefits` — the activity written
+//!   to the tenant (by the extension through the API, or seeded), oldest first, each naming its
+//!   `profile_id` (not paged). Read-only.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -47,6 +50,12 @@ pub(crate) fn router(shared: Shared) -> Router {
             "/_sim/tenants/{tenant}/profiles/{id}",
             get(show_profile).patch(edit_profile),
         )
+        .route(
+            "/_sim/tenants/{tenant}/interactions",
+            get(list_interactions),
+        )
+        .route("/_sim/tenants/{tenant}/rewards", get(list_rewards))
+        .route("/_sim/tenants/{tenant}/benefits", get(list_benefits))
         .with_state(shared)
 }
 
@@ -88,6 +97,30 @@ async fn show_profile(
 ) -> Result<Response, ApiError> {
     let profile = sim.read(&tenant, |t| Ok(t.record(&id)?.profile.clone()))?;
     Ok(data(&profile))
+}
+
+async fn list_interactions(
+    State(sim): State<Shared>,
+    Path(tenant): Path<String>,
+) -> Result<Response, ApiError> {
+    let interactions = sim.read(&tenant, |t| Ok(t.interactions.clone()))?;
+    Ok(data(&interactions))
+}
+
+async fn list_rewards(
+    State(sim): State<Shared>,
+    Path(tenant): Path<String>,
+) -> Result<Response, ApiError> {
+    let rewards = sim.read(&tenant, |t| Ok(t.rewards.clone()))?;
+    Ok(data(&rewards))
+}
+
+async fn list_benefits(
+    State(sim): State<Shared>,
+    Path(tenant): Path<String>,
+) -> Result<Response, ApiError> {
+    let benefits = sim.read(&tenant, |t| Ok(t.benefits.clone()))?;
+    Ok(data(&benefits))
 }
 
 async fn edit_profile(

@@ -17,7 +17,8 @@
 //! (`X-Omneo-Hmac-SHA256`) and recorded with the receiver's answer ([`OmneoSim::deliveries`]).
 //! Faults, request recording and the `/_sim` control API come from [`crate::sim`]; [`control`]
 //! adds CX Manager actions and a look at the data under `/_sim/tenants/{tenant}/…` (turn the
-//! webhooks on, list, show and edit profiles) for `make dev` users with curl.
+//! webhooks on, list, show and edit profiles, list interactions, rewards and benefits) for
+//! `make dev` users with curl.
 
 mod activity;
 mod comms;
