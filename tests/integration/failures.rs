@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::app::App;
 use shared::domain::TenantId;
 use shared::install::provision::provision;
 use shared::queue::{
@@ -21,7 +20,7 @@ use shared::queue::{
 use shared::store::{Failure, InstallStatus, Severity};
 use tokio::sync::Barrier;
 
-use crate::support::{PATIENCE, StoreKind, TaskReceiver, TestApp, TestAppOptions};
+use crate::support::{DownQueue, PATIENCE, StoreKind, TaskReceiver, TestApp, TestAppOptions};
 
 /// A test app whose tasks go to a fresh [`TaskReceiver`].
 async fn spawn(store: StoreKind) -> (TestApp, TaskReceiver) {
@@ -539,32 +538,6 @@ impl Queue for GatedQueue {
     }
 }
 
-/// A queue that is down.
-struct DownQueue;
-
-#[async_trait]
-impl Queue for DownQueue {
-    async fn enqueue(&self, _: &Task) -> Result<Enqueued, QueueError> {
-        Err(QueueError::Unavailable(anyhow::anyhow!(
-            "injected: Cloud Tasks is down"
-        )))
-    }
-
-    async fn ensure_queue(&self, _: &QueueName, _: &QueueSettings) -> Result<(), QueueError> {
-        panic!("a replay does not create queues")
-    }
-}
-
-/// This app's store and configuration over `queue`.
-fn with_queue(t: &TestApp, queue: Arc<dyn Queue>) -> Arc<App> {
-    App::new(
-        t.app.config.clone(),
-        t.app.store.clone(),
-        queue,
-        t.app.http.clone(),
-    )
-}
-
 #[tokio::test]
 async fn overlapping_retries_enqueue_one_task_and_count_once() {
     let (t, receiver) = spawn(StoreKind::Memory).await;
@@ -577,7 +550,7 @@ async fn overlapping_retries_enqueue_one_task_and_count_once() {
         barrier: Barrier::new(2),
         answers: Mutex::default(),
     });
-    let instance = t.instance_of(with_queue(&t, gated.clone())).await;
+    let instance = t.instance_of(t.with_queue(gated.clone())).await;
     let path = retry_path("acme", "f-1");
     let (first, second) = tokio::join!(
         call_at(&instance.url, &t, Method::POST, &path, Some(&key)),
@@ -605,7 +578,7 @@ async fn a_queue_outage_is_a_503_and_counts_nothing() {
     let (t, receiver) = spawn(StoreKind::Memory).await;
     let key = installed(&t, "acme").await;
     record(&t, &[sync_failure("f-1", "acme", "p-1", now())]).await;
-    let down = t.instance_of(with_queue(&t, Arc::new(DownQueue))).await;
+    let down = t.instance_of(t.with_queue(Arc::new(DownQueue))).await;
     let path = retry_path("acme", "f-1");
     let (status, body) = call_at(&down.url, &t, Method::POST, &path, Some(&key)).await;
     assert_eq!(status, 503, "{body}");

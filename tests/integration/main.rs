@@ -2,12 +2,14 @@
 
 mod clients;
 mod failures;
+mod inbound;
 mod install;
 mod klaviyo_sdk;
 mod klaviyo_sim;
 mod local_stack;
 mod omneo_sim;
 mod outbound;
+mod pipeline;
 mod queue;
 mod runtime;
 mod store;

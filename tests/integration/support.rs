@@ -23,7 +23,9 @@ use serde_json::{Value, json};
 use shared::app::App;
 use shared::config::Config;
 use shared::crypto::{new_keyring_spec, random_secret};
-use shared::queue::{LocalQueue, TaskTargets, header};
+use shared::queue::{
+    Enqueued, LocalQueue, Queue, QueueError, QueueName, QueueSettings, Task, TaskTargets, header,
+};
 use shared::store::TokenSecret;
 use shared::worker::TaskRequest;
 use tokio::net::TcpListener;
@@ -224,6 +226,16 @@ impl TestApp {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let server = serve_app(app.clone(), listener);
         Instance { url, app, server }
+    }
+
+    /// This app's store and configuration over another queue backend.
+    pub fn with_queue(&self, queue: Arc<dyn Queue>) -> Arc<App> {
+        App::new(
+            self.app.config.clone(),
+            self.app.store.clone(),
+            queue,
+            self.app.http.clone(),
+        )
     }
 
     /// Registers `tenant` through the admin API (and on the Omneo simulator, with the same token).
@@ -523,5 +535,21 @@ impl LogBuffer {
                 value
             })
             .collect()
+    }
+}
+
+/// A queue that is down: every enqueue fails as unavailable.
+pub struct DownQueue;
+
+#[async_trait::async_trait]
+impl Queue for DownQueue {
+    async fn enqueue(&self, _: &Task) -> Result<Enqueued, QueueError> {
+        Err(QueueError::Unavailable(anyhow::anyhow!(
+            "injected: Cloud Tasks is down"
+        )))
+    }
+
+    async fn ensure_queue(&self, _: &QueueName, _: &QueueSettings) -> Result<(), QueueError> {
+        panic!("no test creates queues through a queue that is down")
     }
 }

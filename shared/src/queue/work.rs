@@ -263,9 +263,10 @@ impl FlowDedupe {
     }
 }
 
-/// A Flow webhook's action, with its validated `data`.
+/// A Flow webhook's action, with its validated `data`, stored as `{"kind": …, "data": {…}}`
+/// (adjacently tagged: an interaction's own `action` field must not meet the tag).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum FlowRequest {
     /// `rewards`: issue a reward.
     Reward(IssueReward),
@@ -430,6 +431,65 @@ mod tests {
             TaskKind::FlowAction,
         ] {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn flow_actions_survive_the_envelope() {
+        let interaction: RecordInteraction = serde_json::from_value(json!({
+            "action": "view", "channel": "email", "signal": "-1", "name": "Opened",
+            "interacted_at": "2026-12-01T10:00:00Z", "meta": {"flow": "Welcome"}
+        }))
+        .unwrap();
+        let reward: IssueReward = serde_json::from_value(
+            json!({"reward_definition_id": 12, "amount": "2.5", "expires_at": "2027-01-31T00:00:00Z"}),
+        )
+        .unwrap();
+        assert_eq!(reward.amount, 2.5);
+        let benefit: IssueBenefit =
+            serde_json::from_value(json!({"benefit_definition_id": "coffee"})).unwrap();
+        for request in [
+            FlowRequest::Interaction(interaction),
+            FlowRequest::Reward(reward),
+            FlowRequest::Benefit(benefit),
+        ] {
+            let work = Work::FlowAction(FlowAction {
+                klaviyo_profile_id: Some(KlaviyoProfileId::parse("01JPROFILE").unwrap()),
+                email: None,
+                dedupe: FlowDedupe::Key("k".into()),
+                request,
+            });
+            let envelope = TaskEnvelope {
+                tenant: TenantId::parse("acme").unwrap(),
+                work,
+            };
+            let text = serde_json::to_string(&envelope).unwrap();
+            assert_eq!(
+                serde_json::from_str::<TaskEnvelope>(&text).unwrap(),
+                envelope,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn flow_data_refuses_what_omneo_would() {
+        for bad in [
+            json!({"reward_definition_id": 1, "amount": 0}),
+            json!({"reward_definition_id": 1, "amount": "ten"}),
+            json!({"reward_definition_id": "", "amount": 1}),
+            json!({"reward_definition_id": 1, "amount": 1, "extra": true}),
+        ] {
+            assert!(
+                serde_json::from_value::<IssueReward>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+        for bad in [json!(2), json!("x"), json!(0.5)] {
+            assert!(
+                serde_json::from_value::<Signal>(bad.clone()).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -9,13 +9,13 @@ use serde_json::{Value, json};
 use shared::domain::TenantId;
 use shared::store::{InstallStatus, Severity};
 
-use super::{Outbound, customer};
+use crate::pipeline::{Pipeline, customer};
 use crate::support::StoreKind;
 
 const IMPORT: &str = "/api/profile-import";
 
 /// Successful profile imports (those the simulator answered 2xx to) are one profile each.
-fn assert_one_profile(o: &Outbound, omneo_id: &str) {
+fn assert_one_profile(o: &Pipeline, omneo_id: &str) {
     let twins =
         o.t.klaviyo
             .profiles()
@@ -26,7 +26,7 @@ fn assert_one_profile(o: &Outbound, omneo_id: &str) {
 }
 
 async fn transient_faults_heal(store: StoreKind) {
-    let o = Outbound::start(store, json!({})).await;
+    let o = Pipeline::start(store, json!({})).await;
     // More 500s than one call retries (5 attempts): the task itself is retried by the queue.
     o.t.klaviyo
         .faults()
@@ -63,7 +63,7 @@ async fn transient_faults_heal_without_duplicates_on_firestore() {
 
 #[tokio::test]
 async fn a_timed_out_import_is_repeated_without_a_second_profile() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     // Klaviyo handles the import at once but the answer outlives the 30 s attempt timeout.
     o.t.klaviyo
         .faults()
@@ -80,7 +80,7 @@ async fn a_timed_out_import_is_repeated_without_a_second_profile() {
 
 #[tokio::test]
 async fn a_rejected_token_is_refreshed_once_and_the_call_repeated() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let refreshed = o.t.klaviyo.token_counts().refreshed;
     o.t.klaviyo.expire_access_tokens();
     let created = o.create(customer(91)).await;
@@ -91,7 +91,7 @@ async fn a_rejected_token_is_refreshed_once_and_the_call_repeated() {
 
 #[tokio::test]
 async fn a_long_retry_after_reschedules_the_task_instead_of_failing_it() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     o.t.klaviyo
         .faults()
         .inject(FaultRule::status(IMPORT, 429, 1).retry_after(3600));
@@ -113,7 +113,7 @@ async fn a_long_retry_after_reschedules_the_task_instead_of_failing_it() {
 
 #[tokio::test]
 async fn a_permanent_rejection_is_recorded_and_its_replay_succeeds_once_fixed() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     o.t.klaviyo
         .faults()
         .inject(FaultRule::status(IMPORT, 400, 1));
@@ -147,7 +147,7 @@ async fn a_permanent_rejection_is_recorded_and_its_replay_succeeds_once_fixed() 
 
 #[tokio::test]
 async fn a_tenant_that_must_reauthorise_gets_failure_records_and_no_klaviyo_calls() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let tenant = TenantId::parse(o.tenant).unwrap();
     o.t.app
         .store
@@ -201,7 +201,7 @@ async fn a_tenant_that_must_reauthorise_gets_failure_records_and_no_klaviyo_call
 
 #[tokio::test]
 async fn a_data_conflict_drops_the_phone_once_and_leaves_a_warning() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let created = o.create(customer(94)).await;
     // Another Klaviyo profile holds the number the customer now gives Omneo.
     let taken = "+61400999888";

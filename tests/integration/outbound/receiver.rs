@@ -2,13 +2,11 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{Value, json};
-use shared::queue::{Enqueued, Queue, QueueError, QueueName, QueueSettings, Task};
 
-use super::{Outbound, install};
-use crate::support::{StoreKind, TestApp, TestAppOptions};
+use crate::pipeline::{Pipeline, install};
+use crate::support::{DownQueue, StoreKind, TestApp, TestAppOptions};
 
 const WEBHOOK: &str = "/api/v1/webhooks/omneo";
 
@@ -19,7 +17,7 @@ async fn error_of(response: reqwest::Response) -> (u16, Value) {
 
 #[tokio::test]
 async fn bad_signatures_are_401_and_nothing_is_enqueued() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let other = install(&o.t, "other", json!({})).await;
     let body = br#"{"id":"7b0d2a52-3f7e-4c55-9e0e-111111111111"}"#;
     let url = format!("{}/{}{WEBHOOK}", o.t.url, o.tenant);
@@ -68,7 +66,7 @@ async fn bad_signatures_are_401_and_nothing_is_enqueued() {
 
 #[tokio::test]
 async fn shapes_tenants_and_sizes_get_their_status() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let (status, error) = error_of(
         o.post_signed(WEBHOOK, Some("profile.updated"), b"{not json")
             .await,
@@ -175,35 +173,11 @@ async fn a_tenant_that_is_not_installed_is_404() {
     );
 }
 
-/// A queue that is down.
-struct DownQueue;
-
-#[async_trait]
-impl Queue for DownQueue {
-    async fn enqueue(&self, _: &Task) -> Result<Enqueued, QueueError> {
-        Err(QueueError::Unavailable(anyhow::anyhow!(
-            "connection refused"
-        )))
-    }
-    async fn ensure_queue(&self, _: &QueueName, _: &QueueSettings) -> Result<(), QueueError> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_queue_that_is_down_is_503_and_nothing_is_acknowledged() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
-    let down = shared::app::App::new(
-        o.t.app.config.clone(),
-        o.t.app.store.clone(),
-        Arc::new(DownQueue),
-        o.t.app.http.clone(),
-    );
-    let router =
-        shared::runtime::http::wrap("test", shared::functions::omneo_webhook::router(down));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
+    let down = o.t.instance_of(o.t.with_queue(Arc::new(DownQueue))).await;
+    let url = &down.url;
     let body = br#"{"id":"7b0d2a52-3f7e-4c55-9e0e-444444444444"}"#;
     let response =
         o.t.http
@@ -218,7 +192,6 @@ async fn a_queue_that_is_down_is_503_and_nothing_is_acknowledged() {
             .await
             .unwrap();
     let (status, error) = error_of(response).await;
-    server.abort();
     assert_eq!(
         (status, error["error"]["code"].as_str()),
         (503, Some("unavailable")),

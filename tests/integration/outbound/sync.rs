@@ -5,11 +5,11 @@ use harness::klaviyo::{Channel, ConsentState};
 use harness::omneo::{CustomAttribute, ProfileType};
 use serde_json::json;
 
-use super::{Outbound, customer};
+use crate::pipeline::{Pipeline, customer};
 use crate::support::StoreKind;
 
 async fn create_update_delete(store: StoreKind) {
-    let o = Outbound::start(
+    let o = Pipeline::start(
         store,
         json!({"mappings": [{"source": "tier.name", "target": "properties.tier"}]}),
     )
@@ -126,7 +126,7 @@ async fn a_profile_is_created_updated_and_deleted_in_klaviyo_on_firestore() {
 
 #[tokio::test]
 async fn deletion_follows_the_tenants_policy() {
-    let o = Outbound::start(StoreKind::Memory, json!({"on_profile_deleted": "delete"})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({"on_profile_deleted": "delete"})).await;
     let gone = o.create(customer(2)).await;
     let klaviyo_id = o.klaviyo_profile(&gone.id).unwrap().id;
     o.t.omneo.delete_profile(o.tenant, &gone.id).unwrap();
@@ -135,7 +135,7 @@ async fn deletion_follows_the_tenants_policy() {
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].value, klaviyo_id, "deleted by Klaviyo id: {jobs:?}");
 
-    let o = Outbound::start(StoreKind::Memory, json!({"on_profile_deleted": "ignore"})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({"on_profile_deleted": "ignore"})).await;
     let kept = o.create(customer(3)).await;
     let writes = o.klaviyo_writes();
     o.t.omneo.delete_profile(o.tenant, &kept.id).unwrap();
@@ -145,7 +145,7 @@ async fn deletion_follows_the_tenants_policy() {
 
 #[tokio::test]
 async fn excluded_profiles_never_reach_klaviyo() {
-    let o = Outbound::start(
+    let o = Pipeline::start(
         StoreKind::Memory,
         json!({"exclude_logic": {"in": ["no-sync", {"var": "tags"}]}}),
     )
@@ -170,7 +170,7 @@ async fn excluded_profiles_never_reach_klaviyo() {
 
 #[tokio::test]
 async fn matching_goes_identity_then_external_id_then_email() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     // By email: a Klaviyo profile that only shares the email is updated, not duplicated.
     let by_email = customer(20);
     let existing =
@@ -218,7 +218,7 @@ async fn matching_goes_identity_then_external_id_then_email() {
 
 #[tokio::test]
 async fn consent_is_written_only_on_a_difference_and_sms_needs_a_phone() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let mut no_phone = customer(30);
     no_phone.mobile_phone = None;
     no_phone.comms.sms_promo = Some(true);
@@ -290,7 +290,7 @@ async fn consent_is_written_only_on_a_difference_and_sms_needs_a_phone() {
 
 #[tokio::test]
 async fn the_master_list_rides_on_every_email_subscribe() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let list = o.t.klaviyo.create_list("Master");
     let response =
         o.t.request(
@@ -318,7 +318,7 @@ async fn the_master_list_rides_on_every_email_subscribe() {
     assert_eq!(o.t.klaviyo.list_members(&list).len(), 2);
 
     // Without a master list nothing joins any list.
-    let plain = Outbound::start(StoreKind::Memory, json!({})).await;
+    let plain = Pipeline::start(StoreKind::Memory, json!({})).await;
     let other = plain.t.klaviyo.create_list("Other");
     plain.create(customer(42)).await;
     assert!(plain.t.klaviyo.list_members(&other).is_empty());
@@ -326,7 +326,7 @@ async fn the_master_list_rides_on_every_email_subscribe() {
 
 #[tokio::test]
 async fn twenty_updates_in_a_window_make_one_import_and_the_last_value_wins() {
-    let o = Outbound::start(StoreKind::Memory, json!({"coalesce_seconds": 3})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({"coalesce_seconds": 3})).await;
     let created = o.create(customer(50)).await;
     let imports = o.klaviyo_calls("POST", "/api/profile-import");
     assert_eq!(imports, 1);
@@ -363,7 +363,7 @@ async fn twenty_updates_in_a_window_make_one_import_and_the_last_value_wins() {
 
 #[tokio::test]
 async fn upsert_profile_data_syncs_at_once() {
-    let o = Outbound::start(StoreKind::Memory, json!({"coalesce_seconds": 300})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({"coalesce_seconds": 300})).await;
     // With a five-minute window a webhook sync waits; the target does not.
     let created = o.t.omneo.seed_profile(o.tenant, customer(60)).unwrap();
     o.t.omneo.settle().await;

@@ -3,16 +3,16 @@
 use serde_json::{Value, json};
 use shared::domain::DataSourceKind;
 
-use super::{Outbound, customer};
+use crate::pipeline::{Pipeline, customer};
 use crate::support::StoreKind;
 
-fn target(o: &Outbound, name: &str) -> String {
+fn target(o: &Pipeline, name: &str) -> String {
     format!("{}/{}/api/v1/targets/klaviyo/{name}", o.t.url, o.tenant)
 }
 
 #[tokio::test]
 async fn a_metric_is_one_event_however_often_it_is_delivered() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let created = o.create(customer(70)).await;
     let event = json!({"data": {"type": "event", "attributes": {
         "properties": {"points": 120},
@@ -67,7 +67,7 @@ async fn a_metric_is_one_event_however_often_it_is_delivered() {
 
 #[tokio::test]
 async fn a_metric_must_name_its_metric_and_profile() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     for (body, field) in [
         (
             json!({"data": {"attributes": {"metric": {"data": {"attributes": {"name": "X"}}}}}}),
@@ -97,7 +97,7 @@ async fn a_metric_must_name_its_metric_and_profile() {
 
 #[tokio::test]
 async fn records_reach_each_of_the_six_data_sources_by_title_or_short_name() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let sources = o.t.klaviyo.data_sources();
     for (n, kind) in DataSourceKind::ALL.into_iter().enumerate() {
         for (way, name) in [("title", kind.title()), ("short", kind.short_name())] {
@@ -155,7 +155,7 @@ async fn records_reach_each_of_the_six_data_sources_by_title_or_short_name() {
 
 #[tokio::test]
 async fn targets_accept_the_shared_secret_instead_of_a_signature() {
-    let o = Outbound::start(StoreKind::Memory, json!({})).await;
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let created = o.create(customer(80)).await;
     let settings: Value =
         o.t.request(
