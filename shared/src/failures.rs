@@ -294,9 +294,16 @@ impl From<ReplayError> for ApiError {
             ),
             ReplayError::Queue(QueueError::Unavailable(_) | QueueError::QueueNotFound(_))
             | ReplayError::Store(StoreError::Unavailable(_)) => Self::unavailable(&error),
-            ReplayError::Queue(QueueError::Rejected(_))
-            | ReplayError::Unreplayable { .. }
-            | ReplayError::Store(_) => Self::internal(&error),
+            // A record written by an older version whose task format has changed since: the
+            // operator learns why, and that no replay will work.
+            ReplayError::Unreplayable { cause, .. } => Self::new(
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+                format!("{error}: {cause}; it cannot be replayed"),
+            ),
+            ReplayError::Queue(QueueError::Rejected(_)) | ReplayError::Store(_) => {
+                Self::internal(&error)
+            }
         }
     }
 }

@@ -93,11 +93,11 @@ fn events_failure(id: &str, tenant_name: &str, at: Timestamp) -> Failure {
         task_name: TaskName::from_parts(&["original", id]),
         payload: json!({
             "klaviyo_profile_id": "01KPROFILE",
-            "events": [{"type": "event", "nested": [[1, 2], [3]]}],
+            "events": [{"id": "01KEVENT", "topic": "event:klaviyo.unsubscribed_from_email_marketing", "at": "2026-12-01T10:00:00Z"}],
         })
         .to_string(),
         profile: Some("01KPROFILE".into()),
-        step: Some("update_consent".into()),
+        step: Some("update_comms".into()),
         severity: Severity::Warning,
         error: "phone left out: taken by another profile".into(),
         attempts: 3,
@@ -283,7 +283,7 @@ async fn listing_pages_newest_first_and_filters() {
             "id": "f-4",
             "task_kind": "klaviyo_events",
             "profile": "01KPROFILE",
-            "step": "update_consent",
+            "step": "update_comms",
             "severity": "warning",
             "error": "phone left out: taken by another profile",
             "attempts": 3,
@@ -294,7 +294,7 @@ async fn listing_pages_newest_first_and_filters() {
             "task_name": recorded.task_name.as_str(),
             "payload": {
                 "klaviyo_profile_id": "01KPROFILE",
-                "events": [{"type": "event", "nested": [[1, 2], [3]]}],
+                "events": [{"id": "01KEVENT", "topic": "event:klaviyo.unsubscribed_from_email_marketing", "at": "2026-12-01T10:00:00Z"}],
             },
         })
     );
@@ -349,6 +349,24 @@ async fn bad_parameters_are_400s_naming_them() {
         assert_eq!(body["error"]["code"], "invalid_field", "{query}");
         assert_eq!(body["error"]["field"], field, "{query}: {body}");
     }
+}
+
+#[tokio::test]
+async fn a_record_whose_task_format_changed_is_409_and_left_unmarked() {
+    let (t, _receiver) = spawn(StoreKind::Memory).await;
+    let key = installed(&t, "acme").await;
+    let mut old = events_failure("f-old", "acme", now());
+    // What an earlier version recorded: events as raw JSON, before they were typed.
+    old.payload =
+        json!({"klaviyo_profile_id": "01KPROFILE", "events": [{"type": "event"}]}).to_string();
+    record(&t, &[old]).await;
+    let (status, body) = call(&t, Method::POST, &retry_path("acme", "f-old"), Some(&key)).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot be replayed"), "{message}");
+    let stored = t.app.store.failure(&tenant("acme"), "f-old").await.unwrap();
+    assert_eq!(stored.expect("kept").retries, 0, "not counted");
 }
 
 /// Retries one `sync_profile` and one `klaviyo_events` record of an installed tenant, then the
