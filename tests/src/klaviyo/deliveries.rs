@@ -215,13 +215,18 @@ fn timestamp_header(skew: jiff::SignedDuration) -> String {
     httpdate::fmt_http_date(shifted.unwrap_or(now))
 }
 
+/// The most events one delivery carries (Klaviyo documents no batch size; this keeps a batch
+/// of real-sized events far below the receivers' 256 KiB body limit).
+pub const MAX_BATCH: usize = 100;
+
 /// Drains the outbox and delivers it.
 pub(crate) async fn deliver_pending(ctx: &Ctx) -> anyhow::Result<Vec<Delivery>> {
     let events = std::mem::take(&mut ctx.lock().outbox);
     deliver(ctx, events).await
 }
 
-/// Builds and sends one batch per subscribed, enabled webhook.
+/// Builds and sends, to every subscribed, enabled webhook, its events in batches of at most
+/// [`MAX_BATCH`].
 pub(crate) async fn deliver(ctx: &Ctx, events: Vec<SystemEvent>) -> anyhow::Result<Vec<Delivery>> {
     let (webhooks, account_id, skew) = {
         let state = ctx.lock();
@@ -238,46 +243,57 @@ pub(crate) async fn deliver(ctx: &Ctx, events: Vec<SystemEvent>) -> anyhow::Resu
     };
     let mut deliveries = Vec::new();
     for webhook in webhooks {
-        let batch: Vec<SystemEvent> = events
+        let subscribed: Vec<SystemEvent> = events
             .iter()
             .filter(|e| webhook.topics.contains(&e.topic))
             .cloned()
             .collect();
-        if batch.is_empty() {
-            continue;
+        for batch in subscribed.chunks(MAX_BATCH) {
+            let delivery = deliver_batch(ctx, &webhook, batch.to_vec(), &account_id, skew).await;
+            deliveries.push(delivery);
         }
-        let data: Vec<Value> = batch
+    }
+    Ok(deliveries)
+}
+
+/// One signed POST of `batch` to `webhook`.
+async fn deliver_batch(
+    ctx: &Ctx,
+    webhook: &super::Webhook,
+    batch: Vec<SystemEvent>,
+    account_id: &str,
+    skew: jiff::SignedDuration,
+) -> Delivery {
+    let data: Vec<Value> = batch
             .iter()
             .map(|e| json!({"topic": e.topic, "external_id": e.external_id, "payload": {"data": e.payload()}}))
             .collect();
-        let body = json!({
-            "data": data,
-            "meta": {
-                "klaviyo_account_id": account_id,
-                "klaviyo_webhook_id": webhook.id,
-                "timestamp": jiff::Timestamp::now(),
-                "version": REVISION
-            }
-        })
-        .to_string();
-        let timestamp = timestamp_header(skew);
-        let mut delivery = Delivery {
-            signature: sign(&webhook.secret_key, body.as_bytes(), &timestamp),
-            webhook_id: webhook.id,
-            endpoint_url: webhook.endpoint_url,
-            events: batch,
-            body,
-            timestamp,
-            status: None,
-            error: None,
-        };
-        match post(&ctx.http, &delivery).await {
-            Ok(status) => delivery.status = Some(status),
-            Err(error) => delivery.error = Some(format!("{error:#}")),
+    let body = json!({
+        "data": data,
+        "meta": {
+            "klaviyo_account_id": account_id,
+            "klaviyo_webhook_id": webhook.id,
+            "timestamp": jiff::Timestamp::now(),
+            "version": REVISION
         }
-        deliveries.push(delivery);
+    })
+    .to_string();
+    let timestamp = timestamp_header(skew);
+    let mut delivery = Delivery {
+        signature: sign(&webhook.secret_key, body.as_bytes(), &timestamp),
+        webhook_id: webhook.id.clone(),
+        endpoint_url: webhook.endpoint_url.clone(),
+        events: batch,
+        body,
+        timestamp,
+        status: None,
+        error: None,
+    };
+    match post(&ctx.http, &delivery).await {
+        Ok(status) => delivery.status = Some(status),
+        Err(error) => delivery.error = Some(format!("{error:#}")),
     }
-    Ok(deliveries)
+    delivery
 }
 
 /// POSTs a delivery as built; returns the receiver's status.

@@ -411,8 +411,9 @@ impl KlaviyoSim {
         deliveries::deliver_pending(&self.ctx).await
     }
 
-    /// Delivers `events` to every enabled webhook subscribed to any of their topics: one signed,
-    /// batched POST per webhook holding the events of its topics. Returns each delivery with the
+    /// Delivers `events` to every enabled webhook subscribed to any of their topics: signed,
+    /// batched POSTs per webhook holding the events of its topics (at most
+    /// [`deliveries::MAX_BATCH`] each). Returns each delivery with the
     /// receiver's status (or the transport error).
     pub async fn deliver(&self, events: Vec<SystemEvent>) -> anyhow::Result<Vec<Delivery>> {
         deliveries::deliver(&self.ctx, events).await
