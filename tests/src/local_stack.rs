@@ -325,6 +325,58 @@ impl LocalStack {
         })
     }
 
+    /// The stack on free ports with both simulators and the demo tenant installed and its Omneo
+    /// webhooks on: the benchmarks' starting point.
+    pub async fn start_installed() -> anyhow::Result<Self> {
+        let stack = Self::start(
+            &|name: &str| (name == "PORT").then(|| "0".to_owned()),
+            |_| Ok(()),
+        )
+        .await
+        .context("starting the local stack")?;
+        stack.install_demo().await?;
+        Ok(stack)
+    }
+
+    /// Installs the demo tenant as its customer would — follows the install link, clicks Allow at
+    /// the simulated Klaviyo — and turns its Omneo webhooks on, as CX Manager's toggle does.
+    async fn install_demo(&self) -> anyhow::Result<()> {
+        let klaviyo = self.klaviyo.as_ref().context("the Klaviyo simulator")?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let authorize = http.get(self.install_link.as_str()).send().await?;
+        let authorize = authorize
+            .headers()
+            .get("location")
+            .context("the install link redirects")?
+            .to_str()?
+            .to_owned();
+        let callback = klaviyo.approve(&authorize).await?;
+        let page = http.get(callback.as_str()).send().await?;
+        anyhow::ensure!(
+            page.status().is_success(),
+            "the OAuth callback answered {}",
+            page.status()
+        );
+        let tenant = TenantId::parse(DEMO_TENANT)?;
+        let record = self
+            .app
+            .store
+            .tenant(&tenant)
+            .await?
+            .context("the demo tenant")?;
+        let client = self.app.omneo(&record)?;
+        for webhook in client.webhooks(&record.settings.namespace).await? {
+            let update = shared::omneo::models::WebhookUpdate {
+                is_active: Some(true),
+                ..Default::default()
+            };
+            client.update_webhook(&webhook.id, &update).await?;
+        }
+        Ok(())
+    }
+
     /// Serves until `signal` completes, then stops accepting connections and drains in-flight
     /// requests (for at most [`http::DRAIN_TIMEOUT`]). An error when the server fails first.
     pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {

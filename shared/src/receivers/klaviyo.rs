@@ -33,9 +33,9 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Accepted, CACHE_TTL, Delivery, HmacKey, ReceiverTenant, TenantCache, enqueue_all,
-    enqueue_carrying, fits_a_task, invalid_signature, parse_json, shared_secret_matches, task_now,
-    verify_hex_hmac,
+    Accepted, Delivery, HmacKey, Receiver, ReceiverTenant, SHARED_SECRET_HEADER, enqueue_all,
+    enqueue_carrying, fits_a_task, invalid_signature, parse_json, task_now, verify_hex_hmac,
+    verify_shared_secret,
 };
 use crate::api_error::ApiError;
 use crate::app::App;
@@ -51,24 +51,13 @@ pub const SIGNATURE_HEADER: &str = "klaviyo-signature";
 pub const TIMESTAMP_HEADER: &str = "klaviyo-timestamp";
 /// `Klaviyo-Webhook-Id`: the webhook delivering.
 pub const WEBHOOK_ID_HEADER: &str = "klaviyo-webhook-id";
-/// `x-omneo-secret`: the tenant's shared secret, sent by Flow webhooks.
-pub const SECRET_HEADER: &str = "x-omneo-secret";
 /// How far `meta.timestamp` may be from now, either way, before a delivery is refused as a
 /// replay (product.md §7.1).
 pub const MAX_DELIVERY_AGE: SignedDuration = SignedDuration::from_mins(5);
 
-/// The receiver's state: the app and its tenant cache.
-struct Receiver {
-    app: Arc<App>,
-    tenants: TenantCache,
-}
-
 /// The routes of `klaviyo-webhook`.
 pub fn routes(app: Arc<App>) -> Router {
-    let receiver = Arc::new(Receiver {
-        tenants: TenantCache::new(app.store.clone(), app.config.keyring.clone(), CACHE_TTL),
-        app,
-    });
+    let receiver = Receiver::new(app);
     Router::new()
         .route("/{tenant}/api/v1/webhooks/klaviyo/system", post(system))
         .route(
@@ -343,25 +332,11 @@ async fn flow<T: FlowData>(
     Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
     let tenant = receiver.tenants.find(&tenant).await?;
-    match shared_secret_matches(
+    verify_shared_secret(
         &headers,
-        SECRET_HEADER,
+        SHARED_SECRET_HEADER,
         tenant.webhook_secrets(Timestamp::now()),
-    ) {
-        Some(true) => {}
-        Some(false) => {
-            return Err(invalid_signature(
-                SECRET_HEADER,
-                "x-omneo-secret does not match",
-            ));
-        }
-        None => {
-            return Err(invalid_signature(
-                SECRET_HEADER,
-                "missing x-omneo-secret header",
-            ));
-        }
-    }
+    )?;
     let queue = tenant.queue(Direction::Inbound)?.clone();
     let call: FlowCall<T> = parse_json(&body)?;
     let klaviyo_profile_id = present(call.person_id)

@@ -16,6 +16,8 @@ pub mod klaviyo;
 pub mod omneo;
 pub mod tenant_cache;
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -25,6 +27,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
 use crate::api_error::{ApiError, BODY_LIMIT_BYTES, ErrorCode, field_of};
+use crate::app::App;
 use crate::crypto::constant_time_eq;
 use crate::domain::TenantId;
 use crate::queue::{
@@ -32,6 +35,28 @@ use crate::queue::{
 };
 
 pub use self::tenant_cache::{CACHE_TTL, ReceiverTenant, TenantCache};
+
+/// `x-omneo-secret`: the tenant's shared secret (`webhook_secret`), sent by Klaviyo Flow
+/// webhooks and accepted by the Omneo targets instead of a signature.
+pub const SHARED_SECRET_HEADER: &str = "x-omneo-secret";
+
+/// What a receiver's handlers share: the app and this instance's view of the tenants.
+pub struct Receiver {
+    /// The app.
+    pub app: Arc<App>,
+    /// The per-instance tenant view.
+    pub tenants: TenantCache,
+}
+
+impl Receiver {
+    /// The state of a receiver of `app`, with a fresh tenant view.
+    pub fn new(app: Arc<App>) -> Arc<Self> {
+        Arc::new(Self {
+            tenants: TenantCache::new(app.store.clone(), app.config.keyring.clone(), CACHE_TTL),
+            app,
+        })
+    }
+}
 
 /// 401 `invalid_signature` naming the header at fault.
 pub fn invalid_signature(header: &str, message: impl Into<String>) -> ApiError {
@@ -110,19 +135,30 @@ impl<S: Send + Sync> FromRequest<S> for Delivery {
     }
 }
 
-/// Whether `header` holds one of `secrets` (constant-time per secret); absent is `None`.
-pub fn shared_secret_matches<'a>(
+/// Checks that `header` holds one of `secrets` (constant-time per secret, every secret compared);
+/// missing or different is 401 `invalid_signature` naming the header.
+pub fn verify_shared_secret<'a>(
     headers: &HeaderMap,
     header: &str,
     secrets: impl IntoIterator<Item = &'a SecretString>,
-) -> Option<bool> {
-    let given = headers.get(header)?.as_bytes();
+) -> Result<(), ApiError> {
+    let given = headers
+        .get(header)
+        .ok_or_else(|| invalid_signature(header, format!("missing {header} header")))?
+        .as_bytes();
     let mut matched = false;
     for secret in secrets {
         // No early exit: every accepted secret is compared.
         matched |= constant_time_eq(given, secret.expose_secret().as_bytes());
     }
-    Some(matched)
+    if matched {
+        Ok(())
+    } else {
+        Err(invalid_signature(
+            header,
+            format!("{header} does not match"),
+        ))
+    }
 }
 
 /// `X-Task-Status` of a 202: `enqueued`, `duplicate` or `ignored` (see [`Accepted`]).
@@ -344,25 +380,21 @@ mod tests {
         let current = SecretString::from("new");
         let previous = SecretString::from("old");
         let h = "x-omneo-secret";
-        assert_eq!(
-            shared_secret_matches(&headers(h, "old"), h, [&current, &previous]),
-            Some(true)
-        );
-        assert_eq!(
-            shared_secret_matches(&headers(h, "new"), h, [&current]),
-            Some(true)
-        );
-        assert_eq!(
-            shared_secret_matches(&headers(h, "old"), h, [&current]),
-            Some(false)
-        );
-        assert_eq!(
-            shared_secret_matches(&headers(h, "ne"), h, [&current]),
-            Some(false)
-        );
-        assert_eq!(
-            shared_secret_matches(&HeaderMap::new(), h, [&current]),
-            None
-        );
+        assert!(verify_shared_secret(&headers(h, "old"), h, [&current, &previous]).is_ok());
+        assert!(verify_shared_secret(&headers(h, "new"), h, [&current]).is_ok());
+        for (given, accepted, why) in [
+            (
+                Some("old"),
+                vec![&current],
+                "the previous one after its grace",
+            ),
+            (Some("ne"), vec![&current], "a prefix"),
+            (None, vec![&current], "missing"),
+        ] {
+            let sent = given.map_or_else(HeaderMap::new, |value| headers(h, value));
+            let error = verify_shared_secret(&sent, h, accepted).unwrap_err();
+            assert_eq!(error.status, StatusCode::UNAUTHORIZED, "{why}");
+            assert_eq!(error.field.as_deref(), Some(h), "{why}");
+        }
     }
 }

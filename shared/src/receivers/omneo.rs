@@ -34,8 +34,8 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Accepted, CACHE_TTL, Delivery, ReceiverTenant, TenantCache, enqueue, enqueue_carrying,
-    invalid_signature, parse_json, shared_secret_matches, task_now, verify_hex_hmac,
+    Accepted, Delivery, Receiver, ReceiverTenant, SHARED_SECRET_HEADER, enqueue, enqueue_carrying,
+    invalid_signature, parse_json, task_now, verify_hex_hmac, verify_shared_secret,
 };
 use crate::api_error::ApiError;
 use crate::app::App;
@@ -50,21 +50,10 @@ use crate::queue::{
 pub const SIGNATURE_HEADER: &str = "x-omneo-hmac-sha256";
 /// `X-Omneo-Event`: the trigger of a webhook delivery.
 pub const EVENT_HEADER: &str = "x-omneo-event";
-/// `x-omneo-secret`: the tenant's shared secret, accepted by the targets instead of a signature.
-pub const SECRET_HEADER: &str = "x-omneo-secret";
-
-/// The receiver's state: the app and its tenant cache.
-struct Receiver {
-    app: Arc<App>,
-    tenants: TenantCache,
-}
 
 /// The routes of `omneo-webhook`.
 pub fn routes(app: Arc<App>) -> Router {
-    let receiver = Arc::new(Receiver {
-        tenants: TenantCache::new(app.store.clone(), app.config.keyring.clone(), CACHE_TTL),
-        app,
-    });
+    let receiver = Receiver::new(app);
     Router::new()
         .route("/{tenant}/api/v1/webhooks/omneo", post(webhook))
         .route("/{tenant}/api/v1/targets/klaviyo/metric", post(metric))
@@ -444,26 +433,17 @@ impl Receiver {
                 &tenant.omneo_signing_key,
                 &[body],
             )?;
-        } else {
-            match shared_secret_matches(
+        } else if headers.contains_key(SHARED_SECRET_HEADER) {
+            verify_shared_secret(
                 headers,
-                SECRET_HEADER,
+                SHARED_SECRET_HEADER,
                 tenant.webhook_secrets(Timestamp::now()),
-            ) {
-                Some(true) => {}
-                Some(false) => {
-                    return Err(invalid_signature(
-                        SECRET_HEADER,
-                        "x-omneo-secret does not match",
-                    ));
-                }
-                None => {
-                    return Err(invalid_signature(
-                        SIGNATURE_HEADER,
-                        "missing X-Omneo-Hmac-SHA256 (or x-omneo-secret) header",
-                    ));
-                }
-            }
+            )?;
+        } else {
+            return Err(invalid_signature(
+                SIGNATURE_HEADER,
+                "missing X-Omneo-Hmac-SHA256 (or x-omneo-secret) header",
+            ));
         }
         let queue = tenant.queue(Direction::Outbound)?.clone();
         Ok((tenant, queue))

@@ -15,7 +15,6 @@
 //! profile change: one change, a burst of 20 changes inside one coalescing window, and a change
 //! to a field nothing maps (targets 1, 1, 0).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -24,7 +23,6 @@ use harness::local_stack::{DEMO_TENANT, LocalStack};
 use harness::omneo::{CustomAttribute, NewProfile, OmneoSim};
 use serde_json::json;
 use shared::domain::TenantId;
-use shared::omneo::models::WebhookUpdate;
 use shared::queue::{Direction, QueueSettings};
 
 /// New customers in the quota run.
@@ -45,53 +43,11 @@ const WRITES: [&str; 6] = [
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let vars: HashMap<&str, &str> = HashMap::from([("PORT", "0")]);
-    let stack = LocalStack::start(
-        &|name: &str| vars.get(name).map(|v| (*v).to_owned()),
-        |_| Ok(()),
-    )
-    .await
-    .context("starting the local stack")?;
+    let stack = LocalStack::start_installed().await?;
     let klaviyo = stack.klaviyo.as_ref().context("the Klaviyo simulator")?;
     let omneo = stack.omneo.as_ref().context("the Omneo simulator")?;
-    install(&stack, klaviyo).await?;
     quota(&stack, klaviyo, omneo).await?;
     economy(klaviyo, omneo).await
-}
-
-/// Installs the demo tenant through its install link and enables its Omneo webhooks.
-async fn install(stack: &LocalStack, klaviyo: &KlaviyoSim) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let authorize = http.get(stack.install_link.as_str()).send().await?;
-    let authorize = authorize
-        .headers()
-        .get("location")
-        .context("the install link redirects")?
-        .to_str()?
-        .to_owned();
-    let callback = klaviyo.approve(&authorize).await?;
-    let page = http.get(callback.as_str()).send().await?;
-    if !page.status().is_success() {
-        bail!("the OAuth callback answered {}", page.status());
-    }
-    let tenant = TenantId::parse(DEMO_TENANT)?;
-    let record = stack
-        .app
-        .store
-        .tenant(&tenant)
-        .await?
-        .context("the demo tenant")?;
-    let client = stack.app.omneo(&record)?;
-    for webhook in client.webhooks(&record.settings.namespace).await? {
-        let update = WebhookUpdate {
-            is_active: Some(true),
-            ..WebhookUpdate::default()
-        };
-        client.update_webhook(&webhook.id, &update).await?;
-    }
-    Ok(())
 }
 
 async fn quota(stack: &LocalStack, klaviyo: &KlaviyoSim, omneo: &OmneoSim) -> anyhow::Result<()> {
