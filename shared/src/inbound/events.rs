@@ -91,14 +91,16 @@ async fn apply(
     }
     let mut claimed = claimed.into_iter();
     while let Some((event, held)) = claimed.next() {
-        let recorded = record_interaction(job, profile, event).await;
-        match recorded {
-            Ok(()) => job.finish(held, EVENT_RETAIN, "record_interaction").await?,
+        let done = match record_interaction(job, profile, event).await {
+            Ok(()) => job.finish(held, EVENT_RETAIN, "record_interaction").await,
             Err(setback) => {
                 job.let_go(held).await;
-                let_go_all(job, claimed).await;
-                return Err(setback);
+                Err(setback)
             }
+        };
+        if let Err(setback) = done {
+            let_go_all(job, claimed).await;
+            return Err(setback);
         }
     }
     Ok(())

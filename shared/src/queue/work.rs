@@ -492,4 +492,21 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn only_our_own_custom_source_makes_an_echo() {
+        let event = |detail: Option<&str>| ConsentEvent {
+            id: "e".into(),
+            topic: KlaviyoTopic::UnsubscribedFromEmailMarketing,
+            at: Timestamp::UNIX_EPOCH,
+            method: Some("API".into()),
+            method_detail: None,
+            custom_method_detail: detail.map(str::to_owned),
+            list_id: None,
+        };
+        assert!(event(Some("omneo")).is_circular());
+        assert!(!event(Some("shopify")).is_circular());
+        assert!(!event(Some("Omneo ")).is_circular());
+        assert!(!event(None).is_circular());
+    }
 }
