@@ -1,14 +1,19 @@
 //! The server of `make bench`'s ingest benchmark (`bench-ingest` starts it pinned to one core):
-//! the `omneo-webhook` router beside an empty `POST /baseline` handler, in one process, behind the
-//! runtime layer production serves every function with (`/health`, request spans and their log
-//! lines, the body limit, graceful shutdown).
+//! one function's router — `omneo-webhook`, or `klaviyo-webhook` when `$BENCH_FUNCTION` says so —
+//! beside an empty `POST /baseline` handler, in one process, behind the runtime layer production
+//! serves every function with (`/health`, request spans and their log lines, the body limit,
+//! graceful shutdown).
 //!
-//! The app runs on the memory store and the local queue, with one tenant registered and
-//! installed: `$BENCH_TENANT`, whose Omneo signing secret is `$BENCH_OMNEO_SIGNING_SECRET`. Its
-//! two queues are ensured with their production settings and paused, so the accepted tasks are
-//! held rather than dispatched and dispatching does not compete with the receiver for the core.
-//! It listens on `127.0.0.1:$PORT` until SIGTERM, then prints the queue's counters on stderr as
-//! `pending=… attempts=…`. Logs go to stdout as in production (`RUST_LOG`, default `info`).
+//! The app runs on the memory store and the local queue, with one tenant registered and installed:
+//! `$BENCH_TENANT`, whose Omneo signing secret is `$BENCH_OMNEO_SIGNING_SECRET` and whose shared
+//! `webhook_secret` (the key of Klaviyo's system-webhook signatures) is
+//! `$BENCH_KLAVIYO_WEBHOOK_SECRET`. Its install record holds what provisioning would have stored:
+//! the Klaviyo account `$BENCH_KLAVIYO_ACCOUNT_ID` and the system webhook
+//! `$BENCH_KLAVIYO_WEBHOOK_ID`. Its two queues are ensured with their production settings and
+//! paused, so the accepted tasks are held rather than dispatched and dispatching does not compete
+//! with the receiver for the core. It listens on `127.0.0.1:$PORT` until SIGTERM, then prints the
+//! queue's counters on stderr as `pending=… attempts=…`. Logs go to stdout as in production
+//! (`RUST_LOG`, default `info`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,12 +30,47 @@ use shared::domain::TenantId;
 use shared::install::registration::{self, Registration};
 use shared::queue::{LocalQueue, Queue, QueueSettings, TenantQueues};
 use shared::runtime::{serve_function, telemetry};
-use shared::store::{Install, InstallStatus, MemoryStore};
+use shared::store::{Abort, Install, InstallStatus, MemoryStore, TenantSecret};
+
+/// The function whose router is served (`$BENCH_FUNCTION`).
+#[derive(Clone, Copy)]
+enum Function {
+    OmneoWebhook,
+    KlaviyoWebhook,
+}
+
+impl Function {
+    fn parse(name: &str) -> anyhow::Result<Self> {
+        match name {
+            "omneo-webhook" => Ok(Self::OmneoWebhook),
+            "klaviyo-webhook" => Ok(Self::KlaviyoWebhook),
+            _ => anyhow::bail!("BENCH_FUNCTION is omneo-webhook or klaviyo-webhook, not {name:?}"),
+        }
+    }
+}
+
+/// The tenant the deliveries are for, and its secrets and Klaviyo ids.
+struct BenchTenant {
+    id: TenantId,
+    omneo_signing_secret: SecretString,
+    webhook_secret: SecretString,
+    klaviyo_account_id: String,
+    klaviyo_webhook_id: String,
+}
 
 fn main() -> anyhow::Result<()> {
     let port: u16 = required("PORT")?.parse().context("PORT is not a port")?;
-    let tenant = TenantId::parse(required("BENCH_TENANT")?).context("BENCH_TENANT")?;
-    let signing_secret = SecretString::from(required("BENCH_OMNEO_SIGNING_SECRET")?);
+    let function = match std::env::var("BENCH_FUNCTION") {
+        Ok(name) => Function::parse(&name)?,
+        Err(_) => Function::OmneoWebhook,
+    };
+    let tenant = BenchTenant {
+        id: TenantId::parse(required("BENCH_TENANT")?).context("BENCH_TENANT")?,
+        omneo_signing_secret: SecretString::from(required("BENCH_OMNEO_SIGNING_SECRET")?),
+        webhook_secret: SecretString::from(required("BENCH_KLAVIYO_WEBHOOK_SECRET")?),
+        klaviyo_account_id: required("BENCH_KLAVIYO_ACCOUNT_ID")?,
+        klaviyo_webhook_id: required("BENCH_KLAVIYO_WEBHOOK_ID")?,
+    };
     let config = config(port)?;
     telemetry::init(config.log_format, None)?;
     // The runtime production's `run_function` builds: one worker per core this process may use.
@@ -38,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("the async runtime")?
-        .block_on(serve(config, tenant, signing_secret))
+        .block_on(serve(config, function, tenant))
 }
 
 fn required(name: &str) -> anyhow::Result<String> {
@@ -67,38 +107,40 @@ fn config(port: u16) -> anyhow::Result<Config> {
     Ok(Config::from_env(&|name: &str| vars.get(name).cloned())?)
 }
 
-async fn serve(
-    config: Config,
-    tenant: TenantId,
-    signing_secret: SecretString,
-) -> anyhow::Result<()> {
+async fn serve(config: Config, function: Function, tenant: BenchTenant) -> anyhow::Result<()> {
     let http = http_client()?;
     let queue = LocalQueue::new(task_targets(&config), http.clone());
     let store = Arc::new(MemoryStore::new(config.keyring.clone()));
     let addr = SocketAddr::from(([127, 0, 0, 1], config.listen_addr().port()));
     let app = App::new(config, store, Arc::new(queue.clone()), http);
-    install_tenant(&app, &queue, &tenant, signing_secret).await?;
+    install_tenant(&app, &queue, tenant).await?;
 
-    let routes = shared::functions::omneo_webhook::router(app)
-        .route("/baseline", post(|| async { StatusCode::ACCEPTED }));
-    serve_function("omneo-webhook", routes, addr).await?;
+    let (name, routes) = match function {
+        Function::OmneoWebhook => (
+            "omneo-webhook",
+            shared::functions::omneo_webhook::router(app),
+        ),
+        Function::KlaviyoWebhook => (
+            "klaviyo-webhook",
+            shared::functions::klaviyo_webhook::router(app),
+        ),
+    };
+    let routes = routes.route("/baseline", post(|| async { StatusCode::ACCEPTED }));
+    serve_function(name, routes, addr).await?;
 
     let stats = queue.stats();
     eprintln!("pending={} attempts={}", stats.pending, stats.attempts);
     Ok(())
 }
 
-/// Registers `tenant` (through the same code as `PUT /{tenant}/api/v1/tenant`) and records it
-/// installed with its two queues, which are ensured and paused.
-async fn install_tenant(
-    app: &App,
-    queue: &LocalQueue,
-    tenant: &TenantId,
-    signing_secret: SecretString,
-) -> anyhow::Result<()> {
+/// Registers the tenant (through the same code as `PUT /{tenant}/api/v1/tenant`), gives it the
+/// bench's `webhook_secret` (registration generates one), and records it installed with its
+/// Klaviyo account, its system webhook and its two queues, which are ensured and paused.
+async fn install_tenant(app: &App, queue: &LocalQueue, bench: BenchTenant) -> anyhow::Result<()> {
+    let tenant = &bench.id;
     let registration = Registration {
         omneo_api_token: Some(random_secret(24)),
-        omneo_signing_secret: Some(signing_secret),
+        omneo_signing_secret: Some(bench.omneo_signing_secret),
         ..Registration::default()
     };
     registration::register(app, tenant, registration)
@@ -109,6 +151,15 @@ async fn install_tenant(
         .tenant(tenant)
         .await?
         .context("the tenant just registered")?;
+    let webhook_secret =
+        TenantSecret::WebhookSecret.seal(&app.config.keyring, tenant, &bench.webhook_secret);
+    app.store
+        .update_tenant(tenant, &|current| {
+            let mut record = current.ok_or(Abort)?;
+            record.webhook_secret = webhook_secret.clone();
+            Ok(record)
+        })
+        .await?;
     let queues = TenantQueues::of(tenant, &registered.settings)?;
     for name in queues.both() {
         let direction = name
@@ -125,6 +176,8 @@ async fn install_tenant(
         .update_install(tenant, &|current| {
             let mut install = current.unwrap_or_else(|| Install::pending(tenant.clone(), now));
             install.resources.queues = names.clone();
+            install.resources.klaviyo_webhook_id = Some(bench.klaviyo_webhook_id.clone());
+            install.klaviyo_account_id = Some(bench.klaviyo_account_id.clone());
             install.transition(InstallStatus::Installed, Some("bench".into()), now);
             Ok(install)
         })
