@@ -19,7 +19,7 @@ test: venv oauth-interop
 	tests/emulators.sh $(CARGO) nextest run --workspace --no-fail-fast
 
 ## bench: cold start (exec → first 200 on /health) and idle RSS of each function beside an axum hello-world,
-## then omneo-webhook's ingest throughput beside an empty handler and a Node.js receiver (needs wrk: installed if missing),
+## then omneo-webhook's and klaviyo-webhook's ingest throughput beside an empty handler and Node.js receivers (needs wrk: installed if missing),
 ## then the outbound sync's share of Klaviyo's quota and its writes per profile change, against the simulators,
 ## then the inbound worker's Omneo writes per Klaviyo delivery and its pace
 bench:

@@ -296,13 +296,15 @@ pub fn fits_a_task(task: &Task, field: &str) -> Result<(), ApiError> {
 
 /// Parses a JSON body into `T`: not JSON → 400 `invalid_json`; the wrong shape → 400
 /// `invalid_field` naming the path (`record.id`, `id`).
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
     // The fast path; only a body that fails is parsed again, tracking the path to name the field.
     serde_json::from_slice(body).or_else(|_| parse_json_naming_the_field(body))
 }
 
 /// [`parse_json`]'s slow path: the same parse with the path tracked, for the error.
-fn parse_json_naming_the_field<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse_json_naming_the_field<'de, T: serde::Deserialize<'de>>(
+    body: &'de [u8],
+) -> Result<T, ApiError> {
     let not_json = |error: &serde_json::Error| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
