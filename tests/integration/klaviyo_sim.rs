@@ -1,6 +1,6 @@
 //! The Klaviyo simulator over real sockets: OAuth with PKCE, the API guard, rate limits, faults,
-//! paging, profiles, consent jobs, webhooks and signed deliveries. PKCE and HMAC are computed
-//! here independently of the simulator.
+//! paging, profiles, consent jobs, bulk profile import jobs, webhooks and signed deliveries.
+//! PKCE and HMAC are computed here independently of the simulator.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,7 +10,8 @@ use axum::http::HeaderMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use harness::klaviyo::{
-    Channel, ConsentState, KlaviyoSim, KlaviyoSimOptions, SystemEvent, TokenSet, topics,
+    BulkPace, BulkStatus, Channel, ConsentState, KlaviyoSim, KlaviyoSimOptions, SystemEvent,
+    TokenSet, topics,
 };
 use harness::sim::FaultRule;
 use hmac::{Hmac, KeyInit as _, Mac as _};
@@ -1642,4 +1643,514 @@ async fn control_routes_change_consent_on_klaviyos_side_and_deliver_the_outbox()
         "control calls are not recorded"
     );
     server.abort();
+}
+
+// ---- Bulk profile import ----
+
+fn bulk_profile(attributes: Value) -> Value {
+    json!({"type": "profile", "attributes": attributes})
+}
+
+fn bulk_job(profiles: Vec<Value>, lists: &[&str]) -> Value {
+    let mut body = json!({"data": {"type": "profile-bulk-import-job",
+        "attributes": {"profiles": {"data": profiles}}}});
+    if !lists.is_empty() {
+        let lists: Vec<Value> = lists
+            .iter()
+            .map(|id| json!({"type": "list", "id": id}))
+            .collect();
+        body["data"]["relationships"] = json!({"lists": {"data": lists}});
+    }
+    body
+}
+
+/// Submits a job (202); returns its id.
+async fn submit_bulk(sim: &KlaviyoSim, token: &str, body: Value) -> String {
+    let answer = call(
+        sim,
+        token,
+        Method::POST,
+        "/api/profile-bulk-import-jobs",
+        Some(body),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    answer.body["data"]["id"].as_str().unwrap().to_owned()
+}
+
+/// The job's attributes.
+async fn bulk_status(sim: &KlaviyoSim, token: &str, id: &str) -> Value {
+    let answer = call(
+        sim,
+        token,
+        Method::GET,
+        &format!("/api/profile-bulk-import-jobs/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["data"]["type"], "profile-bulk-import-job");
+    answer.body["data"]["attributes"].clone()
+}
+
+/// Every item of a cursor-paged collection, following `links.next`; and how many pages.
+async fn all_pages(sim: &KlaviyoSim, token: &str, first: &str) -> (Vec<Value>, usize) {
+    let (mut items, mut pages) = (Vec::new(), 0);
+    let mut next = Some(first.to_owned());
+    while let Some(url) = next {
+        let page = call(sim, token, Method::GET, &url, None).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        items.extend(page.body["data"].as_array().unwrap().iter().cloned());
+        next = page.body["links"]["next"].as_str().map(str::to_owned);
+        pages += 1;
+    }
+    (items, pages)
+}
+
+fn timestamp(value: &Value) -> jiff::Timestamp {
+    value.as_str().expect("a timestamp").parse().unwrap()
+}
+
+#[tokio::test]
+async fn bulk_import_runs_queued_processing_complete_and_upserts_without_clearing() {
+    // Queued for an hour until the test lets it run.
+    let options = KlaviyoSimOptions {
+        bulk_pace: BulkPace {
+            start_after: Duration::from_secs(3600),
+            profiles_per_second: 5_000.0,
+        },
+        ..no_limits()
+    };
+    let (sim, tokens) = start(options).await;
+    let token = tokens.access_token.as_str();
+    let existing = call(
+        &sim,
+        token,
+        Method::POST,
+        "/api/profile-import",
+        Some(import_body(json!({
+            "email": "ann@example.test", "first_name": "Ann", "last_name": "Lee",
+            "properties": {"tier": "silver", "store": "Richmond"}
+        }))),
+    )
+    .await;
+    assert_eq!(existing.status, StatusCode::CREATED);
+    let ann = existing.body["data"]["id"].as_str().unwrap().to_owned();
+    let list = sim.create_list("Backfill");
+
+    let mut profiles = vec![bulk_profile(json!({
+        "email": "ANN@example.test", "first_name": null, "last_name": "Li",
+        "properties": {"tier": "gold", "store": null}
+    }))];
+    profiles.extend((0..8).map(|i| {
+        bulk_profile(json!({
+            "email": format!("new{i}@example.test"), "external_id": format!("omneo-{i}"),
+            "first_name": format!("New {i}"), "location": {"city": "Melbourne"}
+        }))
+    }));
+    let bad_email = bulk_profile(json!({"email": "not-an-email", "first_name": "Bad"}));
+    profiles.push(bad_email.clone());
+    profiles.push(bulk_profile(json!({"first_name": "Nobody"})));
+    let answer = call(
+        &sim,
+        token,
+        Method::POST,
+        "/api/profile-bulk-import-jobs",
+        Some(bulk_job(profiles, &[&list])),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    let id = answer.body["data"]["id"].as_str().unwrap().to_owned();
+    let accepted = &answer.body["data"]["attributes"];
+    assert_eq!(accepted["status"], "queued");
+    assert_eq!(accepted["total_count"], 11);
+    assert_eq!(accepted["completed_count"], 0);
+    assert_eq!(accepted["failed_count"], 0);
+    assert!(accepted["started_at"].is_null() && accepted["completed_at"].is_null());
+    assert!(timestamp(&accepted["expires_at"]) > timestamp(&accepted["created_at"]));
+    assert_eq!(
+        answer.body["data"]["relationships"]["lists"]["data"][0]["id"],
+        list
+    );
+
+    let queued = bulk_status(&sim, token, &id).await;
+    assert_eq!(queued["status"], "queued");
+    assert_eq!(sim.profiles().len(), 1, "nothing processed while queued");
+
+    // Four profiles a second: processing for ~2.75 s.
+    sim.set_bulk_pace(BulkPace {
+        start_after: Duration::ZERO,
+        profiles_per_second: 4.0,
+    });
+    let processing = bulk_status(&sim, token, &id).await;
+    assert_eq!(processing["status"], "processing");
+    assert!(processing["started_at"].is_string());
+    assert!(processing["completed_count"].as_u64().unwrap() < 11);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen_partial = false;
+    let done = loop {
+        let status = bulk_status(&sim, token, &id).await;
+        let processed =
+            status["completed_count"].as_u64().unwrap() + status["failed_count"].as_u64().unwrap();
+        if status["status"] == "complete" {
+            assert_eq!(processed, 11);
+            break status;
+        }
+        assert_eq!(status["status"], "processing");
+        seen_partial |= processed > 0;
+        assert!(
+            Instant::now() < deadline,
+            "the job did not complete: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(seen_partial, "profiles are processed over time");
+    assert_eq!(done["completed_count"], 9);
+    assert_eq!(done["failed_count"], 2);
+    let (created, started, completed) = (
+        timestamp(&done["created_at"]),
+        timestamp(&done["started_at"]),
+        timestamp(&done["completed_at"]),
+    );
+    assert!(created <= started && started < completed);
+    assert!(completed.duration_since(started) >= jiff::SignedDuration::from_secs(2));
+
+    // Null leaves, a value replaces, absent leaves; map members alike.
+    let ann_now = sim.profile(&ann).unwrap();
+    assert_eq!(
+        ann_now.first_name.as_deref(),
+        Some("Ann"),
+        "null does not clear"
+    );
+    assert_eq!(ann_now.last_name.as_deref(), Some("Li"));
+    assert_eq!(ann_now.properties["tier"], "gold");
+    assert_eq!(ann_now.properties["store"], "Richmond");
+    let new3 = sim.profile_by_email("new3@example.test").unwrap();
+    assert_eq!(new3.external_id.as_deref(), Some("omneo-3"));
+    assert_eq!(new3.first_name.as_deref(), Some("New 3"));
+    assert_eq!(new3.location["city"], "Melbourne");
+    assert_eq!(sim.profiles().len(), 9);
+
+    let (errors, _) = all_pages(
+        &sim,
+        token,
+        &format!("/api/profile-bulk-import-jobs/{id}/import-errors"),
+    )
+    .await;
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0]["type"], "import-error");
+    let invalid = &errors[0]["attributes"];
+    assert_eq!(invalid["code"], "invalid");
+    assert_eq!(invalid["source"]["pointer"], "/data/attributes/email");
+    assert_eq!(invalid["original_payload"], bad_email);
+    assert!(invalid["title"].is_string() && invalid["detail"].is_string());
+    assert_eq!(
+        errors[1]["attributes"]["source"]["pointer"],
+        "/data/attributes"
+    );
+
+    let (ids, _) = all_pages(
+        &sim,
+        token,
+        &format!("/api/profile-bulk-import-jobs/{id}/relationships/profiles"),
+    )
+    .await;
+    let ids: Vec<&str> = ids
+        .iter()
+        .map(|p| {
+            assert_eq!(p["type"], "profile");
+            p["id"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(ids[0], ann, "created or updated, in order");
+    let mut expected: Vec<String> = sim.profiles().into_iter().map(|p| p.id).collect();
+    let mut got: Vec<String> = ids.iter().map(|s| (*s).to_owned()).collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+
+    // Processed profiles joined the list; consent is untouched.
+    let mut members = sim.list_members(&list);
+    members.sort();
+    assert_eq!(members, expected);
+    assert!(
+        sim.profiles()
+            .iter()
+            .all(|p| p.subscriptions == Default::default())
+    );
+    assert!(sim.pending_events().is_empty());
+
+    let jobs = sim.bulk_jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].status, BulkStatus::Complete);
+    assert_eq!(jobs[0].errors.len(), 2);
+}
+
+#[tokio::test]
+async fn bulk_import_can_stall_and_finish_at_once() {
+    let options = KlaviyoSimOptions {
+        bulk_pace: BulkPace::stalled(),
+        ..no_limits()
+    };
+    let (sim, tokens) = start(options).await;
+    let token = tokens.access_token.as_str();
+    let profiles = (0..5)
+        .map(|i| bulk_profile(json!({"email": format!("s{i}@example.test")})))
+        .collect();
+    let id = submit_bulk(&sim, token, bulk_job(profiles, &[])).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stalled = bulk_status(&sim, token, &id).await;
+    assert_eq!(stalled["status"], "processing");
+    assert_eq!(stalled["completed_count"], 0);
+    assert!(sim.profiles().is_empty());
+
+    sim.set_bulk_pace(BulkPace::instant());
+    let job = sim.bulk_job(&id).unwrap();
+    assert_eq!(job.status, BulkStatus::Complete);
+    assert_eq!(job.completed_count, 5);
+    assert_eq!(sim.profiles().len(), 5);
+
+    // At the instant pace a new job is complete as soon as it is accepted.
+    let again = submit_bulk(
+        &sim,
+        token,
+        bulk_job(
+            vec![bulk_profile(json!({"phone_number": "+61400000009"}))],
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(bulk_status(&sim, token, &again).await["status"], "complete");
+}
+
+#[tokio::test]
+async fn bulk_import_pages_its_errors_and_profiles_and_enforces_its_limits() {
+    let options = KlaviyoSimOptions {
+        bulk_pace: BulkPace::instant(),
+        ..no_limits()
+    };
+    let (sim, tokens) = start(options).await;
+    let token = tokens.access_token.as_str();
+    let bulk_paths = [
+        "/api/profile-bulk-import-jobs",
+        "/api/profile-bulk-import-jobs/{id}",
+        "/api/profile-bulk-import-jobs/{id}/import-errors",
+        "/api/profile-bulk-import-jobs/{id}/relationships/profiles",
+    ];
+    for path in bulk_paths {
+        assert!(
+            sim.endpoints().iter().any(|e| e.path == path),
+            "{path} is listed"
+        );
+    }
+
+    let mut profiles: Vec<Value> = (0..45)
+        .map(|i| bulk_profile(json!({"email": format!("ok{i}@example.test")})))
+        .collect();
+    profiles.extend((0..25).map(|i| bulk_profile(json!({"email": format!("bad {i}@x")}))));
+    let id = submit_bulk(&sim, token, bulk_job(profiles, &[])).await;
+    let (errors, pages) = all_pages(
+        &sim,
+        token,
+        &format!(
+            "{}/api/profile-bulk-import-jobs/{id}/import-errors?page[size]=10",
+            sim.url()
+        ),
+    )
+    .await;
+    assert_eq!((errors.len(), pages), (25, 3));
+    assert_eq!(
+        errors[24]["attributes"]["original_payload"]["attributes"]["email"],
+        "bad 24@x"
+    );
+    let (ids, pages) = all_pages(
+        &sim,
+        token,
+        &format!(
+            "{}/api/profile-bulk-import-jobs/{id}/relationships/profiles?page[size]=20",
+            sim.url()
+        ),
+    )
+    .await;
+    assert_eq!((ids.len(), pages), (45, 3));
+    let too_big_page = call(
+        &sim,
+        token,
+        Method::GET,
+        &format!("/api/profile-bulk-import-jobs/{id}/import-errors?page[size]=101"),
+        None,
+    )
+    .await;
+    assert_eq!(too_big_page.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        too_big_page.body["errors"][0]["source"]["parameter"],
+        "page[size]"
+    );
+
+    // Unknown jobs are 404 on every read.
+    for suffix in ["", "/import-errors", "/relationships/profiles"] {
+        let missing = call(
+            &sim,
+            token,
+            Method::GET,
+            &format!("/api/profile-bulk-import-jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV{suffix}"),
+            None,
+        )
+        .await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND, "{suffix}");
+        assert_eq!(missing.error_code(), "not_found");
+    }
+
+    let post = |body: Value| {
+        call(
+            &sim,
+            token,
+            Method::POST,
+            "/api/profile-bulk-import-jobs",
+            Some(body),
+        )
+    };
+    let pointer = |answer: &Answer| answer.body["errors"][0]["source"]["pointer"].clone();
+
+    // 10,001 profiles: 400 naming the profiles.
+    let too_many = (0..10_001)
+        .map(|i| bulk_profile(json!({"email": format!("m{i}@example.test")})))
+        .collect();
+    let answer = post(bulk_job(too_many, &[])).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.error_code(), "invalid");
+    assert_eq!(pointer(&answer), "/data/attributes/profiles/data");
+    let none = post(bulk_job(Vec::new(), &[])).await;
+    assert_eq!(none.status, StatusCode::BAD_REQUEST);
+
+    // Over 5 MB: 413 (60 profiles of ~90 KB each, every one under the per-profile limit).
+    let blob = "x".repeat(90 * 1024);
+    let heavy = (0..60)
+        .map(|i| {
+            bulk_profile(
+                json!({"email": format!("h{i}@example.test"), "properties": {"blob": blob}}),
+            )
+        })
+        .collect();
+    let answer = post(bulk_job(heavy, &[])).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer.error_code(), "request_too_large");
+    assert_eq!(pointer(&answer), "/data");
+
+    // One profile over 100 KB: 413 naming it.
+    let big_one = vec![
+        bulk_profile(json!({"email": "fine@example.test"})),
+        bulk_profile(
+            json!({"email": "big@example.test", "properties": {"blob": "y".repeat(101 * 1024)}}),
+        ),
+    ];
+    let answer = post(bulk_job(big_one, &[])).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(pointer(&answer), "/data/attributes/profiles/data/1");
+
+    // The wrong type and an unknown list are 400s pointing at them.
+    let wrong_type = post(bulk_job(
+        vec![json!({"type": "person", "attributes": {"email": "t@example.test"}})],
+        &[],
+    ))
+    .await;
+    assert_eq!(wrong_type.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        pointer(&wrong_type),
+        "/data/attributes/profiles/data/0/type"
+    );
+    let no_list = post(bulk_job(
+        vec![bulk_profile(json!({"email": "l@example.test"}))],
+        &["NoSuch"],
+    ))
+    .await;
+    assert_eq!(no_list.status, StatusCode::BAD_REQUEST);
+    assert_eq!(pointer(&no_list), "/data/relationships/lists/data/0/id");
+    assert_eq!(sim.bulk_jobs().len(), 1, "refused jobs are not kept");
+
+    // Naming lists takes lists:write as well as profiles:write.
+    let (verifier, challenge) = pkce('b');
+    let mut url = url::Url::parse(&authorize_url(&sim, &challenge, "st-1")).unwrap();
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "scope" {
+                "profiles:read profiles:write".to_owned()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    let callback = sim.approve(url.as_str()).await.unwrap();
+    let code = query_param(&callback, "code").unwrap();
+    let (status, narrow) = exchange(&sim, &code, &verifier).await;
+    assert_eq!(status, StatusCode::OK);
+    let narrow = narrow["access_token"].as_str().unwrap();
+    let list = sim.create_list("Backfill");
+    let profile = || vec![bulk_profile(json!({"email": "n@example.test"}))];
+    let with_list = call(
+        &sim,
+        narrow,
+        Method::POST,
+        "/api/profile-bulk-import-jobs",
+        Some(bulk_job(profile(), &[&list])),
+    )
+    .await;
+    assert_eq!(with_list.status, StatusCode::FORBIDDEN);
+    assert_eq!(with_list.error_code(), "permission_denied");
+    submit_bulk(&sim, narrow, bulk_job(profile(), &[])).await;
+    assert!(sim.list_members(&list).is_empty());
+}
+
+#[tokio::test]
+async fn bulk_import_reads_are_rate_limited_at_10_per_second() {
+    let options = KlaviyoSimOptions {
+        bulk_pace: BulkPace::instant(),
+        ..KlaviyoSimOptions::default()
+    };
+    let (sim, tokens) = start(options).await;
+    let token = tokens.access_token.as_str();
+    let id = submit_bulk(
+        &sim,
+        token,
+        bulk_job(vec![bulk_profile(json!({"email": "r@example.test"}))], &[]),
+    )
+    .await;
+    let path = format!("/api/profile-bulk-import-jobs/{id}");
+    let started = Instant::now();
+    let mut allowed = 0;
+    // M allows 10/s and 150/min: a 429 must come within 151 calls however slow the machine is.
+    let throttled = loop {
+        let answer = call(&sim, token, Method::GET, &path, None).await;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            break answer;
+        }
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.headers["ratelimit-limit"], "10, 10;w=1, 150;w=60");
+        allowed += 1;
+        assert!(allowed <= 150, "no 429 after 150 calls");
+    };
+    if started.elapsed() < Duration::from_millis(900) {
+        assert_eq!(allowed, 10, "the 11th call in a second is refused");
+    }
+    assert_eq!(throttled.error_code(), "throttled");
+    let retry_after: u64 = throttled.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after));
+    // The other bulk endpoints have their own counters.
+    let errors = call(
+        &sim,
+        token,
+        Method::GET,
+        &format!("{path}/import-errors"),
+        None,
+    )
+    .await;
+    assert_eq!(errors.status, StatusCode::OK);
+    assert_eq!(errors.headers["ratelimit-limit"], "10, 10;w=1, 150;w=60");
 }

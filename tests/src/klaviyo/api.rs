@@ -18,7 +18,19 @@ use serde_json::json;
 use super::jsonapi::{ApiError, Here, document};
 use super::rate_limit::{RateVerdict, Tier, Verdict};
 use super::state::Ctx;
-use super::{data_sources, events, profiles, subscriptions, webhooks};
+use super::{bulk, data_sources, events, profiles, subscriptions, webhooks};
+
+/// The scopes of the token a call was made with (a request extension the guard adds), for
+/// handlers whose scopes depend on the body.
+#[derive(Debug, Clone)]
+pub(crate) struct Granted(String);
+
+impl Granted {
+    /// Whether the token carries `scope`.
+    pub fn has(&self, scope: &str) -> bool {
+        self.0.split(' ').any(|s| s == scope)
+    }
+}
 
 /// What an endpoint demands of its callers.
 #[derive(Clone)]
@@ -204,6 +216,34 @@ pub(crate) fn router(ctx: Ctx) -> (Router, Vec<Endpoint>) {
     )
     .add(
         Method::POST,
+        "/api/profile-bulk-import-jobs",
+        bulk::create,
+        M,
+        "profiles",
+    )
+    .add(
+        Method::GET,
+        "/api/profile-bulk-import-jobs/{id}",
+        bulk::get_one,
+        M,
+        "profiles",
+    )
+    .add(
+        Method::GET,
+        "/api/profile-bulk-import-jobs/{id}/import-errors",
+        bulk::import_errors,
+        M,
+        "profiles",
+    )
+    .add(
+        Method::GET,
+        "/api/profile-bulk-import-jobs/{id}/relationships/profiles",
+        bulk::profile_ids,
+        M,
+        "profiles",
+    )
+    .add(
+        Method::POST,
         "/api/profile-subscription-bulk-create-jobs",
         subscriptions::subscribe,
         L,
@@ -247,8 +287,9 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(format!("No endpoint at {}.", request.uri().path()))
 }
 
-/// Token, revision, scope and rate limit, in that order; adds the `RateLimit-*` headers.
-async fn guard(State(policy): State<Policy>, request: Request, next: Next) -> Response {
+/// Token, revision, scope and rate limit, in that order; adds the `RateLimit-*` headers and
+/// hands the token's scopes to the handler ([`Granted`]).
+async fn guard(State(policy): State<Policy>, mut request: Request, next: Next) -> Response {
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -284,7 +325,8 @@ async fn guard(State(policy): State<Policy>, request: Request, next: Next) -> Re
             )
             .into_response();
         };
-        let has_scope = granted.split(' ').any(|s| s == scope);
+        let granted = Granted(granted.to_owned());
+        let has_scope = granted.has(&scope);
         if !revision_present {
             return ApiError::invalid_parameter("The 'revision' header is required.", "revision")
                 .into_response();
@@ -304,6 +346,7 @@ async fn guard(State(policy): State<Policy>, request: Request, next: Next) -> Re
             at: now,
             throttled: matches!(verdict, Verdict::Throttled { .. }),
         });
+        request.extensions_mut().insert(granted);
         verdict
     };
     match verdict {

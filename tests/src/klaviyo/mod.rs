@@ -9,7 +9,10 @@
 //!   `&approve=true|false` to skip it), `POST /oauth/token`, `POST /oauth/revoke`.
 //! - The API under `/api/…` ([`api`], listed by [`KlaviyoSim::endpoints`]): Bearer tokens, the
 //!   `revision` header, JSON:API bodies and errors, cursor paging, filters, scopes and
-//!   per-endpoint rate limits ([`rate_limit`]).
+//!   per-endpoint rate limits ([`rate_limit`]). Among them the bulk profile import
+//!   ([`bulk`]): jobs that run over time (`queued` → `processing` → `complete`) at the pace of
+//!   [`KlaviyoSimOptions::bulk_pace`] / [`KlaviyoSim::set_bulk_pace`], seen by
+//!   [`KlaviyoSim::bulk_jobs`].
 //! - The `/_sim` control API of [`crate::sim`] (faults, recorded requests), and [`control`]'s
 //!   look at the account (`/_sim/profiles` with consent and lists, `/_sim/events`) and
 //!   Klaviyo-side actions for curl users: `POST /_sim/profiles/{id}/consent` (a customer's
@@ -25,10 +28,12 @@
 //!
 //! Deliberate deviations from the real service, each documented where it is implemented:
 //! webhook `endpoint_url`s may be `http://` for loopback hosts (real Klaviyo requires https);
-//! subscription and deletion jobs are applied synchronously before the 202; there is no
+//! subscription and deletion jobs are applied synchronously before the 202 (bulk profile
+//! import jobs are not: they run over time, computed lazily); there is no
 //! double opt-in; refresh tokens do not expire after 90 days unused.
 
 pub mod api;
+pub mod bulk;
 pub mod control;
 pub mod data_sources;
 pub mod deliveries;
@@ -50,6 +55,7 @@ use anyhow::Context as _;
 use crate::sim::{Faults, Recorder, SimServer, instrument};
 
 pub use api::Endpoint;
+pub use bulk::{BulkImportJob, BulkPace, BulkStatus, ImportError};
 pub use data_sources::{DataSource, DataSourceRecord};
 pub use deliveries::{Delivery, SystemEvent, topics};
 pub use events::{DeletionJob, Event};
@@ -123,6 +129,9 @@ pub struct KlaviyoSimOptions {
     /// Deliver queued system events right after each subscription job (default: off; call
     /// [`KlaviyoSim::deliver_pending`] instead).
     pub auto_deliver: bool,
+    /// How fast bulk profile import jobs run (default: start after 200 ms, then 5,000 profiles
+    /// a second).
+    pub bulk_pace: BulkPace,
 }
 
 impl Default for KlaviyoSimOptions {
@@ -137,6 +146,7 @@ impl Default for KlaviyoSimOptions {
             account_id: "SimAcc".into(),
             delivery_timestamp_skew: jiff::SignedDuration::ZERO,
             auto_deliver: false,
+            bulk_pace: BulkPace::default(),
         }
     }
 }
@@ -239,6 +249,15 @@ impl KlaviyoSim {
         let mut state = self.ctx.lock();
         state.options.rate_limits = limits;
         state.limiter.reset();
+    }
+
+    /// Changes how fast bulk import jobs run from now on ([`BulkPace::instant`] finishes
+    /// every running job at once, [`BulkPace::stalled`] holds them where they are).
+    pub fn set_bulk_pace(&self, pace: BulkPace) {
+        // Locking brought the jobs up to now at the old pace; the new one applies from here.
+        let mut state = self.ctx.lock();
+        state.options.bulk_pace = pace;
+        state.advance_bulk_jobs(std::time::Instant::now());
     }
 
     // ---- OAuth ----
@@ -392,6 +411,21 @@ impl KlaviyoSim {
     /// Every rate-limit decision so far (allowed or 429), oldest first.
     pub fn rate_verdicts(&self) -> Vec<RateVerdict> {
         self.ctx.lock().verdicts.clone()
+    }
+
+    /// Every bulk profile import job, oldest first, as it stands now.
+    pub fn bulk_jobs(&self) -> Vec<BulkImportJob> {
+        self.ctx.lock().bulk_jobs.clone()
+    }
+
+    /// One bulk profile import job by id, as it stands now.
+    pub fn bulk_job(&self, id: &str) -> Option<BulkImportJob> {
+        self.ctx
+            .lock()
+            .bulk_jobs
+            .iter()
+            .find(|j| j.id == id)
+            .cloned()
     }
 
     /// Every data-privacy deletion job received.

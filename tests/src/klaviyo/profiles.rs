@@ -1,5 +1,6 @@
 //! Profiles: import (an upsert: 201 new / 200 updated, 409 `duplicate_profile` when the
-//! identifiers belong to different profiles, `null` clears and absent leaves), get (with
+//! identifiers belong to different profiles, `null` clears and absent leaves — or, for the bulk
+//! import of [`super::bulk`], leaves too: [`Nulls`]), get (with
 //! `additional-fields[profile]=subscriptions`) and search by `email`, `external_id`,
 //! `phone_number` or `id`.
 
@@ -135,6 +136,43 @@ pub struct ProfileAttributes {
     properties: Option<Option<Map<String, Value>>>,
 }
 
+impl ProfileAttributes {
+    /// These attributes with every `null` taken as absent (map members set to `null` too).
+    fn without_nulls(&self) -> Self {
+        fn keep<T: Clone>(value: &Option<Option<T>>) -> Option<Option<T>> {
+            value.clone().filter(Option::is_some)
+        }
+        fn keep_members(
+            value: &Option<Option<Map<String, Value>>>,
+        ) -> Option<Option<Map<String, Value>>> {
+            keep(value).map(|members| {
+                members.map(|mut members| {
+                    members.retain(|_, v| !v.is_null());
+                    members
+                })
+            })
+        }
+        Self {
+            email: keep(&self.email),
+            phone_number: keep(&self.phone_number),
+            external_id: keep(&self.external_id),
+            first_name: keep(&self.first_name),
+            last_name: keep(&self.last_name),
+            location: keep_members(&self.location),
+            properties: keep_members(&self.properties),
+        }
+    }
+}
+
+/// What an import does with an attribute sent as `null`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nulls {
+    /// Clears the stored value (`POST /api/profile-import`).
+    Clear,
+    /// Leaves the stored value, as absent does (the bulk import).
+    Keep,
+}
+
 #[derive(Deserialize)]
 pub(crate) struct ImportDocument {
     data: ImportData,
@@ -225,7 +263,20 @@ impl Account {
         id: Option<&str>,
         attributes: &ProfileAttributes,
     ) -> Result<(Profile, bool), ApiError> {
-        let mut attributes = attributes.clone();
+        self.import_profile_with(id, attributes, Nulls::Clear)
+    }
+
+    /// The profile-import upsert, with `null`s cleared or left as `nulls` says.
+    pub fn import_profile_with(
+        &mut self,
+        id: Option<&str>,
+        attributes: &ProfileAttributes,
+        nulls: Nulls,
+    ) -> Result<(Profile, bool), ApiError> {
+        let mut attributes = match nulls {
+            Nulls::Clear => attributes.clone(),
+            Nulls::Keep => attributes.without_nulls(),
+        };
         if let Some(Some(email)) = &mut attributes.email {
             *email = email.trim().to_lowercase();
             if !is_email(email) {

@@ -1,11 +1,13 @@
 //! The simulated account's data, behind one lock (never held across an `.await`).
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 
 use super::KlaviyoSimOptions;
+use super::bulk::BulkImportJob;
 use super::data_sources::{DataSource, DataSourceRecord};
 use super::deliveries::SystemEvent;
 use super::events::{DeletionJob, Event};
@@ -29,6 +31,8 @@ pub(crate) struct State {
     pub records: Vec<DataSourceRecord>,
     pub webhooks: Vec<Webhook>,
     pub deletion_jobs: Vec<DeletionJob>,
+    /// Bulk profile import jobs, oldest first.
+    pub bulk_jobs: Vec<BulkImportJob>,
     /// System events waiting to be delivered.
     pub outbox: Vec<SystemEvent>,
 }
@@ -47,6 +51,7 @@ impl State {
             records: Vec::new(),
             webhooks: Vec::new(),
             deletion_jobs: Vec::new(),
+            bulk_jobs: Vec::new(),
             outbox: Vec::new(),
         }
     }
@@ -67,11 +72,16 @@ impl Ctx {
         }
     }
 
+    /// The state, with the bulk import jobs brought up to now: whoever looks (an API call, an
+    /// inspection, a control route) sees the profiles they have processed so far.
     pub fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking handler must not take the whole simulator down with a poisoned lock.
-        self.state
+        let mut state = self
+            .state
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.advance_bulk_jobs(Instant::now());
+        state
     }
 }
 
