@@ -275,6 +275,14 @@ def profile(email, external_id, first_name):
     return {"data": {"type": "profile", "attributes": attributes}}
 
 
+def bulk_import(a):
+    """A bulk import job of two profiles, one of them without an identifier (an import error)."""
+    good = profile(f"bulk-{a.email}", f"bulk-{a.run}", "Bea")["data"]
+    bad = {"type": "profile", "attributes": {"first_name": "Nobody"}}
+    attributes = {"profiles": {"data": [good, bad]}}
+    return {"data": {"type": "profile-bulk-import-job", "attributes": attributes}}
+
+
 def consent_job(a, job_type, consent, with_list):
     """A subscribe or unsubscribe job for `a.email`'s email marketing."""
     subscriptions = {"email": {"marketing": {"consent": consent}}}
@@ -480,6 +488,34 @@ CALLS = [
         "GET /api/profiles/{id}",
         models.GetAccounts4XXResponse,
         failed_with(404, lambda sdk, a: sdk.Profiles.get_profile(UNKNOWN_PROFILE)),
+    ),
+    # Bulk profile import.
+    Call(
+        "bulk_import_profiles",
+        "POST /api/profile-bulk-import-jobs",
+        models.PostProfileImportJobResponse,
+        lambda sdk, a: sdk.Profiles.bulk_import_profiles(bulk_import(a)),
+        keep=("bulk_job_id", lambda result: result.data.id),
+    ),
+    Call(
+        "get_bulk_import_profiles_job",
+        "GET /api/profile-bulk-import-jobs/{id}",
+        models.GetProfileImportJobResponseCompoundDocument,
+        lambda sdk, a: sdk.Profiles.get_bulk_import_profiles_job(a.need("bulk_job_id")),
+    ),
+    Call(
+        "get_errors_for_bulk_import_profiles_job",
+        "GET /api/profile-bulk-import-jobs/{id}/import-errors",
+        models.GetImportErrorResponseCollection,
+        lambda sdk, a: sdk.Profiles.get_errors_for_bulk_import_profiles_job(a.need("bulk_job_id")),
+    ),
+    Call(
+        "get_profile_ids_for_bulk_import_profiles_job",
+        "GET /api/profile-bulk-import-jobs/{id}/relationships/profiles",
+        models.GetProfileBulkImportJobProfilesRelationshipsResponseCollection,
+        lambda sdk, a: sdk.Profiles.get_profile_ids_for_bulk_import_profiles_job(
+            a.need("bulk_job_id")
+        ),
     ),
     # Lists and consent.
     Call(
