@@ -20,7 +20,7 @@
 //! (those spread over [`BATCH_PROFILES`] profiles, so one batch becomes that many tasks), built
 //! like the Klaviyo simulator delivers them ([`harness::klaviyo::SystemEvent`],
 //! [`harness::klaviyo::deliveries::sign`]): consent events of [`PROFILES`] profiles, signed over
-//! body ‖ `Klaviyo-Timestamp`, sent round-robin by `tests/bench/klaviyo.lua`. A pool covers every
+//! body ‖ `Klaviyo-Timestamp`, sent round-robin by `tests/bench/ingest.lua`. A pool covers every
 //! profile once (1,000 single-event batches, or 100 batches of 50) and recurs, so after its first
 //! pass every batch is a redelivery whose tasks exist (answered 202 as duplicates, after all the
 //! receiver's checks, the grouping and the task building) — the regime of the Omneo rows, where a
@@ -187,7 +187,7 @@ impl Options {
 enum Load {
     /// The signed Omneo deliveries (`ingest.lua`).
     Omneo,
-    /// Signed Klaviyo system-webhook batches of `events` events (`klaviyo.lua`), made afresh
+    /// Signed Klaviyo system-webhook batches of `events` events (`ingest.lua`), made afresh
     /// before each run.
     Klaviyo { events: usize },
 }
@@ -275,7 +275,10 @@ fn measure(
         mean_body = bodies.iter().map(|(_, body)| body.len()).sum::<usize>() / bodies.len();
         let mut lines = String::new();
         for (signature, body) in &bodies {
-            writeln!(lines, "{signature}\t{body}")?;
+            writeln!(
+                lines,
+                "{EVENT_HEADER}: profile.updated\t{SIGNATURE_HEADER}: {signature}\t{body}"
+            )?;
         }
         std::fs::write(&bodies_file, lines)?;
 
@@ -455,14 +458,13 @@ fn measure(
     };
     println!();
 
-    let omneo_script = bench_dir.join("ingest.lua");
-    let klaviyo_script = bench_dir.join("klaviyo.lua");
+    let script = bench_dir.join("ingest.lua");
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
     for round in 1..=options.rounds {
         for (target, target_runs) in targets.iter().zip(&mut runs) {
             let load = match target.load {
                 Load::Omneo => WrkLoad {
-                    script: &omneo_script,
+                    script: &script,
                     args: vec![
                         bodies_file.clone().into_os_string(),
                         target.path.clone().into(),
@@ -475,12 +477,8 @@ fn measure(
                         .write_pool(events, &file)
                         .context("building the signed Klaviyo batches")?;
                     WrkLoad {
-                        script: &klaviyo_script,
-                        args: vec![
-                            file.into_os_string(),
-                            target.path.clone().into(),
-                            klaviyo.webhook_id.clone().into(),
-                        ],
+                        script: &script,
+                        args: vec![file.into_os_string(), target.path.clone().into()],
                     }
                 }
             };
@@ -797,13 +795,17 @@ impl KlaviyoPool {
     }
 
     /// Writes a pool of batches of `events` events covering every profile once to `file`, one
-    /// `<signature>\t<timestamp>\t<body>` a line (`klaviyo.lua`'s input).
+    /// request a line: its headers, then its body, tab-separated (`ingest.lua`'s input).
     fn write_pool(&self, events: usize, file: &Path) -> anyhow::Result<()> {
         let batches = self.profiles.len() / Self::profiles_per_batch(events);
         let mut lines = String::new();
         for index in 0..batches {
             let (signature, timestamp, body) = self.batch(index, events);
-            writeln!(lines, "{signature}\t{timestamp}\t{body}")?;
+            writeln!(
+                lines,
+                "Klaviyo-Webhook-Id: {}\tKlaviyo-Timestamp: {timestamp}\tKlaviyo-Signature: {signature}\t{body}",
+                self.webhook_id
+            )?;
         }
         std::fs::write(file, lines)?;
         Ok(())
