@@ -18,9 +18,8 @@
 'use strict';
 
 const crypto = require('node:crypto');
-const http = require('node:http');
+const { answer, serve } = require('./node-serve.js');
 
-const BODY_LIMIT_BYTES = 256 * 1024;
 const MAX_DELIVERY_AGE_MS = 5 * 60 * 1000;
 const WEBHOOK_PATH = /^\/([^/]+)\/api\/v1\/webhooks\/klaviyo\/system$/;
 const PROFILE_ID = /^[A-Za-z0-9]{1,64}$/;
@@ -64,18 +63,6 @@ const tenants = new Map([
 const queue = [];
 const queued = new Set();
 
-function answer(res, status, body) {
-  if (body === undefined) {
-    res.writeHead(status, { 'content-length': 0 });
-    return res.end();
-  }
-  const json = JSON.stringify(body);
-  res.writeHead(status, {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(json),
-  });
-  return res.end(json);
-}
 
 const isText = (value) => typeof value === 'string';
 const optionalText = (value) => value === undefined || value === null || isText(value);
@@ -198,33 +185,4 @@ function receive(req, res, tenantId, body) {
   return answer(res, 202);
 }
 
-const server = http.createServer((req, res) => {
-  if (req.method === 'GET' && req.url === '/health') {
-    return answer(res, 200, { status: 'ok' });
-  }
-  const route = req.method === 'POST' ? WEBHOOK_PATH.exec(req.url) : null;
-  if (route === null) {
-    return answer(res, 404, { error: 'no such route' });
-  }
-  const chunks = [];
-  let size = 0;
-  req.on('data', (chunk) => {
-    size += chunk.length;
-    if (size <= BODY_LIMIT_BYTES) {
-      chunks.push(chunk);
-    }
-  });
-  req.on('end', () => {
-    if (size > BODY_LIMIT_BYTES) {
-      return answer(res, 413, { error: 'body too large' });
-    }
-    return receive(req, res, route[1], Buffer.concat(chunks, size));
-  });
-});
-
-process.on('SIGTERM', () => {
-  process.stderr.write(`queued=${queue.length}\n`);
-  process.exit(0);
-});
-
-server.listen(Number(process.env.PORT), '127.0.0.1');
+serve(WEBHOOK_PATH, receive, queue);

@@ -10,9 +10,8 @@
 'use strict';
 
 const crypto = require('node:crypto');
-const http = require('node:http');
+const { answer, serve } = require('./node-serve.js');
 
-const BODY_LIMIT_BYTES = 256 * 1024;
 const WEBHOOK_PATH = /^\/([^/]+)\/api\/v1\/webhooks\/omneo$/;
 const PROFILE_EVENTS = new Set(['profile.created', 'profile.updated']);
 
@@ -27,14 +26,6 @@ const signingSecrets = new Map([
 ]);
 const queue = [];
 
-function answer(res, status, body) {
-  const json = JSON.stringify(body);
-  res.writeHead(status, {
-    'content-type': 'application/json',
-    'content-length': Buffer.byteLength(json),
-  });
-  res.end(json);
-}
 
 function receive(req, res, tenant, body) {
   const secret = signingSecrets.get(tenant);
@@ -63,33 +54,4 @@ function receive(req, res, tenant, body) {
   return answer(res, 202, { status: 'enqueued' });
 }
 
-const server = http.createServer((req, res) => {
-  if (req.method === 'GET' && req.url === '/health') {
-    return answer(res, 200, { status: 'ok' });
-  }
-  const route = req.method === 'POST' ? WEBHOOK_PATH.exec(req.url) : null;
-  if (route === null) {
-    return answer(res, 404, { error: 'no such route' });
-  }
-  const chunks = [];
-  let size = 0;
-  req.on('data', (chunk) => {
-    size += chunk.length;
-    if (size <= BODY_LIMIT_BYTES) {
-      chunks.push(chunk);
-    }
-  });
-  req.on('end', () => {
-    if (size > BODY_LIMIT_BYTES) {
-      return answer(res, 413, { error: 'body too large' });
-    }
-    return receive(req, res, route[1], Buffer.concat(chunks, size));
-  });
-});
-
-process.on('SIGTERM', () => {
-  process.stderr.write(`queued=${queue.length}\n`);
-  process.exit(0);
-});
-
-server.listen(Number(process.env.PORT), '127.0.0.1');
+serve(WEBHOOK_PATH, receive, queue);
