@@ -59,6 +59,8 @@ pub struct Settings {
     pub on_profile_deleted: OnProfileDeleted,
     /// Window in which profile updates coalesce into one Klaviyo write.
     pub coalesce_seconds: u32,
+    /// How often reconciliation (product.md §10) runs for the tenant, in minutes; 0 = off.
+    pub reconcile_interval_minutes: u32,
 }
 
 impl Default for Settings {
@@ -74,9 +76,13 @@ impl Default for Settings {
             exclude_logic: None,
             on_profile_deleted: OnProfileDeleted::Unsubscribe,
             coalesce_seconds: 5,
+            reconcile_interval_minutes: 60,
         }
     }
 }
+
+/// The longest reconciliation interval: a week.
+pub const MAX_RECONCILE_INTERVAL_MINUTES: u32 = 7 * 24 * 60;
 
 /// A setting that failed validation: the field (a dot path below `settings`) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -135,6 +141,12 @@ impl Settings {
             return Err(InvalidSetting::new(
                 "coalesce_seconds",
                 "must be between 1 and 300",
+            ));
+        }
+        if self.reconcile_interval_minutes > MAX_RECONCILE_INTERVAL_MINUTES {
+            return Err(InvalidSetting::new(
+                "reconcile_interval_minutes",
+                "must be between 0 (off) and 10080 (a week)",
             ));
         }
         if self

@@ -19,9 +19,10 @@ use shared::domain::{ConsentState, KlaviyoProfileId, OmneoProfileId, TenantId};
 use shared::queue::{QueueName, TaskKind, TaskName};
 use shared::settings::Settings;
 use shared::store::{
-    Abort, Claim, ConsentSent, Failure, FailureCursor, FailureQuery, FirestoreStore,
-    IdempotencyKey, Install, InstallStatus, MemoryStore, OAuthState, OAuthTokens, Severity, Store,
-    StoreError, SyncState, Tenant, TenantSecret, TokenSecret,
+    Abort, BackfillRun, Claim, ConsentSent, Failure, FailureCursor, FailureQuery, FirestoreStore,
+    IdempotencyKey, Install, InstallStatus, MemoryStore, OAuthState, OAuthTokens, ReconcileResult,
+    ReconcileStatus, Reconciliation, RunCounts, RunState, RunTrigger, Severity, Store, StoreError,
+    SyncState, Tenant, TenantSecret, TokenSecret,
 };
 use tokio::task::JoinSet;
 
@@ -80,6 +81,10 @@ conformance!(
     queue_names_are_reserved_by_the_first_tenant,
     writes_reseal_under_the_active_key,
     install_history_is_bounded,
+    sync_states_are_written_and_read_in_batches,
+    backfill_runs_are_updated_by_compare_and_set,
+    racing_chunk_completions_all_count,
+    reconciliation_records_are_read_modified_and_written,
 );
 
 /// The key `k0` that [`keyring`] retired.
@@ -1222,4 +1227,196 @@ async fn firestore_unreachable_backend_is_unavailable() {
         }
         other => panic!("expected unavailable, got {other:?}"),
     }
+}
+
+async fn sync_states_are_written_and_read_in_batches(store: Arc<dyn Store>) {
+    let acme = tenant_id("acme");
+    // More than one Firestore write batch (500).
+    let mut states: Vec<SyncState> = (0..603)
+        .map(|n| sync_state("acme", &format!("p-{n}"), &format!("hash-{n}")))
+        .collect();
+    states.push(sync_state("acme", "p-last", "hash-last"));
+    store.put_sync_states(&states).await.unwrap();
+    store
+        .put_sync_state(&sync_state("other", "p-1", "other"))
+        .await
+        .unwrap();
+
+    let mut wanted: Vec<OmneoProfileId> =
+        states.iter().map(|s| s.omneo_profile_id.clone()).collect();
+    wanted.push(profile_id("p-absent"));
+    let mut read = store.sync_states(&acme, &wanted).await.unwrap();
+    read.sort_by(|a, b| a.omneo_profile_id.cmp(&b.omneo_profile_id));
+    let mut expected = states.clone();
+    expected.sort_by(|a, b| a.omneo_profile_id.cmp(&b.omneo_profile_id));
+    assert_eq!(read.len(), expected.len(), "absent profiles are left out");
+    assert_eq!(read, expected);
+    // One at a time reads the same documents; another tenant's stay its own.
+    assert_eq!(
+        store
+            .sync_state(&acme, &profile_id("p-last"))
+            .await
+            .unwrap(),
+        states.last().cloned()
+    );
+    let others = store
+        .sync_states(&tenant_id("other"), &[profile_id("p-1"), profile_id("p-2")])
+        .await
+        .unwrap();
+    assert_eq!(others.len(), 1);
+    assert_eq!(others[0].payload_hash, "other");
+}
+
+fn backfill_run(tenant: &TenantId, id: &str) -> BackfillRun {
+    BackfillRun {
+        tenant: tenant.clone(),
+        id: id.to_owned(),
+        trigger: RunTrigger::Admin,
+        since: Some("2026-11-01T00:00:00Z".parse().unwrap()),
+        dry_run: false,
+        state: RunState::Running,
+        started_at: now(),
+        finished_at: None,
+        total: None,
+        pages_per_chunk: 0,
+        listing_done: false,
+        chunks: Default::default(),
+        counts: RunCounts::default(),
+        errors: Vec::new(),
+        failure: None,
+    }
+}
+
+async fn backfill_runs_are_updated_by_compare_and_set(store: Arc<dyn Store>) {
+    let acme = tenant_id("acme");
+    assert_eq!(store.backfill(&acme).await.unwrap(), None);
+    let start = |id: &'static str| {
+        let acme = acme.clone();
+        move |current: Option<BackfillRun>| match current {
+            Some(run) if run.state == RunState::Running => Err(Abort),
+            _ => Ok(backfill_run(&acme, id)),
+        }
+    };
+    let first = store.update_backfill(&acme, &start("run-1")).await.unwrap();
+    assert_eq!(store.backfill(&acme).await.unwrap(), Some(first.clone()));
+    // A second start while one runs is refused and writes nothing.
+    assert!(matches!(
+        store.update_backfill(&acme, &start("run-2")).await,
+        Err(StoreError::Aborted)
+    ));
+    let checkpointed = store
+        .update_backfill(&acme, &|current| {
+            let mut run = current.expect("exists");
+            run.chunk_mut(1).pages = 4;
+            run.chunk_mut(1).import_jobs.push("job-1".into());
+            run.total = Some(1_000);
+            Ok(run)
+        })
+        .await
+        .unwrap();
+    let stored = store.backfill(&acme).await.unwrap().expect("stored");
+    assert_eq!(stored, checkpointed);
+    assert_eq!(stored.chunk(1).unwrap().import_jobs, ["job-1"]);
+    assert_eq!(stored.since, first.since);
+    // A finished run can be replaced by the next.
+    store
+        .update_backfill(&acme, &|current| {
+            let mut run = current.expect("exists");
+            run.state = RunState::Completed;
+            run.finished_at = Some(now());
+            Ok(run)
+        })
+        .await
+        .unwrap();
+    let second = store.update_backfill(&acme, &start("run-2")).await.unwrap();
+    assert_eq!(second.id, "run-2");
+    assert_eq!(store.backfill(&tenant_id("other")).await.unwrap(), None);
+}
+
+async fn racing_chunk_completions_all_count(store: Arc<dyn Store>) {
+    let acme = tenant_id("acme");
+    store
+        .update_backfill(&acme, &|_| Ok(backfill_run(&acme, "run-1")))
+        .await
+        .unwrap();
+    let mut writers = JoinSet::new();
+    for chunk in 0..RACERS {
+        let (store, acme) = (store.clone(), acme.clone());
+        writers.spawn(async move {
+            store
+                .update_backfill(&acme, &|current| {
+                    let mut run = current.expect("exists");
+                    let first_page = u32::try_from(chunk).unwrap() * 10 + 1;
+                    if run.chunk(first_page).is_some_and(|c| c.done) {
+                        return Err(Abort);
+                    }
+                    run.chunk_mut(first_page).done = true;
+                    run.counts.add(&RunCounts {
+                        read: 100,
+                        imported: 90,
+                        excluded: 10,
+                        ..RunCounts::default()
+                    });
+                    Ok(run)
+                })
+                .await
+        });
+    }
+    for written in writers.join_all().await {
+        written.expect("update_backfill");
+    }
+    let run = store.backfill(&acme).await.unwrap().expect("stored");
+    let racers = u64::try_from(RACERS).unwrap();
+    assert_eq!(run.counts.read, 100 * racers);
+    assert_eq!(run.counts.imported, 90 * racers);
+    assert_eq!(run.chunks.values().filter(|c| c.done).count(), RACERS);
+}
+
+async fn reconciliation_records_are_read_modified_and_written(store: Arc<dyn Store>) {
+    let acme = tenant_id("acme");
+    assert_eq!(store.reconciliation(&acme).await.unwrap(), None);
+    let scheduled = now();
+    let due = |at: Timestamp| {
+        let acme = acme.clone();
+        move |current: Option<Reconciliation>| {
+            let mut record = current.unwrap_or_else(|| Reconciliation::new(acme.clone()));
+            if record.last_scheduled_at.is_some_and(|last| last >= at) {
+                return Err(Abort);
+            }
+            record.last_scheduled_at = Some(at);
+            Ok(record)
+        }
+    };
+    store
+        .update_reconciliation(&acme, &due(scheduled))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.update_reconciliation(&acme, &due(scheduled)).await,
+        Err(StoreError::Aborted)
+    ));
+    let written = store
+        .update_reconciliation(&acme, &|current| {
+            let mut record = current.expect("exists");
+            record.events_after = Some("2026-11-30T00:00:00Z".parse().unwrap());
+            record.inbound = Some(ReconcileResult {
+                at: scheduled,
+                status: ReconcileStatus::ReauthorizationRequired,
+                message: "missing scopes: events:read".into(),
+                run_id: None,
+                events: Some(0),
+            });
+            Ok(record)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.reconciliation(&acme).await.unwrap(),
+        Some(written.clone())
+    );
+    assert_eq!(written.last_scheduled_at, Some(scheduled));
+    assert_eq!(
+        store.reconciliation(&tenant_id("other")).await.unwrap(),
+        None
+    );
 }

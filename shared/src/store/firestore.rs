@@ -15,16 +15,18 @@ use firestore::{
     FirestoreConsistencySelector, FirestoreDb, FirestoreDbOptions, FirestoreQueryCursor,
     FirestoreReference, FirestoreTimestamp, FirestoreTransaction, FirestoreWritePrecondition,
 };
+use futures_util::StreamExt as _;
 use gcloud_sdk::google_cloud_auth::credentials::anonymous;
 use jiff::Timestamp;
 use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::{
-    Binding, Change, Claim, FAILURES, Failure, FailurePage, FailureQuery, INSTALLS, IdempotencyKey,
-    Install, KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES,
-    SYNC_STATE, Step, Store, StoreError, StoreResult, SyncState, TENANTS, Tenant, decode,
-    mark_retried_step, resealed, sync_state_id, take_state_step, update_step,
+    BACKFILLS, BackfillRun, Binding, Change, Claim, FAILURES, Failure, FailurePage, FailureQuery,
+    INSTALLS, IdempotencyKey, Install, KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES,
+    OAuthState, PROCESSED, QUEUE_NAMES, RECONCILIATIONS, Reconciliation, SYNC_STATE, Step, Store,
+    StoreError, StoreResult, SyncState, TENANTS, Tenant, WRITE_BATCH, decode, mark_retried_step,
+    plain_update_step, resealed, sync_state_id, take_state_step, update_step,
 };
 use crate::crypto::Keyring;
 use crate::domain::{OmneoProfileId, TenantId};
@@ -479,6 +481,58 @@ impl Store for FirestoreStore {
         self.put(SYNC_STATE, &id, state, None).await
     }
 
+    async fn sync_states(
+        &self,
+        tenant: &TenantId,
+        omneo_profile_ids: &[OmneoProfileId],
+    ) -> StoreResult<Vec<SyncState>> {
+        let ids: Vec<String> = omneo_profile_ids
+            .iter()
+            .map(|id| doc_id(&sync_state_id(tenant, id)).into_owned())
+            .collect();
+        let mut states = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(WRITE_BATCH) {
+            let docs: Vec<(String, Option<_>)> = self
+                .db
+                .fluent()
+                .select()
+                .by_id_in(SYNC_STATE)
+                .batch(batch)
+                .await
+                .map_err(|err| unavailable(err, "reading", SYNC_STATE, "(batch)"))?
+                .collect()
+                .await;
+            for (id, doc) in docs {
+                if let Some(doc) = doc {
+                    states.push(decode(SYNC_STATE, &id, &doc)?);
+                }
+            }
+        }
+        Ok(states)
+    }
+
+    async fn put_sync_states(&self, states: &[SyncState]) -> StoreResult<()> {
+        // One commit per batch: atomic, and (unlike BatchWrite) open to the emulator's
+        // unauthenticated callers.
+        for batch in states.chunks(WRITE_BATCH) {
+            let failed = |err| unavailable(err, "writing", SYNC_STATE, "(batch)");
+            let mut transaction = self.db.begin_transaction().await.map_err(failed)?;
+            for state in batch {
+                let id = sync_state_id(&state.tenant, &state.omneo_profile_id);
+                self.db
+                    .fluent()
+                    .update()
+                    .in_col(SYNC_STATE)
+                    .document_id(doc_id(&id).as_ref())
+                    .object(state)
+                    .add_to_transaction(&mut transaction)
+                    .map_err(|err| unavailable(err, "writing", SYNC_STATE, &id))?;
+            }
+            transaction.commit().await.map_err(failed)?;
+        }
+        Ok(())
+    }
+
     async fn delete_sync_state(
         &self,
         tenant: &TenantId,
@@ -507,6 +561,36 @@ impl Store for FirestoreStore {
     async fn unbind_klaviyo_account(&self, account_id: &str, tenant: &TenantId) -> StoreResult<()> {
         self.read_modify_write(KLAVIYO_ACCOUNTS, account_id, |current| {
             Binding::unbind_step(current, tenant)
+        })
+        .await
+    }
+
+    async fn backfill(&self, tenant: &TenantId) -> StoreResult<Option<BackfillRun>> {
+        self.get(BACKFILLS, tenant.as_str()).await
+    }
+
+    async fn update_backfill(
+        &self,
+        tenant: &TenantId,
+        mutate: Mutation<'_, BackfillRun>,
+    ) -> StoreResult<BackfillRun> {
+        self.read_modify_write(BACKFILLS, tenant.as_str(), |current| {
+            plain_update_step(mutate, current)
+        })
+        .await
+    }
+
+    async fn reconciliation(&self, tenant: &TenantId) -> StoreResult<Option<Reconciliation>> {
+        self.get(RECONCILIATIONS, tenant.as_str()).await
+    }
+
+    async fn update_reconciliation(
+        &self,
+        tenant: &TenantId,
+        mutate: Mutation<'_, Reconciliation>,
+    ) -> StoreResult<Reconciliation> {
+        self.read_modify_write(RECONCILIATIONS, tenant.as_str(), |current| {
+            plain_update_step(mutate, current)
         })
         .await
     }

@@ -20,10 +20,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    Binding, Change, Claim, FAILURES, Failure, FailureCursor, FailurePage, FailureQuery, INSTALLS,
-    IdempotencyKey, Install, KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES, OAuthState,
-    PROCESSED, QUEUE_NAMES, SYNC_STATE, Step, Store, StoreError, StoreResult, SyncState, TENANTS,
-    Tenant, decode, mark_retried_step, resealed, sync_state_id, take_state_step, update_step,
+    BACKFILLS, BackfillRun, Binding, Change, Claim, FAILURES, Failure, FailureCursor, FailurePage,
+    FailureQuery, INSTALLS, IdempotencyKey, Install, KLAVIYO_ACCOUNTS, Marker, Mutation,
+    OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES, RECONCILIATIONS, Reconciliation, SYNC_STATE,
+    Step, Store, StoreError, StoreResult, SyncState, TENANTS, Tenant, WRITE_BATCH, decode,
+    mark_retried_step, plain_update_step, resealed, sync_state_id, take_state_step, update_step,
 };
 use crate::crypto::Keyring;
 use crate::domain::{OmneoProfileId, TenantId};
@@ -38,6 +39,8 @@ struct Collections {
     processed: HashMap<String, Marker>,
     failures: HashMap<String, Failure>,
     sync_state: HashMap<String, SyncState>,
+    backfills: HashMap<TenantId, BackfillRun>,
+    reconciliations: HashMap<TenantId, Reconciliation>,
     klaviyo_accounts: HashMap<String, Binding>,
     queue_names: HashMap<QueueName, Binding>,
 }
@@ -311,6 +314,38 @@ impl Store for MemoryStore {
         )
     }
 
+    async fn sync_states(
+        &self,
+        tenant: &TenantId,
+        omneo_profile_ids: &[OmneoProfileId],
+    ) -> StoreResult<Vec<SyncState>> {
+        let collections = self.lock();
+        Ok(omneo_profile_ids
+            .iter()
+            .filter_map(|id| {
+                collections
+                    .sync_state
+                    .get(&sync_state_id(tenant, id))
+                    .cloned()
+            })
+            .collect())
+    }
+
+    async fn put_sync_states(&self, states: &[SyncState]) -> StoreResult<()> {
+        for batch in states.chunks(WRITE_BATCH) {
+            let stored = batch
+                .iter()
+                .map(|state| {
+                    let id = sync_state_id(&state.tenant, &state.omneo_profile_id);
+                    let stored = as_stored(SYNC_STATE, &id, state)?;
+                    Ok((id, stored))
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            self.lock().sync_state.extend(stored);
+        }
+        Ok(())
+    }
+
     async fn delete_sync_state(
         &self,
         tenant: &TenantId,
@@ -350,6 +385,39 @@ impl Store for MemoryStore {
             at,
             account_id.to_owned(),
             |current| Binding::unbind_step(current, tenant),
+        )
+    }
+
+    async fn backfill(&self, tenant: &TenantId) -> StoreResult<Option<BackfillRun>> {
+        Ok(self.lock().backfills.get(tenant).cloned())
+    }
+
+    async fn update_backfill(
+        &self,
+        tenant: &TenantId,
+        mutate: Mutation<'_, BackfillRun>,
+    ) -> StoreResult<BackfillRun> {
+        let at = (BACKFILLS, tenant.as_str());
+        read_modify_write(&mut self.lock().backfills, at, tenant.clone(), |current| {
+            plain_update_step(mutate, current)
+        })
+    }
+
+    async fn reconciliation(&self, tenant: &TenantId) -> StoreResult<Option<Reconciliation>> {
+        Ok(self.lock().reconciliations.get(tenant).cloned())
+    }
+
+    async fn update_reconciliation(
+        &self,
+        tenant: &TenantId,
+        mutate: Mutation<'_, Reconciliation>,
+    ) -> StoreResult<Reconciliation> {
+        let at = (RECONCILIATIONS, tenant.as_str());
+        read_modify_write(
+            &mut self.lock().reconciliations,
+            at,
+            tenant.clone(),
+            |current| plain_update_step(mutate, current),
         )
     }
 

@@ -23,6 +23,7 @@
 mod firestore;
 mod memory;
 mod records;
+mod runs;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 pub use self::firestore::FirestoreStore;
 pub use self::memory::MemoryStore;
 pub use self::records::*;
+pub use self::runs::*;
 use crate::api_error::ApiError;
 use crate::crypto::Keyring;
 use crate::domain::{OmneoProfileId, TenantId};
@@ -278,6 +280,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<SyncState>>;
     /// Replaces the sync state of one profile.
     async fn put_sync_state(&self, state: &SyncState) -> StoreResult<()>;
+    /// The sync states of many profiles of one tenant, in one round trip where the backend
+    /// allows (profiles without one are left out; order not kept).
+    async fn sync_states(
+        &self,
+        tenant: &TenantId,
+        omneo_profile_ids: &[OmneoProfileId],
+    ) -> StoreResult<Vec<SyncState>>;
+    /// Replaces the sync states of many profiles, in batches (each batch atomic).
+    async fn put_sync_states(&self, states: &[SyncState]) -> StoreResult<()>;
     /// Forgets the sync state of one profile (absent is fine).
     async fn delete_sync_state(
         &self,
@@ -296,6 +307,25 @@ pub trait Store: Send + Sync + 'static {
     async fn klaviyo_account_tenant(&self, account_id: &str) -> StoreResult<Option<TenantId>>;
     /// Removes the binding if it belongs to `tenant` (used by uninstall).
     async fn unbind_klaviyo_account(&self, account_id: &str, tenant: &TenantId) -> StoreResult<()>;
+
+    /// The tenant's latest backfill run.
+    async fn backfill(&self, tenant: &TenantId) -> StoreResult<Option<BackfillRun>>;
+    /// Read-modify-write of the tenant's backfill run (the mutation sees `None` when absent).
+    async fn update_backfill(
+        &self,
+        tenant: &TenantId,
+        mutate: Mutation<'_, BackfillRun>,
+    ) -> StoreResult<BackfillRun>;
+
+    /// The tenant's reconciliation record.
+    async fn reconciliation(&self, tenant: &TenantId) -> StoreResult<Option<Reconciliation>>;
+    /// Read-modify-write of the tenant's reconciliation record (the mutation sees `None` when
+    /// absent).
+    async fn update_reconciliation(
+        &self,
+        tenant: &TenantId,
+        mutate: Mutation<'_, Reconciliation>,
+    ) -> StoreResult<Reconciliation>;
 
     /// Reserves a Cloud Tasks queue name for a tenant if nobody holds it; returns the tenant that
     /// holds it afterwards (the caller's, or another one that got there first). Reservations are
@@ -371,6 +401,34 @@ impl dyn Store {
             .await;
         refusal.outcome(result)
     }
+
+    /// Read-modify-write of a backfill run whose mutation may refuse with a reason of type `E`
+    /// (see [`dyn Store::update_tenant_or`]).
+    pub async fn update_backfill_or<E: Send>(
+        &self,
+        tenant: &TenantId,
+        mutate: impl Fn(Option<BackfillRun>) -> Result<BackfillRun, E> + Send + Sync,
+    ) -> StoreResult<Result<BackfillRun, E>> {
+        let refusal = Refusal::new();
+        let result = self
+            .update_backfill(tenant, &|current| refusal.keep(mutate(current)))
+            .await;
+        refusal.outcome(result)
+    }
+
+    /// Read-modify-write of a reconciliation record whose mutation may refuse with a reason of
+    /// type `E` (see [`dyn Store::update_tenant_or`]).
+    pub async fn update_reconciliation_or<E: Send>(
+        &self,
+        tenant: &TenantId,
+        mutate: impl Fn(Option<Reconciliation>) -> Result<Reconciliation, E> + Send + Sync,
+    ) -> StoreResult<Result<Reconciliation, E>> {
+        let refusal = Refusal::new();
+        let result = self
+            .update_reconciliation(tenant, &|current| refusal.keep(mutate(current)))
+            .await;
+        refusal.outcome(result)
+    }
 }
 
 // The collections of product.md §3.
@@ -382,6 +440,11 @@ const FAILURES: &str = "failures";
 const SYNC_STATE: &str = "sync_state";
 const KLAVIYO_ACCOUNTS: &str = "klaviyo_accounts";
 const QUEUE_NAMES: &str = "queue_names";
+const BACKFILLS: &str = "backfills";
+const RECONCILIATIONS: &str = "reconciliations";
+
+/// How many writes one Firestore batch takes.
+const WRITE_BATCH: usize = 500;
 
 /// The id of a profile's sync state document.
 fn sync_state_id(tenant: &TenantId, omneo_profile_id: &OmneoProfileId) -> String {
@@ -413,6 +476,13 @@ fn update_step<T: SealedRecord + Clone>(
 ) -> Step<T, T> {
     let mut next = mutate(current).map_err(|Abort| StoreError::Aborted)?;
     reseal(&mut next, keyring);
+    Ok((Change::Put(next.clone()), next))
+}
+
+/// `update_*` of a record without sealed values: the mutation's record is written and returned;
+/// an [`Abort`] writes nothing.
+fn plain_update_step<T: Clone>(mutate: Mutation<'_, T>, current: Option<T>) -> Step<T, T> {
+    let next = mutate(current).map_err(|Abort| StoreError::Aborted)?;
     Ok((Change::Put(next.clone()), next))
 }
 
