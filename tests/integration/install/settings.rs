@@ -133,6 +133,7 @@ async fn get_shows_the_settings_with_the_secrets_masked() {
             "exclude_logic": null,
             "on_profile_deleted": "unsubscribe",
             "coalesce_seconds": 5,
+            "reconcile_interval_minutes": 60,
             "webhook_secret": format!("{MASK}{}", tail(&webhook_secret)),
             "omneo_signing_secret": format!("{MASK}{}", tail(&registered.omneo_signing_secret)),
         })
@@ -243,6 +244,11 @@ async fn bad_settings_name_the_field_and_store_nothing() {
             Method::PATCH,
             json!({"coalesce_seconds": "five"}),
             Some("coalesce_seconds"),
+        ),
+        (
+            Method::PATCH,
+            json!({"reconcile_interval_minutes": 10_081}),
+            Some("reconcile_interval_minutes"),
         ),
         (
             Method::PATCH,
