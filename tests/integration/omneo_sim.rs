@@ -293,6 +293,58 @@ async fn profiles_read_filter_and_page_in_laravel_shapes() {
     assert!(body["errors"]["page[size]"].is_array());
 }
 
+fn ids(profiles: &[Profile]) -> Vec<String> {
+    profiles.iter().map(|p| p.id.clone()).collect()
+}
+
+fn ids_of(page: &Value) -> Vec<String> {
+    page["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| p["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn inserting_profiles_is_all_or_none_and_fast_at_scale() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    sim.seed_profile(TENANT, NewProfile::demo(1)).unwrap();
+    let clash = sim
+        .insert_profiles(
+            TENANT,
+            vec![
+                NewProfile::demo(2),
+                NewProfile::demo(3),
+                NewProfile::demo(2),
+            ],
+        )
+        .unwrap_err();
+    let message = format!("{clash:#}");
+    assert!(message.contains("2.email"), "{message}");
+    assert!(message.contains("2.mobile_phone"), "{message}");
+    let clash = sim
+        .insert_profiles(TENANT, vec![NewProfile::demo(1)])
+        .unwrap_err();
+    assert!(format!("{clash:#}").contains("0.email"), "{clash:#}");
+    assert_eq!(sim.profiles(TENANT).len(), 1, "all or none");
+
+    let news = (2..=100_000).map(NewProfile::demo).collect();
+    let started = std::time::Instant::now();
+    let inserted = sim.insert_profiles(TENANT, news).unwrap();
+    let took = started.elapsed();
+    assert_eq!(inserted.len(), 99_999);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let (status, body) = api
+        .get("/api/v3/profiles?page[size]=100&page[number]=1000&sort=created_at")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["meta"]["total"], 100_000);
+    assert_eq!(body["meta"]["last_page"], 1000);
+    assert_eq!(ids_of(&body), ids(&inserted[99_899..]));
+}
+
 #[tokio::test]
 async fn profile_update_is_partial_and_email_and_mobile_are_unique() {
     let sim = start().await;

@@ -255,6 +255,19 @@ impl OmneoSim {
         .with_context(|| format!("seeding a profile in tenant {tenant}"))
     }
 
+    /// Inserts many profiles at once, under one lock, as a data import would: each validated like
+    /// [`Self::seed_profile`] (all or none), stamped now unless [`NewProfile::created_at`] says
+    /// otherwise, and no webhook fires (they are the data a backfill finds). Uniqueness is checked
+    /// against an index, so 100,000 profiles take a second or two even in a debug build.
+    pub fn insert_profiles(
+        &self,
+        tenant: &str,
+        profiles: Vec<NewProfile>,
+    ) -> anyhow::Result<Vec<Profile>> {
+        self.cx_change(tenant, |t| Ok((t.insert_profiles(profiles)?, None)))
+            .with_context(|| format!("inserting profiles in tenant {tenant}"))
+    }
+
     /// Seeds `count` demo customers ([`NewProfile::demo`] 1..=count), each with a welcome reward
     /// and a birthday benefit.
     pub fn seed_demo_profiles(&self, tenant: &str, count: u32) -> anyhow::Result<Vec<Profile>> {
