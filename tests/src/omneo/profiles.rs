@@ -1,16 +1,16 @@
 //! Profiles: the resource, seeding (`NewProfile`, realistic demo data, bulk inserts), and
-//! `GET /profiles`, `GET /profiles/{id}`, `POST /profiles/search-id`, `PUT /profiles/{id}`.
+//! `GET /profiles/{id}`, `POST /profiles/search-id`, `PUT /profiles/{id}` (the listing,
+//! `GET /profiles`, is in [`super::listing`]).
 //!
 //! Email and `mobile_phone` (E.164) are unique across a tenant's profiles (422 on a clash).
 //! A change bumps `updated_at`.
 //! Responses use the list form of `custom_attributes`; requests may use the list or the map
 //! (`{namespace:{handle:value}}`) form.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, State};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::comms::Comms;
 use super::identities::Identity;
 use super::profile_data::{Connection, DateAttribute, ListMembership, ProfileExtras};
-use super::responses::{self, ApiError, PageRequest, Validator, data, json_object};
+use super::responses::{self, ApiError, Validator, data, json_object};
 use super::state::{Caller, ProfileEvent, Shared, Tenant, Trigger};
 
 /// An Omneo profile, as `GET /profiles/{id}` answers it (and as webhooks deliver it).
@@ -769,32 +769,6 @@ pub(crate) async fn show(
     Path(path): Path<ProfilePath>,
 ) -> Result<Response, ApiError> {
     sim.read(&caller.tenant, |t| Ok(data(&t.record(&path.id)?.profile)))
-}
-
-/// `GET /profiles` (`filter[email]`, paged).
-pub(crate) async fn list(
-    caller: Caller,
-    State(sim): State<Shared>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    let page = PageRequest::from_query(&query)?;
-    let email = query.get("filter[email]");
-    let profiles = sim.read(&caller.tenant, |t| {
-        Ok(t.profiles
-            .iter()
-            .map(|r| r.profile.clone())
-            .filter(|p| {
-                email.is_none_or(|wanted| {
-                    p.email
-                        .as_deref()
-                        .is_some_and(|e| e.eq_ignore_ascii_case(wanted))
-                })
-            })
-            .collect::<Vec<_>>())
-    })?;
-    Ok(page.respond(profiles, &headers, uri.path(), &query))
 }
 
 /// `POST /profiles/search-id` `{"type": handle, "id": identifier}` → the profile (404 when none).
