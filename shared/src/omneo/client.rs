@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::models::{
-    Comms, Created, IdToken, Identity, NewBenefit, NewInteraction, NewReward, NewWebhook, Profile,
-    ProfileUpdate, Webhook, WebhookUpdate,
+    Comms, Created, IdToken, Identity, NewBenefit, NewInteraction, NewReward, NewWebhook, Page,
+    Profile, ProfileUpdate, Webhook, WebhookUpdate,
 };
 use crate::domain::OmneoProfileId;
 use crate::remote::{
@@ -20,20 +20,6 @@ use crate::remote::{
 #[derive(Deserialize)]
 struct Data<T> {
     data: T,
-}
-
-/// A Laravel page: `{"data": […], "meta": {current_page, last_page}}`.
-#[derive(Deserialize)]
-struct Page<T> {
-    data: Vec<T>,
-    #[serde(default)]
-    meta: Option<PageMeta>,
-}
-
-#[derive(Deserialize)]
-struct PageMeta {
-    current_page: u64,
-    last_page: u64,
 }
 
 /// An Omneo client for one tenant, holding that tenant's API token.
@@ -183,10 +169,9 @@ impl OmneoClient {
                 .append_pair(filter, value)
                 .append_pair("page[number]", &number.to_string());
             let page: Page<Webhook> = self.get(url).await?;
-            let empty = page.data.is_empty();
+            let last = page.is_last();
             webhooks.extend(page.data);
-            let last = page.meta.is_none_or(|m| m.current_page >= m.last_page);
-            if last || empty {
+            if last {
                 break;
             }
         }
