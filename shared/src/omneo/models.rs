@@ -369,6 +369,23 @@ impl<'de> Deserialize<'de> for Profile {
     }
 }
 
+/// One page of the profile listing a backfill walks: `GET /profiles`, sorted by `created_at`
+/// (see [`OmneoClient::profiles_page`](super::OmneoClient::profiles_page) for why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileListing {
+    /// The page number, from 1.
+    pub page: u32,
+    /// Profiles a page, at most [`Self::MAX_SIZE`] (Omneo answers 422 above).
+    pub size: u32,
+    /// Only profiles updated at or after this instant (an incremental run); `None` for all.
+    pub updated_since: Option<Timestamp>,
+}
+
+impl ProfileListing {
+    /// The largest page Omneo serves.
+    pub const MAX_SIZE: u32 = 100;
+}
+
 /// A Laravel page of a list: `{"data": […], "links": {…}, "meta": {…}}` (`links` unread).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Page<T> {
