@@ -293,6 +293,390 @@ async fn profiles_read_filter_and_page_in_laravel_shapes() {
     assert!(body["errors"]["page[size]"].is_array());
 }
 
+/// `text` (`YYYY-MM-DD HH:MM:SS`, UTC) as a timestamp, for seeding a history.
+fn utc(text: &str) -> jiff::Timestamp {
+    format!("{}Z", text.replace(' ', "T"))
+        .parse()
+        .expect("a UTC date-time")
+}
+
+/// Demo customers `numbers`, created at `created_at` (and not updated since).
+fn created_at(numbers: std::ops::RangeInclusive<u32>, created_at: &str) -> Vec<NewProfile> {
+    numbers
+        .map(|n| NewProfile {
+            created_at: Some(utc(created_at)),
+            ..NewProfile::demo(n)
+        })
+        .collect()
+}
+
+fn ids(profiles: &[Profile]) -> Vec<String> {
+    profiles.iter().map(|p| p.id.clone()).collect()
+}
+
+fn ids_of(page: &Value) -> Vec<String> {
+    page["data"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| p["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+impl Api {
+    /// Every page of `GET /profiles?{query}` by `page[size]`=`size`, following `links.next`;
+    /// answers the ids in the order served, and the pages' sizes.
+    async fn page_through(&self, query: &str, size: u32) -> (Vec<String>, Vec<usize>) {
+        let mut ids = Vec::new();
+        let mut sizes = Vec::new();
+        let mut next = Some(format!(
+            "{}/api/v3/profiles?page[size]={size}&{query}",
+            self.base
+        ));
+        while let Some(url) = next {
+            let path = url.strip_prefix(&self.base).expect("links point here");
+            let (status, body) = self.get(path).await;
+            assert_eq!(status, StatusCode::OK, "{url}: {body}");
+            let page = ids_of(&body);
+            sizes.push(page.len());
+            ids.extend(page);
+            next = body["links"]["next"].as_str().map(str::to_owned);
+        }
+        (ids, sizes)
+    }
+}
+
+#[tokio::test]
+async fn profiles_page_by_hundreds_with_laravel_meta_and_links() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let seeded = sim
+        .insert_profiles(TENANT, (1..=250).map(NewProfile::demo).collect())
+        .unwrap();
+    assert_eq!(sim.profiles(TENANT).len(), 250);
+
+    for (number, size) in [(1, 100), (2, 100), (3, 50), (4, 0)] {
+        let (status, body) = api
+            .get(&format!(
+                "/api/v3/profiles?page[size]=100&page[number]={number}&sort=created_at"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let first = (number - 1) * 100;
+        assert_eq!(
+            ids_of(&body),
+            ids(&seeded[first.min(250)..(first + size).min(250)])
+        );
+        assert_eq!(body["meta"]["current_page"], number);
+        assert_eq!(body["meta"]["last_page"], 3);
+        assert_eq!(body["meta"]["per_page"], 100);
+        assert_eq!(body["meta"]["total"], 250);
+        assert_eq!(
+            body["links"]["prev"].is_null(),
+            number == 1,
+            "page {number}"
+        );
+        assert_eq!(
+            body["links"]["next"].is_null(),
+            number >= 3,
+            "page {number}"
+        );
+        assert!(
+            body["links"]["last"]
+                .as_str()
+                .unwrap()
+                .contains("page%5Bnumber%5D=3")
+        );
+    }
+
+    let (served, sizes) = api.page_through("sort=created_at", 100).await;
+    assert_eq!(sizes, [100, 100, 50]);
+    assert_eq!(served, ids(&seeded), "each profile once, in creation order");
+}
+
+#[tokio::test]
+async fn sorting_by_a_date_is_stable_under_ties_in_both_directions() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    // 60 profiles over three seconds, out of order, twenty in each second.
+    let seconds = [
+        "2026-03-01 10:00:02",
+        "2026-03-01 10:00:00",
+        "2026-03-01 10:00:01",
+    ];
+    let news = (1..=60)
+        .map(|n| NewProfile {
+            created_at: Some(utc(seconds[n as usize % 3])),
+            ..NewProfile::demo(n)
+        })
+        .collect();
+    let seeded = sim.insert_profiles(TENANT, news).unwrap();
+    let mut ascending = seeded.clone();
+    ascending.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+    let mut descending = seeded.clone();
+    descending.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+
+    for (query, expected) in [
+        ("sort=created_at", &ascending),
+        ("sort=-created_at", &descending),
+        ("sort=updated_at", &ascending),
+        ("", &seeded),
+    ] {
+        let (first, _) = api.page_through(query, 7).await;
+        let (again, sizes) = api.page_through(query, 7).await;
+        assert_eq!(first, ids(expected), "{query:?}: ties in creation order");
+        assert_eq!(first, again, "{query:?}: the same order every time");
+        assert_eq!(sizes.len(), 9, "{query:?}");
+    }
+
+    // A write moves a profile to the end of `sort=updated_at`: why a backfill that writes
+    // back pages by `created_at`.
+    let (status, _) = api
+        .post(
+            &format!("/api/v3/profiles/{}/identities", ascending[0].id),
+            json!({"handle": "klaviyo", "identifier": "01KLAV"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (by_updated, _) = api.page_through("sort=updated_at", 7).await;
+    assert_eq!(by_updated.last(), Some(&ascending[0].id));
+    let (by_created, _) = api.page_through("sort=created_at", 7).await;
+    assert_eq!(by_created, ids(&ascending), "created_at does not move");
+}
+
+#[tokio::test]
+async fn date_filters_select_by_updated_and_created_at_and_combine() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let old = sim
+        .insert_profiles(TENANT, created_at(1..=5, "2025-01-01 00:00:00"))
+        .unwrap();
+    let mid = sim
+        .insert_profiles(TENANT, created_at(6..=10, "2026-06-01 12:00:00"))
+        .unwrap();
+    let new = sim
+        .insert_profiles(TENANT, created_at(11..=15, "2026-11-30 10:00:00"))
+        .unwrap();
+    let joined =
+        |groups: &[&[Profile]]| -> Vec<String> { groups.iter().flat_map(|g| ids(g)).collect() };
+
+    for (query, expected) in [
+        (
+            "filter[updated_at][gte]=2026-06-01T12:00:00Z",
+            joined(&[&mid, &new]),
+        ),
+        (
+            "filter[updated_at][gte]=2026-06-01 12:00:01",
+            joined(&[&new]),
+        ),
+        (
+            "filter[updated_at][gt]=2026-06-01 12:00:00",
+            joined(&[&new]),
+        ),
+        (
+            "filter[updated_at][lte]=2026-06-01 12:00:00",
+            joined(&[&old, &mid]),
+        ),
+        (
+            "filter[updated_at][lt]=2026-06-01T14:00:00%2B02:00",
+            joined(&[&old]),
+        ),
+        (
+            "filter[created_at][eq]=2026-06-01 12:00:00",
+            joined(&[&mid]),
+        ),
+        (
+            "filter[created_at][ne]=2026-06-01 12:00:00",
+            joined(&[&old, &new]),
+        ),
+        (
+            "filter[created_at][in]=2025-01-01 00:00:00,2026-11-30T10:00:00Z",
+            joined(&[&old, &new]),
+        ),
+        (
+            "filter[updated_at][gte]=2026-01-01&filter[created_at][lt]=2026-11-30 10:00:00",
+            joined(&[&mid]),
+        ),
+        (
+            &format!(
+                "filter[updated_at][gte]=2026-01-01&filter[email]={}",
+                mid[2].email.as_deref().unwrap()
+            ),
+            joined(&[&mid[2..3]]),
+        ),
+    ] {
+        let (served, _) = api
+            .page_through(&format!("sort=created_at&{query}"), 100)
+            .await;
+        assert_eq!(served, expected, "{query}");
+    }
+
+    // An incremental run sees a profile whose identity was written since.
+    let since = "filter[updated_at][gte]=2026-11-30 10:00:00";
+    let (status, _) = api
+        .put(
+            &format!("/api/v3/profiles/{}/identities/shopify", old[0].id),
+            json!({"identifier": "42"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (served, _) = api.page_through(since, 100).await;
+    assert_eq!(served, joined(&[&old[..1], &new]));
+    let (status, body) = api.get(&format!("/api/v3/profiles?{since}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["meta"]["total"], 6);
+}
+
+#[tokio::test]
+async fn every_write_to_a_profile_bumps_its_updated_at() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    let long_ago = "2020-01-01 00:00:00";
+    let seeded = sim
+        .insert_profiles(TENANT, created_at(1..=7, long_ago))
+        .unwrap();
+    let before = jiff::Timestamp::now()
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let profile = |n: usize| format!("/api/v3/profiles/{}", seeded[n].id);
+    let shopify = |n: usize| seeded[n].identities[0].identifier.clone();
+
+    let writes = [
+        api.post(
+            &format!("{}/identities", profile(0)),
+            json!({"handle": "klaviyo", "identifier": "01KLAV"}),
+        )
+        .await,
+        api.put(
+            &format!("{}/identities/shopify", profile(1)),
+            json!({"identifier": "42"}),
+        )
+        .await,
+        api.delete(&format!("{}/identities/shopify", profile(2)))
+            .await,
+        api.put(
+            &format!("{}/attributes/comms", profile(3)),
+            json!({"sms_optout": true}),
+        )
+        .await,
+        api.put(&profile(4), json!({"first_name": "Olive"})).await,
+        // No-op writes change nothing, so they bump nothing.
+        api.put(
+            &format!("{}/identities/shopify", profile(5)),
+            json!({"identifier": shopify(5)}),
+        )
+        .await,
+        api.put(
+            &format!("{}/attributes/comms", profile(6)),
+            json!({"email_promo": seeded[6].attributes.comms.email_promo}),
+        )
+        .await,
+    ];
+    for (n, (status, body)) in writes.iter().enumerate() {
+        assert!(status.is_success(), "write {n}: {status} {body}");
+    }
+
+    for (n, seeded) in seeded.iter().enumerate() {
+        let stored = sim.profile(TENANT, &seeded.id).unwrap();
+        assert_eq!(stored.created_at, long_ago, "profile {n}");
+        if n < 5 {
+            assert!(
+                stored.updated_at >= before,
+                "profile {n}: {}",
+                stored.updated_at
+            );
+            assert!(is_laravel_datetime(&stored.updated_at));
+        } else {
+            assert_eq!(stored.updated_at, long_ago, "profile {n} was not changed");
+        }
+    }
+    let (served, _) = api
+        .page_through(&format!("filter[updated_at][gt]={long_ago}"), 100)
+        .await;
+    assert_eq!(served, ids(&seeded[..5]));
+}
+
+#[tokio::test]
+async fn bad_page_sizes_sorts_and_filters_are_422_naming_them() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    sim.insert_profiles(TENANT, vec![NewProfile::demo(1)])
+        .unwrap();
+    let (status, body) = api.get("/api/v3/profiles?page[size]=100").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["meta"]["per_page"], 100);
+
+    for (query, field) in [
+        ("page[size]=101", "page[size]"),
+        ("sort=email", "sort"),
+        ("sort=created", "sort"),
+        (
+            "filter[updated_at][gte]=yesterday",
+            "filter[updated_at][gte]",
+        ),
+        (
+            "filter[created_at][lt]=2026-13-01",
+            "filter[created_at][lt]",
+        ),
+        (
+            "filter[updated_at][after]=2026-01-01",
+            "filter[updated_at][after]",
+        ),
+    ] {
+        let (status, body) = api.get(&format!("/api/v3/profiles?{query}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        let errors = body["errors"].as_object().expect("errors");
+        assert_eq!(
+            errors.keys().collect::<Vec<_>>(),
+            [field],
+            "{query}: {body}"
+        );
+        assert!(
+            body["message"].as_str().unwrap().contains(field),
+            "{query}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn inserting_profiles_is_all_or_none_and_fast_at_scale() {
+    let sim = start().await;
+    let api = Api::new(&sim, TOKEN);
+    sim.seed_profile(TENANT, NewProfile::demo(1)).unwrap();
+    let clash = sim
+        .insert_profiles(
+            TENANT,
+            vec![
+                NewProfile::demo(2),
+                NewProfile::demo(3),
+                NewProfile::demo(2),
+            ],
+        )
+        .unwrap_err();
+    let message = format!("{clash:#}");
+    assert!(message.contains("2.email"), "{message}");
+    assert!(message.contains("2.mobile_phone"), "{message}");
+    let clash = sim
+        .insert_profiles(TENANT, vec![NewProfile::demo(1)])
+        .unwrap_err();
+    assert!(format!("{clash:#}").contains("0.email"), "{clash:#}");
+    assert_eq!(sim.profiles(TENANT).len(), 1, "all or none");
+
+    let news = (2..=100_000).map(NewProfile::demo).collect();
+    let started = std::time::Instant::now();
+    let inserted = sim.insert_profiles(TENANT, news).unwrap();
+    let took = started.elapsed();
+    assert_eq!(inserted.len(), 99_999);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let (status, body) = api
+        .get("/api/v3/profiles?page[size]=100&page[number]=1000&sort=created_at")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["meta"]["total"], 100_000);
+    assert_eq!(body["meta"]["last_page"], 1000);
+    assert_eq!(ids_of(&body), ids(&inserted[99_899..]));
+}
+
 #[tokio::test]
 async fn profile_update_is_partial_and_email_and_mobile_are_unique() {
     let sim = start().await;

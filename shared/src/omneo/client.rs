@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::models::{
-    Comms, Created, IdToken, Identity, NewBenefit, NewInteraction, NewReward, NewWebhook, Profile,
-    ProfileUpdate, Webhook, WebhookUpdate,
+    Comms, Created, IdToken, Identity, NewBenefit, NewInteraction, NewReward, NewWebhook,
+    OmneoTime, Page, Profile, ProfileListing, ProfileUpdate, Webhook, WebhookUpdate,
 };
 use crate::domain::OmneoProfileId;
 use crate::remote::{
@@ -20,20 +20,6 @@ use crate::remote::{
 #[derive(Deserialize)]
 struct Data<T> {
     data: T,
-}
-
-/// A Laravel page: `{"data": […], "meta": {current_page, last_page}}`.
-#[derive(Deserialize)]
-struct Page<T> {
-    data: Vec<T>,
-    #[serde(default)]
-    meta: Option<PageMeta>,
-}
-
-#[derive(Deserialize)]
-struct PageMeta {
-    current_page: u64,
-    last_page: u64,
 }
 
 /// An Omneo client for one tenant, holding that tenant's API token.
@@ -77,6 +63,32 @@ impl OmneoClient {
         let mut url = self.api(&["profiles"]);
         url.query_pairs_mut().append_pair("filter[email]", email);
         Ok(self.get::<Page<Profile>>(url).await?.data)
+    }
+
+    /// One page of the listing a backfill walks: `GET /profiles?page[size]=…&page[number]=…
+    /// &sort=created_at`, plus `filter[updated_at][gte]=…` (`Y-m-d H:i:s` UTC) when
+    /// `updated_since` is set.
+    ///
+    /// Sorted by `created_at` on purpose: paging is by offset, and every write to a profile
+    /// (an identity this very run writes back included) bumps its `updated_at`, so pages sorted by
+    /// `updated_at` would shift under the run and skip or repeat profiles. A profile's
+    /// `created_at` does not move; one created mid-run lands on a later page.
+    pub async fn profiles_page(
+        &self,
+        query: &ProfileListing,
+    ) -> Result<Page<Profile>, RemoteError> {
+        let mut url = self.api(&["profiles"]);
+        {
+            let mut pairs = url.query_pairs_mut();
+            pairs
+                .append_pair("page[size]", &query.size.to_string())
+                .append_pair("page[number]", &query.page.to_string())
+                .append_pair("sort", "created_at");
+            if let Some(since) = query.updated_since {
+                pairs.append_pair("filter[updated_at][gte]", &OmneoTime(since).to_string());
+            }
+        }
+        self.get(url).await
     }
 
     /// `POST /profiles/search-id {"type": handle, "id": identifier}`: the profile holding that
@@ -183,10 +195,9 @@ impl OmneoClient {
                 .append_pair(filter, value)
                 .append_pair("page[number]", &number.to_string());
             let page: Page<Webhook> = self.get(url).await?;
-            let empty = page.data.is_empty();
+            let last = page.is_last();
             webhooks.extend(page.data);
-            let last = page.meta.is_none_or(|m| m.current_page >= m.last_page);
-            if last || empty {
+            if last {
                 break;
             }
         }

@@ -369,6 +369,86 @@ impl<'de> Deserialize<'de> for Profile {
     }
 }
 
+/// One page of the profile listing a backfill walks: `GET /profiles`, sorted by `created_at`
+/// (see [`OmneoClient::profiles_page`](super::OmneoClient::profiles_page) for why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileListing {
+    /// The page number, from 1.
+    pub page: u32,
+    /// Profiles a page, at most [`Self::MAX_SIZE`] (Omneo answers 422 above).
+    pub size: u32,
+    /// Only profiles updated at or after this instant (an incremental run); `None` for all.
+    pub updated_since: Option<Timestamp>,
+}
+
+impl ProfileListing {
+    /// The largest page Omneo serves.
+    pub const MAX_SIZE: u32 = 100;
+}
+
+/// A Laravel page of a list: `{"data": […], "links": {…}, "meta": {…}}` (`links` unread).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Page<T> {
+    /// The page's items.
+    pub data: Vec<T>,
+    /// Where the page sits; all `None` when the answer has no `meta`.
+    #[serde(default)]
+    pub meta: PageMeta,
+}
+
+impl<T> Page<T> {
+    /// Whether no page follows this one. An empty page is the last; otherwise, when `meta` names
+    /// both pages, `current_page ≥ last_page`; else, when it names `per_page`, fewer items than
+    /// that; else (an answer without paging) it is the whole list, so the last.
+    pub fn is_last(&self) -> bool {
+        if self.data.is_empty() {
+            return true;
+        }
+        let meta = &self.meta;
+        match (meta.current_page, meta.last_page, meta.per_page) {
+            (Some(current), Some(last), _) => current >= last,
+            (_, _, Some(per_page)) => (self.data.len() as u64) < per_page,
+            _ => true,
+        }
+    }
+}
+
+/// `meta` of a Laravel page. Every field is optional and read from a number or a numeric string
+/// (some Laravel versions echo `per_page` from the query as text).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct PageMeta {
+    /// This page's number, from 1.
+    #[serde(deserialize_with = "count")]
+    pub current_page: Option<u64>,
+    /// The last page's number.
+    #[serde(deserialize_with = "count")]
+    pub last_page: Option<u64>,
+    /// Items a page.
+    #[serde(deserialize_with = "count")]
+    pub per_page: Option<u64>,
+    /// Items over all pages.
+    #[serde(deserialize_with = "count")]
+    pub total: Option<u64>,
+}
+
+/// Reads a count given as a number or a numeric string (`null` → `None`).
+fn count<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    match Value::deserialize(deserializer)? {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| de::Error::custom(format!("not a count: {n}"))),
+        Value::String(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| de::Error::custom(format!("not a count: {text:?} ({e})"))),
+        other => Err(de::Error::custom(format!("not a count: {other}"))),
+    }
+}
+
 /// A partial profile update (`PUT /profiles/{id}`): only `Some` fields are sent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[allow(missing_docs)] // Omneo's field names.
@@ -571,6 +651,36 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn pages_parse_with_or_without_meta_and_know_when_they_are_last() {
+        let page = |body: Value| serde_json::from_value::<Page<u32>>(body).expect("a page");
+        let full = json!({"data": [1, 2], "links": {"next": null},
+            "meta": {"current_page": 2, "last_page": 3, "per_page": "2", "total": 6}});
+        let read = page(full);
+        assert_eq!(
+            read.meta,
+            PageMeta {
+                current_page: Some(2),
+                last_page: Some(3),
+                per_page: Some(2),
+                total: Some(6),
+            }
+        );
+        assert!(!read.is_last());
+        let last = json!({"data": [5], "meta": {"current_page": 3, "last_page": 3}});
+        assert!(page(last).is_last());
+        assert!(page(json!({"data": [], "meta": {"current_page": 1, "last_page": 3}})).is_last());
+        assert!(!page(json!({"data": [1, 2], "meta": {"per_page": 2}})).is_last());
+        assert!(page(json!({"data": [1], "meta": {"per_page": 2}})).is_last());
+        let bare = page(json!({"data": [1, 2]}));
+        assert_eq!(bare.meta, PageMeta::default());
+        assert!(bare.is_last(), "no paging info: the whole list");
+        assert!(
+            serde_json::from_value::<Page<u32>>(json!({"data": [], "meta": {"total": "many"}}))
+                .is_err()
+        );
+    }
 
     #[test]
     fn omneo_times_read_both_forms_and_write_omneos() {

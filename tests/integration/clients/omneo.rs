@@ -10,7 +10,7 @@ use shared::domain::OmneoProfileId;
 use shared::omneo::OmneoClient;
 use shared::omneo::models::{
     Comms, InteractionAction, InteractionChannel, InteractionProfile, NewBenefit, NewInteraction,
-    NewReward, NewWebhook, OmneoTime, ProfileUpdate, Signal, WebhookUpdate,
+    NewReward, NewWebhook, OmneoTime, ProfileListing, ProfileUpdate, Signal, WebhookUpdate,
 };
 use shared::remote::{Disposition, ErrorKind, RetryPolicy, Service};
 
@@ -148,6 +148,95 @@ async fn profiles_are_read_found_and_updated() {
     assert_eq!(
         put[0].headers.get("accept").map(String::as_str),
         Some("application/json")
+    );
+}
+
+#[tokio::test]
+async fn profiles_are_paged_by_created_at_each_once_while_identities_are_written_back() {
+    let sim = start().await;
+    let long_ago: jiff::Timestamp = "2025-01-01T00:00:00Z".parse().unwrap();
+    let news = (1..=250)
+        .map(|n| NewProfile {
+            created_at: Some(long_ago),
+            ..NewProfile::demo(n)
+        })
+        .collect();
+    let seeded: Vec<String> = sim
+        .insert_profiles(TENANT, news)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let client = client(&sim);
+    let since = jiff::Timestamp::now();
+
+    // A backfill: each page read, then every fifth profile's klaviyo identity written back
+    // (which bumps its updated_at) before the next page is read.
+    let mut served = Vec::new();
+    let mut sizes = Vec::new();
+    for number in 1.. {
+        let listing = ProfileListing {
+            page: number,
+            size: ProfileListing::MAX_SIZE,
+            updated_since: None,
+        };
+        let page = client.profiles_page(&listing).await.unwrap();
+        assert_eq!(page.meta.current_page, Some(u64::from(number)));
+        assert_eq!(page.meta.last_page, Some(3));
+        assert_eq!(page.meta.per_page, Some(100));
+        assert_eq!(page.meta.total, Some(250));
+        assert_eq!(page.is_last(), number == 3, "page {number}");
+        sizes.push(page.data.len());
+        for profile in &page.data {
+            let n = served.len();
+            served.push(profile.id.as_str().to_owned());
+            if n % 5 == 0 {
+                client
+                    .upsert_identity(&profile.id, "klaviyo", &format!("01K{n:05}"))
+                    .await
+                    .unwrap();
+            }
+        }
+        if page.is_last() {
+            break;
+        }
+    }
+    assert_eq!(sizes, [100, 100, 50]);
+    assert_eq!(served, seeded, "each profile once, in creation order");
+    let pages = sim.recorder().matching("GET", &format!("{ADMIN}/profiles"));
+    assert_eq!(pages.len(), 3);
+    assert!(
+        pages
+            .iter()
+            .all(|p| p.query.contains("sort=created_at") && p.query.contains("page%5Bsize%5D=100")),
+        "{:?}",
+        pages.iter().map(|p| &p.query).collect::<Vec<_>>()
+    );
+
+    // An incremental run: only the profiles written since, in pages of 20.
+    let mut written = Vec::new();
+    for number in 1..=3 {
+        let listing = ProfileListing {
+            page: number,
+            size: 20,
+            updated_since: Some(since),
+        };
+        let page = client.profiles_page(&listing).await.unwrap();
+        assert_eq!(page.meta.total, Some(50));
+        assert_eq!(page.is_last(), number == 3, "page {number}");
+        written.extend(page.data.into_iter().map(|p| p.id.as_str().to_owned()));
+    }
+    let expected: Vec<String> = seeded.iter().step_by(5).cloned().collect();
+    assert_eq!(written, expected);
+    let filter: String =
+        url::form_urlencoded::byte_serialize(OmneoTime(since).to_string().as_bytes()).collect();
+    let last = sim.recorder().matching("GET", &format!("{ADMIN}/profiles"));
+    assert!(
+        last[3]
+            .query
+            .contains(&format!("filter%5Bupdated_at%5D%5Bgte%5D={filter}")),
+        "{}",
+        last[3].query
     );
 }
 

@@ -7,6 +7,17 @@
 //!   benefits, and the six data-source lists;
 //! - ID API `/T/id/api/v1/auth/token`.
 //!
+//! `GET /profiles` is the listing a backfill pages through (module `listing`): offset paging
+//! with `page[size]` (at most 100, else 422) and `page[number]`, Laravel's `links` and
+//! `meta{current_page,last_page,per_page,total}`; `sort` by `created_at` or `updated_at`
+//! (`-` for descending), ties (profiles sharing a second) in creation order, and creation order
+//! without `sort`; and, combined, `filter[email]` and
+//! `filter[created_at|updated_at][eq|ne|gt|gte|lt|lte|in]` taking `YYYY-MM-DD HH:MM:SS` or
+//! ISO 8601 (a bad sort, operator or value → 422 naming it). Every write that changes a profile
+//! bumps its `updated_at`: `PUT` of the profile or its comms, and `POST`, `PUT` and `DELETE` of
+//! its identities. Tests seed many profiles at once with [`OmneoSim::insert_profiles`], with a
+//! history through [`NewProfile::created_at`].
+//!
 //! Every call needs `Authorization: Bearer <token>` with one of the tenant's API tokens (unknown
 //! tenant or token → 401 `{"message"}`). Each token has a namespace: a profile change made with it
 //! is not delivered to webhooks of the same namespace (Omneo's loop guard). Changes made through
@@ -25,6 +36,7 @@ mod comms;
 pub mod control;
 mod id_tokens;
 mod identities;
+mod listing;
 mod profile_data;
 mod profiles;
 mod responses;
@@ -255,6 +267,19 @@ impl OmneoSim {
         .with_context(|| format!("seeding a profile in tenant {tenant}"))
     }
 
+    /// Inserts many profiles at once, under one lock, as a data import would: each validated like
+    /// [`Self::seed_profile`] (all or none), stamped now unless [`NewProfile::created_at`] says
+    /// otherwise, and no webhook fires (they are the data a backfill finds). Uniqueness is checked
+    /// against an index, so 100,000 profiles take a second or two even in a debug build.
+    pub fn insert_profiles(
+        &self,
+        tenant: &str,
+        profiles: Vec<NewProfile>,
+    ) -> anyhow::Result<Vec<Profile>> {
+        self.cx_change(tenant, |t| Ok((t.insert_profiles(profiles)?, None)))
+            .with_context(|| format!("inserting profiles in tenant {tenant}"))
+    }
+
     /// Seeds `count` demo customers ([`NewProfile::demo`] 1..=count), each with a welcome reward
     /// and a birthday benefit.
     pub fn seed_demo_profiles(&self, tenant: &str, count: u32) -> anyhow::Result<Vec<Profile>> {
@@ -455,7 +480,7 @@ impl OmneoSim {
 /// The Admin API and ID API of every tenant, under `/{tenant}`.
 fn router(shared: Shared) -> Router {
     let admin = Router::new()
-        .route("/profiles", get(profiles::list))
+        .route("/profiles", get(listing::list))
         .route("/profiles/search-id", post(profiles::search_id))
         .route("/profiles/{id}", get(profiles::show).put(profiles::update))
         .route(

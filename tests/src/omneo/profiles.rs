@@ -1,15 +1,16 @@
-//! Profiles: the resource, seeding (`NewProfile`, realistic demo data), and
-//! `GET /profiles`, `GET /profiles/{id}`, `POST /profiles/search-id`, `PUT /profiles/{id}`.
+//! Profiles: the resource, seeding (`NewProfile`, realistic demo data, bulk inserts), and
+//! `GET /profiles/{id}`, `POST /profiles/search-id`, `PUT /profiles/{id}` (the listing,
+//! `GET /profiles`, is in [`super::listing`]).
 //!
 //! Email and `mobile_phone` (E.164) are unique across a tenant's profiles (422 on a clash).
+//! A change bumps `updated_at`.
 //! Responses use the list form of `custom_attributes`; requests may use the list or the map
 //! (`{namespace:{handle:value}}`) form.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Path, State};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -17,7 +18,7 @@ use serde_json::{Map, Value};
 use super::comms::Comms;
 use super::identities::Identity;
 use super::profile_data::{Connection, DateAttribute, ListMembership, ProfileExtras};
-use super::responses::{self, ApiError, PageRequest, Validator, data, json_object};
+use super::responses::{self, ApiError, Validator, data, json_object};
 use super::state::{Caller, ProfileEvent, Shared, Tenant, Trigger};
 
 /// An Omneo profile, as `GET /profiles/{id}` answers it (and as webhooks deliver it).
@@ -174,9 +175,12 @@ pub struct Tier {
     pub name: String,
 }
 
-/// What a seeded profile starts with (the simulator assigns id and timestamps).
+/// What a seeded profile starts with (the simulator assigns the id).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewProfile {
+    /// When the profile was created, and last updated: now when `None`. Set it to seed a
+    /// history (profiles created over time, many in the same second) for listing tests.
+    pub created_at: Option<jiff::Timestamp>,
     /// Given name.
     pub first_name: Option<String>,
     /// Family name.
@@ -229,6 +233,7 @@ impl NewProfile {
     /// A profile with just a name and an email; everything else empty.
     pub fn new(first_name: &str, last_name: &str, email: &str) -> Self {
         Self {
+            created_at: None,
             first_name: Some(first_name.into()),
             last_name: Some(last_name.into()),
             email: Some(email.into()),
@@ -244,9 +249,10 @@ impl NewProfile {
         }
     }
 
-    /// Realistic demo customer number `n` (distinct `n` give distinct emails, phones and
-    /// identities): Australian address and mobile, a `shopify` identity, email consent, custom
-    /// attributes, a tier, a birthday, list memberships, and a connection for even `n`.
+    /// Realistic demo customer number `n`: Australian address and mobile, a `shopify` identity,
+    /// email consent, custom attributes, a tier, a birthday, list memberships, and a connection
+    /// for even `n`. Distinct `n` below 89,999,999 give distinct emails, mobiles and identities,
+    /// so `1..=100_000` seed one tenant.
     /// Emails are at `example.org` (a reserved domain, and not the never-synced `example.com`).
     pub fn demo(n: u32) -> Self {
         let i = n as usize;
@@ -280,6 +286,7 @@ impl NewProfile {
             });
         }
         Self {
+            created_at: None,
             first_name: Some(first.into()),
             last_name: Some(last.into()),
             email: Some(format!(
@@ -323,6 +330,40 @@ impl NewProfile {
             }),
             tags: vec!["demo".into()],
             extras,
+        }
+    }
+
+    /// The record it becomes, with a fresh id, stamped [`Self::created_at`] or else `now`
+    /// (`YYYY-MM-DD HH:MM:SS`); its identities carry the same stamp.
+    fn into_record(self, now: &str) -> ProfileRecord {
+        let at = self
+            .created_at
+            .map_or_else(|| now.to_owned(), responses::format_timestamp);
+        let profile = Profile {
+            id: uuid::Uuid::new_v4().to_string(),
+            first_name: self.first_name,
+            last_name: self.last_name,
+            email: self.email,
+            mobile_phone: self.mobile_phone,
+            profile_type: self.profile_type,
+            address: self.address,
+            identities: self
+                .identities
+                .into_iter()
+                .map(|(handle, identifier)| Identity::new(&handle, &identifier, &at))
+                .collect(),
+            attributes: ProfileAttributes { comms: self.comms },
+            custom_attributes: self.custom_attributes,
+            tier: self.tier,
+            tags: self.tags,
+            reward_balance: 0.0,
+            point_balance: 0.0,
+            created_at: at.clone(),
+            updated_at: at,
+        };
+        ProfileRecord {
+            profile,
+            extras: self.extras,
         }
     }
 }
@@ -384,6 +425,139 @@ fn parse_custom_attributes(value: &Value) -> Option<Vec<CustomAttribute>> {
     }
 }
 
+/// Who already holds an email, a mobile or an identity, for the uniqueness rules.
+trait Holders {
+    /// Whether a profile holds this email (ignoring case).
+    fn email(&self, email: &str) -> bool;
+    /// Whether a profile holds this mobile.
+    fn mobile(&self, mobile: &str) -> bool;
+    /// Whether a profile holds identity (handle, identifier).
+    fn identity(&self, handle: &str, identifier: &str) -> bool;
+}
+
+/// The tenant's profiles other than `except`, scanned: right for one check.
+struct Others<'a> {
+    tenant: &'a Tenant,
+    except: Option<&'a str>,
+}
+
+impl Others<'_> {
+    fn profiles(&self) -> impl Iterator<Item = &Profile> {
+        self.tenant
+            .profiles
+            .iter()
+            .map(|r| &r.profile)
+            .filter(|p| Some(p.id.as_str()) != self.except)
+    }
+}
+
+impl Holders for Others<'_> {
+    fn email(&self, email: &str) -> bool {
+        self.profiles().any(|p| {
+            p.email
+                .as_deref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(email))
+        })
+    }
+
+    fn mobile(&self, mobile: &str) -> bool {
+        self.profiles()
+            .any(|p| p.mobile_phone.as_deref() == Some(mobile))
+    }
+
+    fn identity(&self, handle: &str, identifier: &str) -> bool {
+        self.profiles().any(|p| {
+            p.identities
+                .iter()
+                .any(|i| i.handle == handle && i.identifier == identifier)
+        })
+    }
+}
+
+/// What profiles hold, indexed: right for many checks under one lock
+/// ([`Tenant::insert_profiles`] claims each profile it inserts).
+#[derive(Debug, Default)]
+struct Index {
+    /// Lowercased.
+    emails: HashSet<String>,
+    mobiles: HashSet<String>,
+    identities: HashSet<(String, String)>,
+}
+
+impl Index {
+    /// Records what `profile` holds.
+    fn claim(&mut self, profile: &Profile) {
+        if let Some(email) = &profile.email {
+            self.emails.insert(email.to_ascii_lowercase());
+        }
+        if let Some(mobile) = &profile.mobile_phone {
+            self.mobiles.insert(mobile.clone());
+        }
+        for identity in &profile.identities {
+            self.identities
+                .insert((identity.handle.clone(), identity.identifier.clone()));
+        }
+    }
+}
+
+impl Holders for Index {
+    fn email(&self, email: &str) -> bool {
+        self.emails.contains(&email.to_ascii_lowercase())
+    }
+
+    fn mobile(&self, mobile: &str) -> bool {
+        self.mobiles.contains(mobile)
+    }
+
+    fn identity(&self, handle: &str, identifier: &str) -> bool {
+        self.identities
+            .contains(&(handle.to_owned(), identifier.to_owned()))
+    }
+}
+
+/// Checks the format and uniqueness of an email and a mobile.
+fn check_contacts(
+    holders: &impl Holders,
+    email: Option<&str>,
+    mobile: Option<&str>,
+    v: &mut Validator,
+) {
+    if let Some(email) = email {
+        if !is_email(email) {
+            v.fail("email", "The email field must be a valid email address.");
+        } else if holders.email(email) {
+            v.fail("email", "The email has already been taken.");
+        }
+    }
+    if let Some(mobile) = mobile {
+        if !is_e164(mobile) {
+            v.fail(
+                "mobile_phone",
+                "The mobile phone field must be a valid E.164 phone number.",
+            );
+        } else if holders.mobile(mobile) {
+            v.fail("mobile_phone", "The mobile phone has already been taken.");
+        }
+    }
+}
+
+/// Validates seed data like the API would: valid, free contacts and free identities.
+fn check_new(holders: &impl Holders, new: &NewProfile) -> Result<(), ApiError> {
+    let mut v = Validator::default();
+    check_contacts(
+        holders,
+        new.email.as_deref(),
+        new.mobile_phone.as_deref(),
+        &mut v,
+    );
+    for (handle, identifier) in &new.identities {
+        if holders.identity(handle, identifier) {
+            v.fail("identifier", "The identifier has already been taken.");
+        }
+    }
+    v.finish()
+}
+
 impl Tenant {
     /// The profile record with this id (404 when none).
     pub(crate) fn record(&self, id: &str) -> Result<&ProfileRecord, ApiError> {
@@ -418,78 +592,54 @@ impl Tenant {
         mobile: Option<&str>,
         v: &mut Validator,
     ) {
-        let others = || {
-            self.profiles
-                .iter()
-                .map(|r| &r.profile)
-                .filter(move |p| Some(p.id.as_str()) != except)
+        let others = Others {
+            tenant: self,
+            except,
         };
-        if let Some(email) = email {
-            if !is_email(email) {
-                v.fail("email", "The email field must be a valid email address.");
-            } else if others().any(|p| {
-                p.email
-                    .as_deref()
-                    .is_some_and(|e| e.eq_ignore_ascii_case(email))
-            }) {
-                v.fail("email", "The email has already been taken.");
-            }
-        }
-        if let Some(mobile) = mobile {
-            if !is_e164(mobile) {
-                v.fail(
-                    "mobile_phone",
-                    "The mobile phone field must be a valid E.164 phone number.",
-                );
-            } else if others().any(|p| p.mobile_phone.as_deref() == Some(mobile)) {
-                v.fail("mobile_phone", "The mobile phone has already been taken.");
-            }
-        }
+        check_contacts(&others, email, mobile, v);
     }
 
     /// Creates a profile from seed data (validated like the API would).
     pub(crate) fn insert_profile(&mut self, new: NewProfile) -> Result<Profile, ApiError> {
+        let others = Others {
+            tenant: self,
+            except: None,
+        };
+        check_new(&others, &new)?;
+        let record = new.into_record(&responses::now());
+        let profile = record.profile.clone();
+        self.profiles.push(record);
+        Ok(profile)
+    }
+
+    /// Creates many profiles from seed data at once, all or none: each is validated like the
+    /// API would, against the tenant and the ones before it (422 fields are prefixed with its
+    /// position: `3.email`). Uniqueness is looked up in an [`Index`], so this is linear.
+    pub(crate) fn insert_profiles(
+        &mut self,
+        news: Vec<NewProfile>,
+    ) -> Result<Vec<Profile>, ApiError> {
+        let mut index = Index::default();
+        for record in &self.profiles {
+            index.claim(&record.profile);
+        }
+        let now = responses::now();
         let mut v = Validator::default();
-        self.check_contacts(
-            None,
-            new.email.as_deref(),
-            new.mobile_phone.as_deref(),
-            &mut v,
-        );
-        for (handle, identifier) in &new.identities {
-            if self.profile_by_identity(handle, identifier).is_some() {
-                v.fail("identifier", "The identifier has already been taken.");
+        let mut records = Vec::with_capacity(news.len());
+        for (position, new) in news.into_iter().enumerate() {
+            match check_new(&index, &new) {
+                Ok(()) => {
+                    let record = new.into_record(&now);
+                    index.claim(&record.profile);
+                    records.push(record);
+                }
+                Err(error) => v.nest(&position.to_string(), error),
             }
         }
         v.finish()?;
-        let now = responses::now();
-        let profile = Profile {
-            id: uuid::Uuid::new_v4().to_string(),
-            first_name: new.first_name,
-            last_name: new.last_name,
-            email: new.email,
-            mobile_phone: new.mobile_phone,
-            profile_type: new.profile_type,
-            address: new.address,
-            identities: new
-                .identities
-                .into_iter()
-                .map(|(handle, identifier)| Identity::new(&handle, &identifier, &now))
-                .collect(),
-            attributes: ProfileAttributes { comms: new.comms },
-            custom_attributes: new.custom_attributes,
-            tier: new.tier,
-            tags: new.tags,
-            reward_balance: 0.0,
-            point_balance: 0.0,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        self.profiles.push(ProfileRecord {
-            profile: profile.clone(),
-            extras: new.extras,
-        });
-        Ok(profile)
+        let profiles = records.iter().map(|r| r.profile.clone()).collect();
+        self.profiles.extend(records);
+        Ok(profiles)
     }
 
     /// Applies a `PUT /profiles/{id}` body; answers the profile and whether anything changed.
@@ -621,32 +771,6 @@ pub(crate) async fn show(
     sim.read(&caller.tenant, |t| Ok(data(&t.record(&path.id)?.profile)))
 }
 
-/// `GET /profiles` (`filter[email]`, paged).
-pub(crate) async fn list(
-    caller: Caller,
-    State(sim): State<Shared>,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
-    let page = PageRequest::from_query(&query)?;
-    let email = query.get("filter[email]");
-    let profiles = sim.read(&caller.tenant, |t| {
-        Ok(t.profiles
-            .iter()
-            .map(|r| r.profile.clone())
-            .filter(|p| {
-                email.is_none_or(|wanted| {
-                    p.email
-                        .as_deref()
-                        .is_some_and(|e| e.eq_ignore_ascii_case(wanted))
-                })
-            })
-            .collect::<Vec<_>>())
-    })?;
-    Ok(page.respond(profiles, &headers, uri.path(), &query))
-}
-
 /// `POST /profiles/search-id` `{"type": handle, "id": identifier}` → the profile (404 when none).
 pub(crate) async fn search_id(
     caller: Caller,
@@ -711,13 +835,21 @@ mod tests {
     }
 
     #[test]
-    fn demo_profiles_are_valid_and_distinct() {
-        let a = NewProfile::demo(1);
-        let b = NewProfile::demo(2);
-        assert!(is_email(a.email.as_deref().unwrap()));
-        assert!(is_e164(a.mobile_phone.as_deref().unwrap()));
-        assert_ne!(a.email, b.email);
-        assert_ne!(a.mobile_phone, b.mobile_phone);
-        assert_ne!(a.identities, b.identities);
+    fn a_hundred_thousand_demo_profiles_are_valid_and_distinct() {
+        let mut emails = HashSet::new();
+        let mut mobiles = HashSet::new();
+        let mut identities = HashSet::new();
+        for n in 1..=100_000 {
+            let demo = NewProfile::demo(n);
+            let email = demo.email.expect("an email");
+            let mobile = demo.mobile_phone.expect("a mobile");
+            assert!(is_email(&email), "{email}");
+            assert!(is_e164(&mobile), "{mobile}");
+            assert!(emails.insert(email.to_ascii_lowercase()), "{email} twice");
+            assert!(mobiles.insert(mobile.clone()), "{mobile} twice");
+            for identity in demo.identities {
+                assert!(identities.insert(identity.clone()), "{identity:?} twice");
+            }
+        }
     }
 }

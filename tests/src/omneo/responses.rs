@@ -129,7 +129,8 @@ pub(crate) struct PageRequest {
 }
 
 impl PageRequest {
-    /// Reads `page[size]` / `page[number]` (422 on a non-number or zero).
+    /// Reads `page[size]` / `page[number]` (422 on a non-number or zero, and on a size above
+    /// [`MAX_PAGE_SIZE`]).
     pub(crate) fn from_query(query: &HashMap<String, String>) -> Result<Self, ApiError> {
         let read = |key: &str, default: usize| -> Result<usize, ApiError> {
             match query.get(key) {
@@ -139,8 +140,15 @@ impl PageRequest {
                 }),
             }
         };
+        let size = read("page[size]", DEFAULT_PAGE_SIZE)?;
+        if size > MAX_PAGE_SIZE {
+            return Err(ApiError::invalid(
+                "page[size]",
+                format!("The page[size] field must not be greater than {MAX_PAGE_SIZE}."),
+            ));
+        }
         Ok(Self {
-            size: read("page[size]", DEFAULT_PAGE_SIZE)?.min(MAX_PAGE_SIZE),
+            size,
             number: read("page[number]", 1)?,
         })
     }
