@@ -283,6 +283,16 @@ impl<'a> Job<'a> {
     /// Claims `key` for this attempt for [`ATTEMPT_LEASE`]: [`Hold::Done`] when the work was done
     /// before; a key another attempt holds asks for a retry.
     pub async fn hold(&self, key: IdempotencyKey, step: &'static str) -> Result<Hold, Setback> {
+        self.hold_for(key, ATTEMPT_LEASE, step).await
+    }
+
+    /// [`Job::hold`] for work that takes longer than an ordinary attempt: the claim lasts `lease`.
+    pub async fn hold_for(
+        &self,
+        key: IdempotencyKey,
+        lease: Duration,
+        step: &'static str,
+    ) -> Result<Hold, Setback> {
         let holder = format!(
             "{}:{}:{}",
             self.request.name,
@@ -292,7 +302,7 @@ impl<'a> Job<'a> {
         let claim = self
             .app
             .store
-            .claim(&key, &holder, ATTEMPT_LEASE)
+            .claim(&key, &holder, lease)
             .await
             .map_err(store_setback(step))?;
         match claim {

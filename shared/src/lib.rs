@@ -19,10 +19,12 @@
 //! | [`app`] | the shared state handlers receive, built from the configuration |
 //! | [`job`] | one pushed task's run for either worker: load the tenant, leases, done-markers, settle |
 //! | [`receivers`] | the webhook receivers: authenticate, check the shape, enqueue, answer |
-//! | [`outbound`] | the Omneo → Klaviyo worker: profile sync, deletions, metrics, data-source records |
+//! | [`outbound`] | the Omneo → Klaviyo worker: profile sync, deletions, metrics, data-source records, backfill chunks |
 //! | [`inbound`] | the Klaviyo → Omneo worker: consent events to comms and interactions, Flow actions |
+//! | [`reconcile`] | scheduling reconciliation: which tenants are due, their two tasks |
 //! | [`install`] | registration, admin API, OAuth, provisioning, settings, uninstall, key rotation |
 //! | [`failures`] | the failure records' admin API: list, filter, page, replay |
+//! | [`backfill_api`] | the backfill admin API: start, progress, cancel |
 //! | [`functions`] | one router per Cloud Run function |
 //! | [`runtime`] | telemetry, serving on Cloud Run or AWS Lambda, graceful shutdown |
 //!
@@ -32,6 +34,7 @@
 pub mod access;
 pub mod api_error;
 pub mod app;
+pub mod backfill_api;
 pub mod config;
 pub mod crypto;
 pub mod domain;
@@ -45,6 +48,7 @@ pub mod omneo;
 pub mod outbound;
 pub mod queue;
 pub mod receivers;
+pub mod reconcile;
 pub mod remote;
 pub mod runtime;
 pub mod settings;

@@ -186,11 +186,28 @@ pub struct LocalStack {
     pub guide: String,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
+    reconciler: JoinHandle<()>,
 }
 
 impl Drop for LocalStack {
     fn drop(&mut self) {
         self.server.abort();
+        self.reconciler.abort();
+    }
+}
+
+/// How often the local stack's reconciliation timer sweeps (Cloud Scheduler's job in production).
+pub const RECONCILE_TICK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The local stand-in for the Cloud Scheduler job: a sweep every [`RECONCILE_TICK`].
+async fn reconcile_timer(app: Arc<App>) {
+    let mut tick = tokio::time::interval(RECONCILE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(error) = shared::reconcile::sweep(&app, jiff::Timestamp::now()).await {
+            tracing::warn!(error = %error, "the reconciliation sweep failed");
+        }
     }
 }
 
@@ -312,6 +329,7 @@ impl LocalStack {
             },
             http::DRAIN_TIMEOUT,
         ));
+        let reconciler = tokio::spawn(reconcile_timer(app.clone()));
         Ok(Self {
             url,
             app,
@@ -322,6 +340,7 @@ impl LocalStack {
             guide,
             shutdown: Some(shutdown),
             server,
+            reconciler,
         })
     }
 
@@ -387,6 +406,7 @@ impl LocalStack {
             }
             () = signal => {}
         }
+        self.reconciler.abort();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }

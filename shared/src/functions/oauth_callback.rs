@@ -1,6 +1,6 @@
 //! The `oauth-callback` function's routes (product.md §2): install start and OAuth callback,
-//! provisioning, install status, settings, uninstall, tenant registration, and the failure
-//! records (list, replay).
+//! provisioning, install status, settings, uninstall, tenant registration, the failure
+//! records (list, replay) and backfill runs (start, progress, cancel).
 
 use std::sync::Arc;
 
@@ -12,5 +12,6 @@ use crate::app::App;
 pub fn router(app: Arc<App>) -> Router {
     crate::install::routes()
         .merge(crate::failures::routes())
+        .merge(crate::backfill_api::routes())
         .with_state(app)
 }

@@ -187,10 +187,11 @@ async fn join_master_list(
             phone_number: None,
             email_marketing: true,
             sms_marketing: false,
+            consented_at: None,
         }],
         list_id: Some(list_id.to_owned()),
         custom_source: Some(OUR_CUSTOM_SOURCE.to_owned()),
-        historical_consent: None,
+        historical_import: false,
     };
     job.klaviyo(|k, t| {
         let subscribe = subscribe.clone();

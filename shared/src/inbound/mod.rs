@@ -5,6 +5,7 @@
 //! | [`consent`] | the event → comms → interaction table, and the merge of a profile's events |
 //! | [`events`] | *Klaviyo events*: one profile's consent events → one comms update, interactions |
 //! | [`flow`] | *Flow action*: a Flow webhook's reward, benefit or interaction, once per delivery |
+//! | [`reconcile`] | reconciliation's inbound half: Klaviyo's consent events since the cursor |
 //!
 //! Outcomes, retries and failure records are the same as outbound's ([`crate::worker::settle`]);
 //! so are the profile lease and the done-markers ([`crate::job::Job`]).
@@ -12,6 +13,7 @@
 pub mod consent;
 pub mod events;
 pub mod flow;
+pub mod reconcile;
 
 use std::sync::Arc;
 
@@ -37,10 +39,13 @@ impl Worker for Inbound {
         match job.work() {
             Work::KlaviyoEvents(work) => events::klaviyo_events(job, work).await,
             Work::FlowAction(work) => flow::flow_action(job, work).await,
+            Work::ReconcileInbound(work) => reconcile::run(job, work).await,
             Work::SyncProfile(_)
             | Work::ProfileDeleted(_)
             | Work::SendMetric(_)
-            | Work::DataSourceRecord(_) => Err(Setback::give_up(
+            | Work::DataSourceRecord(_)
+            | Work::BackfillChunk(_)
+            | Work::ReconcileOutbound(_) => Err(Setback::give_up(
                 "route",
                 "outbound work reached the inbound worker",
             )),

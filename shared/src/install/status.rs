@@ -3,9 +3,16 @@
 //! `{"tenant", "status", "klaviyo_account_id", "resources": {"data_sources": {title: id},
 //! "klaviyo_webhook_id", "omneo_webhooks": {trigger: id}, "queues": [name]}, "token":
 //! {"expires_at", "last_refreshed_at", "scopes"} | null, "last_error": {"step", "message", "at"} |
-//! null, "updated_at"}`. `token` is `null` when the install holds no tokens (ours). A registered
-//! tenant that never installed answers `"status": "pending"` with empty resources and the tenant's
-//! registration time as `updated_at`. No token or secret value is ever part of the answer.
+//! null, "updated_at", "reconciliation"}`. `token` is `null` when the install holds no tokens
+//! (ours). A registered tenant that never installed answers `"status": "pending"` with empty
+//! resources and the tenant's registration time as `updated_at`. No token or secret value is ever
+//! part of the answer.
+//!
+//! `reconciliation` (ours, product.md §10): `{"interval_minutes", "status": "on" | "off" |
+//! "reauthorization_required", "missing_scopes": [...], "last_scheduled_at", "next_due_at",
+//! "outbound": {"since", "last"}, "inbound": {"events_after", "last"}}`, each `last` the latest
+//! result `{"at", "status", "message", "run_id", "events"}` or `null`. A tenant whose grant lacks
+//! `events:read metrics:read` shows `reauthorization_required` here while everything else syncs.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,7 +21,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
 use super::admin::AdminTenant;
@@ -22,7 +29,11 @@ use crate::api_error::ApiError;
 use crate::app::App;
 use crate::domain::TenantId;
 use crate::queue::QueueName;
-use crate::store::{Install, InstallStatus, InstallStep, OAuthTokens, StepError};
+use crate::klaviyo::oauth::missing_reconciliation_scopes;
+use crate::store::{
+    Install, InstallStatus, InstallStep, OAuthTokens, ReconcileResult, ReconcileStatus,
+    Reconciliation, StepError,
+};
 
 /// The routes of this module.
 pub fn routes() -> Router<Arc<App>> {
@@ -61,6 +72,127 @@ pub struct InstallView {
     pub last_error: Option<ErrorView>,
     /// Last change.
     pub updated_at: Timestamp,
+    /// Reconciliation's schedule, cursors and last results (the status route shows it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconciliation: Option<ReconciliationView>,
+}
+
+/// Whether reconciliation runs for the tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconciliationState {
+    /// It runs every `interval_minutes`.
+    On,
+    /// `reconcile_interval_minutes` is 0.
+    Off,
+    /// The grant lacks its scopes: the inbound half waits for a re-authorisation.
+    ReauthorizationRequired,
+}
+
+/// Reconciliation as the install status shows it.
+#[derive(Debug, Serialize)]
+pub struct ReconciliationView {
+    /// `reconcile_interval_minutes`.
+    pub interval_minutes: u32,
+    /// Whether it runs.
+    pub status: ReconciliationState,
+    /// The scopes it lacks.
+    pub missing_scopes: Vec<&'static str>,
+    /// When it was last scheduled.
+    pub last_scheduled_at: Option<Timestamp>,
+    /// When it is next due (while on).
+    pub next_due_at: Option<Timestamp>,
+    /// The outbound half.
+    pub outbound: OutboundReconciliationView,
+    /// The inbound half.
+    pub inbound: InboundReconciliationView,
+}
+
+/// The outbound half: its cursor and last result.
+#[derive(Debug, Serialize)]
+pub struct OutboundReconciliationView {
+    /// The next incremental run reads profiles updated since then.
+    pub since: Option<Timestamp>,
+    /// How the last one ended.
+    pub last: Option<ReconcileResultView>,
+}
+
+/// The inbound half: its cursor and last result.
+#[derive(Debug, Serialize)]
+pub struct InboundReconciliationView {
+    /// Klaviyo consent events after this are read next.
+    pub events_after: Option<Timestamp>,
+    /// How the last one ended.
+    pub last: Option<ReconcileResultView>,
+}
+
+/// The latest result of one half.
+#[derive(Debug, Serialize)]
+pub struct ReconcileResultView {
+    /// When it ended.
+    pub at: Timestamp,
+    /// How.
+    pub status: ReconcileStatus,
+    /// In a few words.
+    pub message: String,
+    /// The backfill run it started (outbound).
+    pub run_id: Option<String>,
+    /// Consent events read (inbound).
+    pub events: Option<u64>,
+}
+
+impl From<ReconcileResult> for ReconcileResultView {
+    fn from(result: ReconcileResult) -> Self {
+        let ReconcileResult {
+            at,
+            status,
+            message,
+            run_id,
+            events,
+        } = result;
+        Self {
+            at,
+            status,
+            message,
+            run_id,
+            events,
+        }
+    }
+}
+
+impl ReconciliationView {
+    /// The view from the tenant's interval, its grant's scopes and its record.
+    pub fn of(interval_minutes: u32, granted: &[String], record: Option<Reconciliation>) -> Self {
+        let missing_scopes = missing_reconciliation_scopes(granted);
+        let status = match (interval_minutes, missing_scopes.is_empty()) {
+            (0, _) => ReconciliationState::Off,
+            (_, false) => ReconciliationState::ReauthorizationRequired,
+            (_, true) => ReconciliationState::On,
+        };
+        let record = record.as_ref();
+        let last_scheduled_at = record.and_then(|r| r.last_scheduled_at);
+        let next_due_at = last_scheduled_at.and_then(|last| {
+            let interval = SignedDuration::from_mins(i64::from(interval_minutes));
+            (interval_minutes > 0)
+                .then(|| last.checked_add(interval).ok())
+                .flatten()
+        });
+        Self {
+            interval_minutes,
+            status,
+            missing_scopes,
+            last_scheduled_at,
+            next_due_at,
+            outbound: OutboundReconciliationView {
+                since: record.and_then(|r| r.outbound_since),
+                last: record.and_then(|r| r.outbound.clone()).map(Into::into),
+            },
+            inbound: InboundReconciliationView {
+                events_after: record.and_then(|r| r.events_after),
+                last: record.and_then(|r| r.inbound.clone()).map(Into::into),
+            },
+        }
+    }
 }
 
 /// Provisioned resources.
@@ -139,6 +271,7 @@ impl InstallView {
                 at,
             }),
             updated_at,
+            reconciliation: None,
         }
     }
 }
@@ -147,10 +280,22 @@ async fn show(
     State(app): State<Arc<App>>,
     AdminTenant { tenant, .. }: AdminTenant,
 ) -> Result<Json<InstallView>, ApiError> {
-    let install = app
-        .store
-        .install(&tenant.id)
-        .await?
-        .unwrap_or_else(|| Install::pending(tenant.id.clone(), tenant.created_at));
-    Ok(Json(InstallView::of(install)))
+    let (install, record) = tokio::join!(
+        app.store.install(&tenant.id),
+        app.store.reconciliation(&tenant.id)
+    );
+    let install =
+        install?.unwrap_or_else(|| Install::pending(tenant.id.clone(), tenant.created_at));
+    let granted = install
+        .tokens
+        .as_ref()
+        .map(|tokens| tokens.scopes.clone())
+        .unwrap_or_default();
+    let mut view = InstallView::of(install);
+    view.reconciliation = Some(ReconciliationView::of(
+        tenant.settings.reconcile_interval_minutes,
+        &granted,
+        record?,
+    ));
+    Ok(Json(view))
 }

@@ -509,13 +509,15 @@ pub struct Subscriber {
     pub email_marketing: bool,
     /// Change SMS marketing.
     pub sms_marketing: bool,
+    /// When the consent was given, for a job that imports history (`historical_import`).
+    pub consented_at: Option<Timestamp>,
 }
 
 impl Subscriber {
-    fn to_resource(&self, consent: &str, consented_at: Option<Timestamp>) -> Value {
+    fn to_resource(&self, consent: &str, historical: bool) -> Value {
         let marketing = || {
             let mut marketing = json!({ "consent": consent });
-            if let Some(at) = consented_at {
+            if let Some(at) = self.consented_at.filter(|_| historical) {
                 marketing["consented_at"] = json!(at.to_string());
             }
             json!({ "marketing": marketing })
@@ -538,7 +540,8 @@ impl Subscriber {
     }
 }
 
-/// A subscribe job (`profile-subscription-bulk-create-job`, ≤ 1000 profiles).
+/// A subscribe job (`profile-subscription-bulk-create-job`, ≤ [`SubscribeJob::MAX_PROFILES`]
+/// profiles).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubscribeJob {
     /// Who, and which channels.
@@ -547,22 +550,25 @@ pub struct SubscribeJob {
     pub list_id: Option<String>,
     /// `custom_source` (ours: `omneo`, which lets inbound drop the echo).
     pub custom_source: Option<String>,
-    /// Record consent given at this earlier time (`historical_import`, so no confirmation
-    /// email goes out) instead of now.
-    pub historical_consent: Option<Timestamp>,
+    /// Record consent given earlier (`historical_import`, each subscriber's `consented_at`, so
+    /// no confirmation email goes out) instead of now.
+    pub historical_import: bool,
 }
 
 impl SubscribeJob {
+    /// The most profiles one subscribe job takes.
+    pub const MAX_PROFILES: usize = 1_000;
+
     /// The request document.
     pub fn to_document(&self) -> Value {
         let profiles: Vec<Value> = self
             .subscribers
             .iter()
-            .map(|s| s.to_resource("SUBSCRIBED", self.historical_consent))
+            .map(|s| s.to_resource("SUBSCRIBED", self.historical_import))
             .collect();
         let mut attributes = json!({
             "profiles": {"data": profiles},
-            "historical_import": self.historical_consent.is_some(),
+            "historical_import": self.historical_import,
         });
         if let Some(source) = &self.custom_source {
             attributes["custom_source"] = json!(source);
@@ -590,12 +596,15 @@ pub struct UnsubscribeJob {
 }
 
 impl UnsubscribeJob {
+    /// The most profiles one unsubscribe job takes.
+    pub const MAX_PROFILES: usize = 100;
+
     /// The request document.
     pub fn to_document(&self) -> Value {
         let profiles: Vec<Value> = self
             .subscribers
             .iter()
-            .map(|s| s.to_resource("UNSUBSCRIBED", None))
+            .map(|s| s.to_resource("UNSUBSCRIBED", false))
             .collect();
         let mut attributes = json!({"profiles": {"data": profiles}});
         if let Some(source) = &self.custom_source {
@@ -748,10 +757,11 @@ mod tests {
                 phone_number: Some(E164Phone::parse("+61400000000").unwrap()),
                 email_marketing: true,
                 sms_marketing: true,
+                consented_at: Some("2026-01-02T03:04:05Z".parse().unwrap()),
             }],
             list_id: Some("AbC123".into()),
             custom_source: Some("omneo".into()),
-            historical_consent: Some("2026-01-02T03:04:05Z".parse().unwrap()),
+            historical_import: true,
         };
         let marketing =
             json!({"marketing": {"consent": "SUBSCRIBED", "consented_at": "2026-01-02T03:04:05Z"}});

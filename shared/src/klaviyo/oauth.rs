@@ -30,8 +30,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// The largest answer the token or revocation endpoint may give (a token response is ~1 KiB).
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-/// The scopes the extension asks for (klaviyo.md §OAuth).
-pub const SCOPES: [&str; 13] = [
+/// The scopes the extension asks for (klaviyo.md §OAuth): those of the sync, then
+/// [`RECONCILIATION_SCOPES`].
+pub const SCOPES: [&str; 15] = [
     "accounts:read",
     "profiles:read",
     "profiles:write",
@@ -45,7 +46,21 @@ pub const SCOPES: [&str; 13] = [
     "webhooks:read",
     "webhooks:write",
     "data-privacy:write",
+    RECONCILIATION_SCOPES[0],
+    RECONCILIATION_SCOPES[1],
 ];
+
+/// The scopes reconciliation reads Klaviyo's consent events with (product.md §10); a tenant
+/// installed before they were asked for lacks them until it re-authorises.
+pub const RECONCILIATION_SCOPES: [&str; 2] = ["events:read", "metrics:read"];
+
+/// The [`RECONCILIATION_SCOPES`] missing from a grant.
+pub fn missing_reconciliation_scopes(granted: &[String]) -> Vec<&'static str> {
+    RECONCILIATION_SCOPES
+        .into_iter()
+        .filter(|scope| !granted.iter().any(|g| g == scope))
+        .collect()
+}
 
 /// Tokens a code exchange or refresh returned.
 #[derive(Debug)]

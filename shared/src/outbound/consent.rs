@@ -112,6 +112,7 @@ pub fn writes(
         .map(|(at, mut subscriber)| {
             subscriber.email = target.email.map(str::to_owned);
             subscriber.phone_number = target.phone.cloned();
+            subscriber.consented_at = at;
             SubscribeJob {
                 list_id: target
                     .master_list
@@ -119,7 +120,7 @@ pub fn writes(
                     .map(str::to_owned),
                 subscribers: vec![subscriber],
                 custom_source: Some(OUR_CUSTOM_SOURCE.into()),
-                historical_consent: at,
+                historical_import: at.is_some(),
             }
         })
         .collect();
@@ -130,6 +131,7 @@ pub fn writes(
             && current.email.is_some(),
         sms_marketing: differs(desired.sms, current.sms, ConsentState::NotSubscribed)
             && current.sms.is_some(),
+        consented_at: None,
     };
     let unsubscribe =
         (unsubscriber.email_marketing || unsubscriber.sms_marketing).then(|| UnsubscribeJob {
@@ -270,7 +272,7 @@ mod tests {
         let job = &w.subscribe[0];
         assert_eq!(job.list_id.as_deref(), Some("MASTER"));
         assert_eq!(job.custom_source.as_deref(), Some(OUR_CUSTOM_SOURCE));
-        assert_eq!(job.historical_consent, None);
+        assert!(!job.historical_import);
         assert!(job.subscribers[0].email_marketing && job.subscribers[0].sms_marketing);
         let sms_only = writes(
             ConsentSent {
@@ -325,15 +327,20 @@ mod tests {
         let resync = writes(want, none, Some(&c), target(None, true));
         assert_eq!(resync.subscribe.len(), 2, "two consent times, two jobs");
         assert_eq!(
-            resync.subscribe[0].historical_consent,
+            resync.subscribe[0].subscribers[0].consented_at,
             Some(OmneoTime::parse("2025-05-01 10:00:00").unwrap().0)
         );
+        assert!(resync.subscribe[0].historical_import);
         assert!(resync.subscribe[0].subscribers[0].email_marketing);
         assert!(resync.subscribe[1].subscribers[0].sms_marketing);
         let first = writes(want, none, Some(&c), target(None, false));
         assert_eq!(first.subscribe.len(), 1);
         assert_eq!(
-            first.subscribe[0].historical_consent, None,
+            (
+                first.subscribe[0].historical_import,
+                first.subscribe[0].subscribers[0].consented_at
+            ),
+            (false, None),
             "a new profile subscribes the ordinary way"
         );
     }

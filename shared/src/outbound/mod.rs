@@ -7,6 +7,8 @@
 //! | [`sync`] | *sync profile*: re-read, exclude, match, import, identity, consent, sync state |
 //! | [`removal`] | *profile deleted* (and a re-read that finds the profile gone) |
 //! | [`targets`] | the `metric` and `data-source-record` targets' work |
+//! | [`backfill`] | whole-tenant backfill through Klaviyo's bulk jobs, in chunk tasks |
+//! | [`reconcile`] | reconciliation's outbound half: an incremental backfill |
 //!
 //! **Idempotency.** Every step is safe to repeat: profile import is an upsert, consent jobs set a
 //! state and are only sent on a difference read from Klaviyo just before, events carry a
@@ -14,8 +16,10 @@
 //! Work on one profile (sync and deletion) holds the per-profile lease (a stale attempt could
 //! otherwise write an older profile after a newer one).
 
+pub mod backfill;
 pub mod consent;
 pub mod mapping;
+pub mod reconcile;
 pub mod removal;
 pub mod sync;
 pub mod targets;
@@ -46,10 +50,14 @@ impl Worker for Outbound {
             Work::ProfileDeleted(work) => removal::profile_deleted(job, work).await,
             Work::SendMetric(work) => targets::send_metric(job, work).await,
             Work::DataSourceRecord(work) => targets::data_source_record(job, work).await,
-            Work::KlaviyoEvents(_) | Work::FlowAction(_) => Err(Setback::give_up(
+            Work::BackfillChunk(work) => backfill::chunk::run(job, work).await,
+            Work::ReconcileOutbound(work) => reconcile::run(job, work).await,
+            Work::KlaviyoEvents(_) | Work::FlowAction(_) | Work::ReconcileInbound(_) => {
+                Err(Setback::give_up(
                 "route",
-                "inbound work reached the outbound worker",
-            )),
+                    "inbound work reached the outbound worker",
+                ))
+            }
         }
     }
 }

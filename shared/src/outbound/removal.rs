@@ -102,6 +102,7 @@ pub async fn forget(job: &Job<'_>, known: &Known) -> Result<(), Setback> {
                     sms_marketing: phone.is_some(),
                     email,
                     phone_number: phone,
+                    consented_at: None,
                 };
                 if subscriber.email_marketing || subscriber.sms_marketing {
                     let unsubscribe = UnsubscribeJob {

@@ -22,7 +22,7 @@ pub use self::cloud_tasks::CloudTasksQueue;
 pub use self::local::{LocalQueue, LocalQueueStats};
 pub use self::names::{QueueName, TaskName, TenantQueues};
 pub use self::work::{
-    ConsentEvent, DataSourceRecord, DefinitionId, FlowAction, FlowDedupe, FlowRequest,
+    BackfillChunk, Reconcile, ConsentEvent, DataSourceRecord, DefinitionId, FlowAction, FlowDedupe, FlowRequest,
     IssueBenefit, IssueReward, KlaviyoEvents, OUR_CUSTOM_SOURCE, ProfileDeleted, RecordInteraction,
     SendMetric, SyncProfile, TaskKind, Work,
 };

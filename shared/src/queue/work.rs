@@ -28,6 +28,12 @@ pub enum Work {
     KlaviyoEvents(KlaviyoEvents),
     /// Inbound: a Klaviyo Flow webhook action (§7.3).
     FlowAction(FlowAction),
+    /// Outbound: one chunk of a backfill run (§10).
+    BackfillChunk(BackfillChunk),
+    /// Outbound: the outbound half of a scheduled reconciliation (§10).
+    ReconcileOutbound(Reconcile),
+    /// Inbound: the inbound half of a scheduled reconciliation (§10).
+    ReconcileInbound(Reconcile),
 }
 
 /// The kind of a [`Work`], without its payload (what failure records and logs name).
@@ -46,6 +52,12 @@ pub enum TaskKind {
     KlaviyoEvents,
     /// [`Work::FlowAction`].
     FlowAction,
+    /// [`Work::BackfillChunk`].
+    BackfillChunk,
+    /// [`Work::ReconcileOutbound`].
+    ReconcileOutbound,
+    /// [`Work::ReconcileInbound`].
+    ReconcileInbound,
 }
 
 impl TaskKind {
@@ -55,8 +67,10 @@ impl TaskKind {
             Self::SyncProfile
             | Self::ProfileDeleted
             | Self::SendMetric
-            | Self::DataSourceRecord => Direction::Outbound,
-            Self::KlaviyoEvents | Self::FlowAction => Direction::Inbound,
+            | Self::DataSourceRecord
+            | Self::BackfillChunk
+            | Self::ReconcileOutbound => Direction::Outbound,
+            Self::KlaviyoEvents | Self::FlowAction | Self::ReconcileInbound => Direction::Inbound,
         }
     }
 }
@@ -71,6 +85,9 @@ impl TaskKind {
             Self::DataSourceRecord => "data_source_record",
             Self::KlaviyoEvents => "klaviyo_events",
             Self::FlowAction => "flow_action",
+            Self::BackfillChunk => "backfill_chunk",
+            Self::ReconcileOutbound => "reconcile_outbound",
+            Self::ReconcileInbound => "reconcile_inbound",
         }
     }
 }
@@ -91,6 +108,9 @@ impl Work {
             Self::DataSourceRecord(_) => TaskKind::DataSourceRecord,
             Self::KlaviyoEvents(_) => TaskKind::KlaviyoEvents,
             Self::FlowAction(_) => TaskKind::FlowAction,
+            Self::BackfillChunk(_) => TaskKind::BackfillChunk,
+            Self::ReconcileOutbound(_) => TaskKind::ReconcileOutbound,
+            Self::ReconcileInbound(_) => TaskKind::ReconcileInbound,
         }
     }
 
@@ -111,6 +131,7 @@ impl Work {
                 .as_ref()
                 .map(ToString::to_string)
                 .or_else(|| work.email.clone()),
+            Self::BackfillChunk(_) | Self::ReconcileOutbound(_) | Self::ReconcileInbound(_) => None,
         }
     }
 
@@ -179,6 +200,26 @@ pub struct DataSourceRecord {
     pub data_source: DataSourceKind,
     /// The record (carries a stable `id`).
     pub record: Value,
+}
+
+/// [`Work::BackfillChunk`]: which run, and where its chunk starts in Omneo's profile listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillChunk {
+    /// The run (a chunk of another run, or of a run no longer running, does nothing).
+    pub run_id: String,
+    /// The chunk's first page (1-based; its length is the run's `pages_per_chunk`).
+    pub first_page: u32,
+    /// Profiles the previous chunk's last page held: if the listing shifted while the run
+    /// wrote to it, they may come round again, and are skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip: Vec<OmneoProfileId>,
+}
+
+/// [`Work::ReconcileOutbound`], [`Work::ReconcileInbound`]: one scheduled reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconcile {
+    /// The schedule's time for it (names the task, so a schedule enqueues it once).
+    pub scheduled_at: Timestamp,
 }
 
 /// [`Work::KlaviyoEvents`]: one Klaviyo profile's consent events of one delivery.

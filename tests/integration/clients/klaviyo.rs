@@ -359,7 +359,7 @@ async fn subscribe_and_unsubscribe_jobs_are_read_back_as_consent_and_membership(
         subscribers: vec![email_subscriber("dan@example.org")],
         list_id: Some(list_id.clone()),
         custom_source: Some("omneo".into()),
-        historical_consent: None,
+        historical_import: false,
     };
     client.subscribe(&token, &subscribe).await.unwrap();
     assert!(
@@ -410,10 +410,11 @@ async fn subscribe_and_unsubscribe_jobs_are_read_back_as_consent_and_membership(
             phone_number: Some(E164Phone::parse("+61412000111").unwrap()),
             email_marketing: true,
             sms_marketing: true,
+            consented_at: Some("2025-06-01T08:00:00Z".parse().unwrap()),
         }],
         list_id: None,
         custom_source: Some("omneo".into()),
-        historical_consent: Some("2025-06-01T08:00:00Z".parse().unwrap()),
+        historical_import: true,
     };
     client.subscribe(&token, &historical).await.unwrap();
     let found = client
