@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one module per area.
 
+mod backfill;
 mod clients;
 mod failures;
 mod inbound;
