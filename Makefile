@@ -21,7 +21,8 @@ test: venv oauth-interop
 ## bench: cold start (exec → first 200 on /health) and idle RSS of each function beside an axum hello-world,
 ## then omneo-webhook's and klaviyo-webhook's ingest throughput beside an empty handler and Node.js receivers (needs wrk: installed if missing),
 ## then the outbound sync's share of Klaviyo's quota and its writes per profile change, against the simulators,
-## then the inbound worker's Omneo writes per Klaviyo delivery and its pace
+## then the inbound worker's Omneo writes per Klaviyo delivery and its pace,
+## then a 100,000-profile backfill through Klaviyo's bulk jobs beside the per-profile path (real limits)
 bench:
 	command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y wrk; \
 		else sudo apt-get update && sudo apt-get install -y wrk; fi; }
@@ -30,6 +31,7 @@ bench:
 	$(RELEASE_DIR)/bench-ingest
 	$(RELEASE_DIR)/bench-outbound
 	$(RELEASE_DIR)/bench-inbound
+	$(RELEASE_DIR)/bench-backfill
 
 ## lint: formatting and clippy (warnings are errors)
 lint:

@@ -46,6 +46,7 @@ impl Pipeline {
         self.t
             .omneo
             .insert_profiles(self.tenant, (1..=count).map(shopper).collect())
+            .expect("seeding profiles")
     }
 
     /// An admin call on the backfill route.
