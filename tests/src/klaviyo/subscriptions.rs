@@ -678,7 +678,7 @@ pub(crate) async fn list_profiles(
     Path(id): Path<String>,
     here: Here,
 ) -> Result<Response, ApiError> {
-    let filters = here.params.filters(&["email", "phone_number"])?;
+    let filters = here.params.filters(&["email", "phone_number"], &[])?;
     let list = find_list(&ctx, &id)?;
     let members: Vec<String> = {
         let state = ctx.lock();
@@ -687,10 +687,7 @@ pub(crate) async fn list_profiles(
             .filter_map(|member| state.profile(member))
             .filter(|p| {
                 filters.iter().all(|f| match f.field.as_str() {
-                    "email" => p
-                        .email
-                        .as_deref()
-                        .is_some_and(|e| f.values.iter().any(|v| v.eq_ignore_ascii_case(e))),
+                    "email" => f.matches_ignoring_case(p.email.as_deref()),
                     _ => f.matches(p.phone_number.as_deref()),
                 })
             })
