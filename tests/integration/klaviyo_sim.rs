@@ -2154,3 +2154,296 @@ async fn bulk_import_reads_are_rate_limited_at_10_per_second() {
     assert_eq!(errors.status, StatusCode::OK);
     assert_eq!(errors.headers["ratelimit-limit"], "10, 10;w=1, 150;w=60");
 }
+
+// ---- Events and metrics (reconciliation) ----
+
+/// `GET /api/metrics`: every metric's id by name.
+async fn metric_ids(sim: &KlaviyoSim, token: &str) -> std::collections::HashMap<String, String> {
+    let (metrics, pages) = all_pages(sim, token, &format!("{}/api/metrics", sim.url())).await;
+    assert_eq!(pages, 1);
+    metrics
+        .iter()
+        .map(|m| {
+            let name = m["attributes"]["name"].as_str().unwrap().to_owned();
+            (name, m["id"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_are_klaviyos_own_one_per_topic() {
+    let (sim, tokens) = start(no_limits()).await;
+    let answer = call(
+        &sim,
+        &tokens.access_token,
+        Method::GET,
+        "/api/metrics",
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert!(answer.body["links"]["next"].is_null());
+    let metrics = answer.body["data"].as_array().unwrap();
+    assert_eq!(metrics.len(), topics::ALL.len());
+    for metric in metrics {
+        assert_eq!(metric["type"], "metric");
+        assert_eq!(metric["id"].as_str().unwrap().len(), 6);
+        assert_eq!(metric["attributes"]["integration"]["key"], "klaviyo");
+        assert_eq!(metric["attributes"]["integration"]["name"], "Klaviyo");
+        assert!(metric["attributes"]["created"].is_string());
+        assert!(metric["links"]["self"].is_string());
+    }
+    let ids = metric_ids(&sim, &tokens.access_token).await;
+    for name in [
+        "Subscribed to Email Marketing",
+        "Unsubscribed from Email Marketing",
+        "Bounced Email",
+        "Dropped Email",
+        "Failed to Deliver SMS",
+        "Marked Email as Spam",
+        "Subscribed to SMS Marketing",
+        "Unsubscribed from SMS Marketing",
+        "Subscribed to List",
+        "Unsubscribed from List",
+        "Manually Suppressed from Email Marketing",
+        "Manually Unsuppressed from Email Marketing",
+    ] {
+        assert!(ids.contains_key(name), "{name} is missing from {ids:?}");
+    }
+    // The ids events carry in relationships.metric.
+    let bounce = SystemEvent::new(topics::BOUNCED_EMAIL, "P1", None).payload();
+    assert_eq!(
+        bounce["relationships"]["metric"]["data"]["id"],
+        ids["Bounced Email"].as_str()
+    );
+}
+
+#[tokio::test]
+async fn events_are_logged_and_read_back_by_metric_and_time_in_pages() {
+    let (sim, tokens) = start(no_limits()).await;
+    let token = tokens.access_token.as_str();
+    let ids = metric_ids(&sim, token).await;
+    let subscribed = &ids["Subscribed to Email Marketing"];
+    let profile = sim
+        .seed_profile(json!({"email": "log@example.test"}))
+        .unwrap();
+
+    // A consent change queues its event; it is readable before (and whether or not) it is
+    // delivered.
+    sim.change_consent(
+        &profile,
+        Channel::Email,
+        ConsentState::Subscribed,
+        "PREFERENCE_PAGE",
+    )
+    .unwrap();
+    let queued = sim.pending_events();
+    assert_eq!(queued.len(), 1);
+    let filter = format!(r#"equals(metric_id,"{subscribed}")"#);
+    let answer = call(
+        &sim,
+        token,
+        Method::GET,
+        &format!("/api/events?filter={filter}"),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let read = &answer.body["data"].as_array().unwrap()[..];
+    assert_eq!(read.len(), 1);
+    let expected = queued[0].payload();
+    assert_eq!(read[0]["id"], expected["id"]);
+    assert_eq!(
+        read[0]["attributes"]["datetime"],
+        expected["attributes"]["datetime"]
+    );
+    assert_eq!(
+        read[0]["attributes"]["event_properties"],
+        expected["attributes"]["event_properties"]
+    );
+    assert_eq!(read[0]["relationships"], expected["relationships"]);
+    assert!(read[0]["links"]["self"].is_string());
+    assert!(answer.body["links"]["next"].is_null());
+
+    // Events delivered directly are logged too (once), whatever their order or datetime.
+    let base: jiff::Timestamp = "2020-11-30T00:00:00Z".parse().unwrap();
+    let at = |hours: i64| base + jiff::SignedDuration::from_hours(hours);
+    let event = |topic: &str, hours: i64| {
+        SystemEvent::new(topic, &profile, Some("log@example.test")).at(at(hours))
+    };
+    let window: Vec<SystemEvent> = [3, 1, 5, 2, 4]
+        .into_iter()
+        .map(|h| event(topics::SUBSCRIBED_TO_EMAIL, h))
+        .collect();
+    let mut delivered = window.clone();
+    delivered.extend([
+        event(topics::SUBSCRIBED_TO_EMAIL, 0),
+        event(topics::SUBSCRIBED_TO_EMAIL, 30),
+        event(topics::UNSUBSCRIBED_FROM_EMAIL, 2),
+    ]);
+    sim.deliver(delivered.clone()).await.unwrap();
+    sim.deliver(delivered).await.unwrap();
+
+    let first = format!(
+        "/api/events?filter={filter},greater-than(datetime,2020-11-30T00:00:00Z),\
+         less-than(datetime,2020-12-01T00:00:00Z)&sort=datetime&page[size]=2"
+    );
+    let page = call(&sim, token, Method::GET, &first, None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body["links"]["prev"].is_null());
+    let mut seen: Vec<Value> = page.body["data"].as_array().unwrap().clone();
+    // Logged while the reader pages, before its position: it does not shift the pages.
+    sim.deliver(vec![
+        event(topics::SUBSCRIBED_TO_EMAIL, 1).at(at(1) - jiff::SignedDuration::from_mins(30)),
+    ])
+    .await
+    .unwrap();
+    let next = page.body["links"]["next"].as_str().unwrap();
+    let (rest, pages) = all_pages(&sim, token, next).await;
+    assert_eq!(pages, 2);
+    seen.extend(rest);
+    let mut window = window;
+    window.sort_by_key(|e| e.datetime);
+    let expected: Vec<&str> = window.iter().map(|e| e.event_id.as_str()).collect();
+    let got: Vec<&str> = seen.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(got, expected, "each event once, in datetime order");
+
+    // Newest first; greater-or-equal takes the boundary.
+    let newest = call(
+        &sim,
+        token,
+        Method::GET,
+        &format!(
+            "/api/events?filter={filter},greater-or-equal(datetime,2020-11-30T00:00:00Z),\
+             less-than(datetime,2020-12-01T00:00:00Z)&sort=-datetime"
+        ),
+        None,
+    )
+    .await;
+    let newest: Vec<jiff::Timestamp> = newest.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| timestamp(&e["attributes"]["datetime"]))
+        .collect();
+    assert_eq!(newest.len(), 7, "five, the boundary and the late one");
+    assert_eq!(newest[0], at(5));
+    assert_eq!(newest[6], base);
+    assert!(newest.windows(2).all(|w| w[0] >= w[1]));
+}
+
+#[tokio::test]
+async fn a_dropped_delivery_is_lost_but_its_event_stays_readable() {
+    let (sim, tokens) = start(no_limits()).await;
+    let token = tokens.access_token.as_str();
+    let (url, received, server) = receiver().await;
+    let created = call(
+        &sim,
+        token,
+        Method::POST,
+        "/api/webhooks",
+        Some(webhook_body(
+            "Omneo t1",
+            &url,
+            &[topics::UNSUBSCRIBED_FROM_EMAIL],
+        )),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let profile = sim
+        .seed_profile(json!({"email": "lost@example.test"}))
+        .unwrap();
+    sim.change_consent(
+        &profile,
+        Channel::Email,
+        ConsentState::Unsubscribed,
+        "PREFERENCE_PAGE",
+    )
+    .unwrap();
+
+    let dropped = sim.drop_pending();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0].topic, topics::UNSUBSCRIBED_FROM_EMAIL);
+    assert!(sim.pending_events().is_empty());
+    assert!(sim.deliver_pending().await.unwrap().is_empty());
+    assert!(received.lock().unwrap().is_empty(), "nothing was delivered");
+
+    let unsubscribed = &metric_ids(&sim, token).await["Unsubscribed from Email Marketing"];
+    let answer = call(
+        &sim,
+        token,
+        Method::GET,
+        &format!(r#"/api/events?filter=equals(metric_id,"{unsubscribed}")"#),
+        None,
+    )
+    .await;
+    let events = answer.body["data"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["id"], dropped[0].event_id.as_str());
+    assert_eq!(
+        events[0]["relationships"]["profile"]["data"]["id"],
+        profile.as_str()
+    );
+    assert_eq!(
+        events[0]["attributes"]["event_properties"]["method"],
+        "PREFERENCE_PAGE"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn event_reads_validate_filter_sort_page_size_and_revision() {
+    let (sim, tokens) = start(no_limits()).await;
+    let token = tokens.access_token.as_str();
+    for (query, parameter) in [
+        (
+            r#"filter=greater-than(datetime,"2026-11-30T00:00:00Z")"#,
+            "filter",
+        ),
+        ("filter=greater-than(datetime,yesterday)", "filter"),
+        (r#"filter=equals(email,"a@b.co")"#, "filter"),
+        (
+            "filter=less-or-equal(datetime,2026-11-30T00:00:00Z)",
+            "filter",
+        ),
+        ("sort=timestamp", "sort"),
+        ("page[size]=1001", "page[size]"),
+        ("page[size]=0", "page[size]"),
+        ("page[cursor]=garbage", "page[cursor]"),
+    ] {
+        let answer = call(
+            &sim,
+            token,
+            Method::GET,
+            &format!("/api/events?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(answer.error_code(), "invalid", "{query}");
+        assert_eq!(
+            answer.body["errors"][0]["source"]["parameter"], parameter,
+            "{query}"
+        );
+    }
+    let largest = call(
+        &sim,
+        token,
+        Method::GET,
+        "/api/events?page[size]=1000",
+        None,
+    )
+    .await;
+    assert_eq!(largest.status, StatusCode::OK);
+    for path in ["/api/events", "/api/metrics"] {
+        let response = client()
+            .get(format!("{}{path}", sim.url()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["errors"][0]["source"]["parameter"], "revision");
+    }
+}

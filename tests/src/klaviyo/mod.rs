@@ -12,7 +12,8 @@
 //!   per-endpoint rate limits ([`rate_limit`]). Among them the bulk profile import
 //!   ([`bulk`]): jobs that run over time (`queued` → `processing` → `complete`) at the pace of
 //!   [`KlaviyoSimOptions::bulk_pace`] / [`KlaviyoSim::set_bulk_pace`], seen by
-//!   [`KlaviyoSim::bulk_jobs`].
+//!   [`KlaviyoSim::bulk_jobs`]. And what reconciliation reads ([`event_log`]): `GET /api/metrics`
+//!   and `GET /api/events`, the account's system events whether or not a webhook delivered them.
 //! - The `/_sim` control API of [`crate::sim`] (faults, recorded requests), and [`control`]'s
 //!   look at the account (`/_sim/profiles` with consent and lists, `/_sim/events`) and
 //!   Klaviyo-side actions for curl users: `POST /_sim/profiles/{id}/consent` (a customer's
@@ -22,9 +23,11 @@
 //! System webhooks ([`deliveries`]) are pushed by the simulator to the account's webhooks:
 //! consent changes made through the subscription endpoints queue events in an *outbox*
 //! (with `custom_source` as `custom_method_detail`); [`KlaviyoSim::deliver_pending`] sends them,
-//! or [`KlaviyoSimOptions::auto_deliver`] sends them right after each job. Klaviyo-side changes
+//! or [`KlaviyoSimOptions::auto_deliver`] sends them right after each job, and
+//! [`KlaviyoSim::drop_pending`] loses them as an outage would. Klaviyo-side changes
 //! (a customer unsubscribing from an email) are made with [`KlaviyoSim::change_consent`]. Both
-//! are also reachable over HTTP ([`control`]).
+//! are also reachable over HTTP ([`control`]). Every event, delivered or not, stays readable
+//! through `GET /api/events`.
 //!
 //! Deliberate deviations from the real service, each documented where it is implemented:
 //! webhook `endpoint_url`s may be `http://` for loopback hosts (real Klaviyo requires https);
@@ -37,6 +40,7 @@ pub mod bulk;
 pub mod control;
 pub mod data_sources;
 pub mod deliveries;
+pub mod event_log;
 pub mod events;
 pub mod jsonapi;
 pub mod oauth;
@@ -70,7 +74,8 @@ use state::{Ctx, State};
 /// The API revision the simulator implements (sent back in deliveries' `meta.version`).
 pub const REVISION: &str = "2026-07-15";
 
-/// Every OAuth scope the extension asks for (`klaviyo.md` §OAuth); the simulator grants these.
+/// Every OAuth scope the extension may ask for (`klaviyo.md` §OAuth, reconciliation's
+/// `events:read` and `metrics:read` included); the simulator grants these.
 pub const SCOPES: &[&str] = &[
     "accounts:read",
     "profiles:read",
@@ -79,7 +84,9 @@ pub const SCOPES: &[&str] = &[
     "lists:write",
     "subscriptions:read",
     "subscriptions:write",
+    "events:read",
     "events:write",
+    "metrics:read",
     "custom-objects:read",
     "custom-objects:write",
     "webhooks:read",
@@ -445,10 +452,17 @@ impl KlaviyoSim {
         deliveries::deliver_pending(&self.ctx).await
     }
 
+    /// Empties the queue without delivering (deliveries lost in an outage); returns what was
+    /// lost. The events stay readable through `GET /api/events`.
+    pub fn drop_pending(&self) -> Vec<SystemEvent> {
+        std::mem::take(&mut self.ctx.lock().outbox)
+    }
+
     /// Delivers `events` to every enabled webhook subscribed to any of their topics: signed,
     /// batched POSTs per webhook holding the events of its topics (at most
     /// [`deliveries::MAX_BATCH`] each). Returns each delivery with the
-    /// receiver's status (or the transport error).
+    /// receiver's status (or the transport error). Events not logged yet are logged, so they
+    /// are readable through `GET /api/events` too.
     pub async fn deliver(&self, events: Vec<SystemEvent>) -> anyhow::Result<Vec<Delivery>> {
         deliveries::deliver(&self.ctx, events).await
     }

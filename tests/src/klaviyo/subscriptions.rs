@@ -424,7 +424,7 @@ impl Account {
             let event = SystemEvent::new(topic, &profile.id, profile.email.as_deref())
                 .method(method)
                 .custom_method_detail(custom_method_detail);
-            self.outbox.push(event);
+            self.queue_event(event);
         }
     }
 
@@ -455,7 +455,7 @@ impl Account {
             .method("API")
             .custom_method_detail(custom_source)
             .list_id(list_id);
-        self.outbox.push(event);
+        self.queue_event(event);
     }
 
     /// A change made on Klaviyo's side (see [`super::KlaviyoSim::change_consent`]).
