@@ -40,12 +40,16 @@ fn pkce(seed: char) -> (String, String) {
 }
 
 fn authorize_url(sim: &KlaviyoSim, challenge: &str, state: &str) -> String {
+    authorize_url_for(sim, challenge, state, SCOPE)
+}
+
+fn authorize_url_for(sim: &KlaviyoSim, challenge: &str, state: &str, scope: &str) -> String {
     let mut url = url::Url::parse(&format!("{}/oauth/authorize", sim.url())).unwrap();
     url.query_pairs_mut()
         .append_pair("response_type", "code")
         .append_pair("client_id", &sim.options().client_id)
         .append_pair("redirect_uri", REDIRECT)
-        .append_pair("scope", SCOPE)
+        .append_pair("scope", scope)
         .append_pair("state", state)
         .append_pair("code_challenge_method", "S256")
         .append_pair("code_challenge", challenge);
@@ -2070,20 +2074,8 @@ async fn bulk_import_pages_its_errors_and_profiles_and_enforces_its_limits() {
 
     // Naming lists takes lists:write as well as profiles:write.
     let (verifier, challenge) = pkce('b');
-    let mut url = url::Url::parse(&authorize_url(&sim, &challenge, "st-1")).unwrap();
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if k == "scope" {
-                "profiles:read profiles:write".to_owned()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    url.query_pairs_mut().clear().extend_pairs(pairs);
-    let callback = sim.approve(url.as_str()).await.unwrap();
+    let url = authorize_url_for(&sim, &challenge, "st-1", "profiles:read profiles:write");
+    let callback = sim.approve(&url).await.unwrap();
     let code = query_param(&callback, "code").unwrap();
     let (status, narrow) = exchange(&sim, &code, &verifier).await;
     assert_eq!(status, StatusCode::OK);
@@ -2389,6 +2381,54 @@ async fn a_dropped_delivery_is_lost_but_its_event_stays_readable() {
         "PREFERENCE_PAGE"
     );
     server.abort();
+}
+
+#[tokio::test]
+async fn withheld_scopes_are_not_granted_and_their_reads_are_refused() {
+    let options = KlaviyoSimOptions {
+        withheld_scopes: vec!["events:read".into(), "metrics:read".into()],
+        ..no_limits()
+    };
+    let (sim, tokens) = start(options).await;
+    assert!(!tokens.scope.split(' ').any(|s| s == "events:read"));
+    assert!(tokens.scope.split(' ').any(|s| s == "accounts:read"));
+    for path in ["/api/events", "/api/metrics"] {
+        let refused = call(&sim, &tokens.access_token, Method::GET, path, None).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(refused.error_code(), "permission_denied");
+    }
+    let accounts = call(
+        &sim,
+        &tokens.access_token,
+        Method::GET,
+        "/api/accounts",
+        None,
+    )
+    .await;
+    assert_eq!(accounts.status, StatusCode::OK);
+
+    // Through the OAuth dance: asked for, granted without the withheld one, and a refresh
+    // keeps the grant's scopes.
+    sim.withhold_scopes(&["metrics:read"]);
+    let (verifier, challenge) = pkce('c');
+    let asked = format!("{SCOPE} events:read metrics:read");
+    let callback = sim
+        .approve(&authorize_url_for(&sim, &challenge, "st-1", &asked))
+        .await
+        .unwrap();
+    let code = query_param(&callback, "code").unwrap();
+    let (status, granted) = exchange(&sim, &code, &verifier).await;
+    assert_eq!(status, StatusCode::OK, "{granted}");
+    let scope = granted["scope"].as_str().unwrap();
+    assert!(scope.split(' ').any(|s| s == "events:read"), "{scope}");
+    assert!(!scope.split(' ').any(|s| s == "metrics:read"), "{scope}");
+    let token = granted["access_token"].as_str().unwrap();
+    let events = call(&sim, token, Method::GET, "/api/events", None).await;
+    assert_eq!(events.status, StatusCode::OK);
+    let metrics = call(&sim, token, Method::GET, "/api/metrics", None).await;
+    assert_eq!(metrics.status, StatusCode::FORBIDDEN);
+    let (_, refreshed) = refresh(&sim, granted["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(refreshed["scope"], scope);
 }
 
 #[tokio::test]

@@ -29,6 +29,10 @@
 //! are also reachable over HTTP ([`control`]). Every event, delivered or not, stays readable
 //! through `GET /api/events`.
 //!
+//! Tenants installed before the extension asked for more scopes are simulated with
+//! [`KlaviyoSimOptions::withheld_scopes`] / [`KlaviyoSim::withhold_scopes`]: authorizations
+//! grant the scopes asked for minus those, and calls that need one are answered 403.
+//!
 //! Deliberate deviations from the real service, each documented where it is implemented:
 //! webhook `endpoint_url`s may be `http://` for loopback hosts (real Klaviyo requires https);
 //! subscription and deletion jobs are applied synchronously before the 202 (bulk profile
@@ -75,7 +79,8 @@ use state::{Ctx, State};
 pub const REVISION: &str = "2026-07-15";
 
 /// Every OAuth scope the extension may ask for (`klaviyo.md` §OAuth, reconciliation's
-/// `events:read` and `metrics:read` included); the simulator grants these.
+/// `events:read` and `metrics:read` included); the simulator grants these, bar any
+/// [`KlaviyoSimOptions::withheld_scopes`].
 pub const SCOPES: &[&str] = &[
     "accounts:read",
     "profiles:read",
@@ -139,6 +144,10 @@ pub struct KlaviyoSimOptions {
     /// How fast bulk profile import jobs run (default: start after 200 ms, then 5,000 profiles
     /// a second).
     pub bulk_pace: BulkPace,
+    /// Scopes an authorization never grants, even when asked for (default: none): the token
+    /// response's `scope` leaves them out, and calls needing one are answered 403 — a tenant
+    /// who installed before the extension asked for them. See [`KlaviyoSim::withhold_scopes`].
+    pub withheld_scopes: Vec<String>,
 }
 
 impl Default for KlaviyoSimOptions {
@@ -154,6 +163,7 @@ impl Default for KlaviyoSimOptions {
             delivery_timestamp_skew: jiff::SignedDuration::ZERO,
             auto_deliver: false,
             bulk_pace: BulkPace::default(),
+            withheld_scopes: Vec::new(),
         }
     }
 }
@@ -281,9 +291,18 @@ impl KlaviyoSim {
         oauth::decide(&self.ctx, authorize_url, false).await
     }
 
-    /// Issues tokens with every scope without the OAuth dance (for tests of API clients).
+    /// Issues tokens with every scope (bar the withheld ones) without the OAuth dance (for
+    /// tests of API clients).
     pub fn grant_tokens(&self) -> TokenSet {
-        self.ctx.lock().oauth.grant_direct()
+        let mut state = self.ctx.lock();
+        let withheld = state.options.withheld_scopes.clone();
+        state.oauth.grant_direct(&withheld)
+    }
+
+    /// From now on, authorizations (codes approved afterwards, [`Self::grant_tokens`]) grant
+    /// the scopes asked for minus `scopes`; grants made before keep theirs, refreshes included.
+    pub fn withhold_scopes(&self, scopes: &[&str]) {
+        self.ctx.lock().options.withheld_scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
     }
 
     /// Revokes every token, as when the customer uninstalls the app in Klaviyo (no
