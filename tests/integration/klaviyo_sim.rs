@@ -1845,12 +1845,17 @@ async fn bulk_import_runs_queued_processing_complete_and_upserts_without_clearin
     assert_eq!(errors[0]["type"], "import-error");
     let invalid = &errors[0]["attributes"];
     assert_eq!(invalid["code"], "invalid");
-    assert_eq!(invalid["source"]["pointer"], "/data/attributes/email");
+    // Pointers into the job's document: the tenth profile's email, the eleventh profile's
+    // attributes (it has no identifier).
+    assert_eq!(
+        invalid["source"]["pointer"],
+        "/data/attributes/profiles/data/9/attributes/email"
+    );
     assert_eq!(invalid["original_payload"], bad_email);
     assert!(invalid["title"].is_string() && invalid["detail"].is_string());
     assert_eq!(
         errors[1]["attributes"]["source"]["pointer"],
-        "/data/attributes"
+        "/data/attributes/profiles/data/10/attributes"
     );
 
     let (ids, _) = all_pages(
@@ -1966,6 +1971,10 @@ async fn bulk_import_pages_its_errors_and_profiles_and_enforces_its_limits() {
     assert_eq!(
         errors[24]["attributes"]["original_payload"]["attributes"]["email"],
         "bad 24@x"
+    );
+    assert_eq!(
+        errors[24]["attributes"]["source"]["pointer"],
+        "/data/attributes/profiles/data/69/attributes/email"
     );
     let (ids, pages) = all_pages(
         &sim,

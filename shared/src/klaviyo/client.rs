@@ -1,4 +1,4 @@
-//! The Klaviyo REST client: every call the product makes (klaviyo.md "Endpoints used").
+//! The Klaviyo REST client: every call the product makes (klaviyo.md "Endpoints used", "Bulk").
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use secrecy::SecretString;
@@ -7,10 +7,10 @@ use serde_json::Value;
 use url::Url;
 
 use super::models::{
-    DataSource, DeletionTarget, Document, Identifier, ImportedProfile, List, NewDataSource,
-    NewEvent, NewWebhook, Profile, ProfileFilter, ProfileUpsert, Resource, SubscribeJob,
-    UnsubscribeJob, Webhook, WebhookTopic, WebhookUpdate, bulk_record_document, equals,
-    record_document,
+    BulkImport, BulkImportJob, DataSource, DeletionTarget, Document, Identifier, ImportError,
+    ImportedProfile, List, NewDataSource, NewEvent, NewWebhook, Profile, ProfileFilter,
+    ProfileUpsert, Resource, SubscribeJob, UnsubscribeJob, Webhook, WebhookTopic, WebhookUpdate,
+    bulk_record_document, equals, record_document,
 };
 use crate::config::ApiRevision;
 use crate::domain::KlaviyoProfileId;
@@ -69,17 +69,8 @@ impl KlaviyoClient {
         token: &SecretString,
         source: &NewDataSource,
     ) -> Result<DataSource, RemoteError> {
-        let url = self.url(&["data-sources"]);
-        let answer = self
-            .send(
-                token,
-                Method::POST,
-                url,
-                Some(&source.to_document()),
-                Idempotency::Unsafe,
-            )
-            .await?;
-        Ok(answer.json::<Document<DataSource>>()?.data)
+        self.create(token, "data-sources", &source.to_document())
+            .await
     }
 
     /// `GET /api/data-sources/{id}`; `None` when it does not exist.
@@ -115,17 +106,7 @@ impl KlaviyoClient {
         token: &SecretString,
         webhook: &NewWebhook,
     ) -> Result<Webhook, RemoteError> {
-        let url = self.url(&["webhooks"]);
-        let answer = self
-            .send(
-                token,
-                Method::POST,
-                url,
-                Some(&webhook.to_document()),
-                Idempotency::Unsafe,
-            )
-            .await?;
-        Ok(answer.json::<Document<Webhook>>()?.data)
+        self.create(token, "webhooks", &webhook.to_document()).await
     }
 
     /// `GET /api/webhooks/{id}` with its topics; `None` when it does not exist.
@@ -215,6 +196,39 @@ impl KlaviyoClient {
             .append_pair("filter", &filter.to_query());
         with_subscriptions(&mut url);
         Ok(self.get::<Document<Vec<Profile>>>(token, url).await?.data)
+    }
+
+    /// `POST /api/profile-bulk-import-jobs` (202): queues a bulk import and answers the job.
+    /// Not retried on an unknown outcome: a repeat would queue the import a second time.
+    pub async fn create_bulk_import(
+        &self,
+        token: &SecretString,
+        job: &BulkImport,
+    ) -> Result<BulkImportJob, RemoteError> {
+        self.create(token, "profile-bulk-import-jobs", &job.to_document())
+            .await
+    }
+
+    /// `GET /api/profile-bulk-import-jobs/{id}`: its status and counts.
+    pub async fn bulk_import_job(
+        &self,
+        token: &SecretString,
+        id: &str,
+    ) -> Result<BulkImportJob, RemoteError> {
+        let url = self.url(&["profile-bulk-import-jobs", id]);
+        Ok(self.get::<Document<BulkImportJob>>(token, url).await?.data)
+    }
+
+    /// `GET /api/profile-bulk-import-jobs/{id}/import-errors`, every page: the profiles it
+    /// could not import so far.
+    pub async fn bulk_import_errors(
+        &self,
+        token: &SecretString,
+        id: &str,
+    ) -> Result<Vec<ImportError>, RemoteError> {
+        let mut url = self.url(&["profile-bulk-import-jobs", id, "import-errors"]);
+        url.query_pairs_mut().append_pair("page[size]", "100");
+        self.all_pages(token, url).await
     }
 
     /// `POST /api/profile-subscription-bulk-create-jobs` (202). Setting a state, so retried.
@@ -372,6 +386,21 @@ impl KlaviyoClient {
         self.remote
             .send(method, url, &headers, body, idempotency)
             .await
+    }
+
+    /// `POST /api/{path}` creating a resource, answered as the created resource. Not retried on
+    /// an unknown outcome: a repeat would create a second one.
+    async fn create<T: DeserializeOwned>(
+        &self,
+        token: &SecretString,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, RemoteError> {
+        let url = self.url(&[path]);
+        let answer = self
+            .send(token, Method::POST, url, Some(body), Idempotency::Unsafe)
+            .await?;
+        Ok(answer.json::<Document<T>>()?.data)
     }
 
     async fn get_raw(&self, token: &SecretString, url: Url) -> Result<Answer, RemoteError> {

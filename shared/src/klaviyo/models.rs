@@ -1,4 +1,4 @@
-//! Klaviyo's JSON:API shapes (klaviyo.md "Conventions" and "Shapes that matter").
+//! Klaviyo's JSON:API shapes (klaviyo.md "Conventions", "Shapes that matter" and "Bulk").
 //!
 //! Responses are read leniently (unknown members are ignored, absent ones default); requests are
 //! typed builders whose `to_document` renders exactly the shape Klaviyo expects.
@@ -450,13 +450,180 @@ pub struct ProfileUpsert {
 }
 
 impl ProfileUpsert {
+    /// The profile resource object (what [`Self::to_document`] puts under `data`, and what a
+    /// [`BulkImport`] lists; its serialized size is what Klaviyo's per-profile limit counts).
+    pub fn to_resource(&self) -> Value {
+        let mut resource = json!({"type": "profile", "attributes": self});
+        if let Some(id) = &self.id {
+            resource["id"] = json!(id);
+        }
+        resource
+    }
+
     /// The request document.
     pub fn to_document(&self) -> Value {
-        let mut data = json!({"type": "profile", "attributes": self});
-        if let Some(id) = &self.id {
-            data["id"] = json!(id);
+        json!({ "data": self.to_resource() })
+    }
+}
+
+/// A bulk profile import job to create (`POST /api/profile-bulk-import-jobs`, klaviyo.md
+/// §Bulk): at most 10,000 profiles, a body of at most 5 MB and at most 100 KB per profile
+/// resource ([`ProfileUpsert::to_resource`]). Each profile is upserted as profile-import does,
+/// except that `null` clears nothing: [`Patch::Clear`] leaves the field as [`Patch::Keep`] does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BulkImport {
+    /// The profiles, in the order [`ImportError::profile_index`] counts them.
+    pub profiles: Vec<ProfileUpsert>,
+    /// Lists every imported profile joins (membership only; needs `lists:write`).
+    pub list_ids: Vec<String>,
+}
+
+/// Where a bulk import document holds its profiles (the start of its import errors' pointers).
+const BULK_PROFILES_POINTER: &str = "/data/attributes/profiles/data";
+
+impl BulkImport {
+    /// The request document.
+    pub fn to_document(&self) -> Value {
+        let profiles: Vec<Value> = self
+            .profiles
+            .iter()
+            .map(ProfileUpsert::to_resource)
+            .collect();
+        let mut data = json!({
+            "type": "profile-bulk-import-job",
+            "attributes": {"profiles": {"data": profiles}},
+        });
+        if !self.list_ids.is_empty() {
+            let lists: Vec<Value> = self
+                .list_ids
+                .iter()
+                .map(|id| json!({"type": "list", "id": id}))
+                .collect();
+            data["relationships"] = json!({"lists": {"data": lists}});
         }
         json!({ "data": data })
+    }
+}
+
+/// Where a bulk import job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkJobStatus {
+    /// Accepted, not started.
+    Queued,
+    /// Running.
+    Processing,
+    /// Every profile is processed: imported or failed.
+    Complete,
+    /// Stopped before the end.
+    Cancelled,
+    /// A status this code does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A bulk profile import job as Klaviyo reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "Resource<BulkImportJobAttributes>")]
+pub struct BulkImportJob {
+    /// The job id.
+    pub id: String,
+    /// Where it stands.
+    pub status: BulkJobStatus,
+    /// How many profiles it holds.
+    pub total_count: u64,
+    /// How many were imported so far.
+    pub completed_count: u64,
+    /// How many failed so far (see the client's `bulk_import_errors`).
+    pub failed_count: u64,
+}
+
+/// A job's attributes; Klaviyo may send the counts as `null`.
+#[derive(Deserialize)]
+struct BulkImportJobAttributes {
+    status: BulkJobStatus,
+    #[serde(default)]
+    total_count: Option<u64>,
+    #[serde(default)]
+    completed_count: Option<u64>,
+    #[serde(default)]
+    failed_count: Option<u64>,
+}
+
+impl From<Resource<BulkImportJobAttributes>> for BulkImportJob {
+    fn from(job: Resource<BulkImportJobAttributes>) -> Self {
+        let attributes = job.attributes;
+        Self {
+            id: job.id,
+            status: attributes.status,
+            total_count: attributes.total_count.unwrap_or(0),
+            completed_count: attributes.completed_count.unwrap_or(0),
+            failed_count: attributes.failed_count.unwrap_or(0),
+        }
+    }
+}
+
+/// One profile a bulk import job could not import (an `import-error`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "Resource<ImportErrorAttributes>")]
+pub struct ImportError {
+    /// E.g. `invalid`, `duplicate_profile`.
+    pub code: String,
+    /// A summary, e.g. `Invalid input.`.
+    pub title: String,
+    /// What is wrong.
+    pub detail: String,
+    /// `source.pointer`: where in the job's document, e.g.
+    /// `/data/attributes/profiles/data/3/attributes/email`.
+    pub pointer: Option<String>,
+    /// The profile resource object as sent.
+    pub original_payload: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ImportErrorAttributes {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    detail: String,
+    #[serde(default)]
+    source: Option<ErrorSource>,
+    #[serde(default)]
+    original_payload: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ErrorSource {
+    #[serde(default)]
+    pointer: Option<String>,
+}
+
+impl From<Resource<ImportErrorAttributes>> for ImportError {
+    fn from(error: Resource<ImportErrorAttributes>) -> Self {
+        let attributes = error.attributes;
+        Self {
+            code: attributes.code,
+            title: attributes.title,
+            detail: attributes.detail,
+            pointer: attributes.source.and_then(|source| source.pointer),
+            original_payload: attributes.original_payload,
+        }
+    }
+}
+
+impl ImportError {
+    /// The index in [`BulkImport::profiles`] of the profile this error is about, read from a
+    /// pointer into the job's document (`/data/attributes/profiles/data/3/…` → 3); `None` when
+    /// the pointer names no profile (`original_payload` still shows which one it was).
+    pub fn profile_index(&self) -> Option<usize> {
+        let rest = self
+            .pointer
+            .as_deref()?
+            .strip_prefix(BULK_PROFILES_POINTER)?
+            .strip_prefix('/')?;
+        rest.split('/').next()?.parse().ok()
     }
 }
 
@@ -858,6 +1025,93 @@ mod tests {
             update.to_document("01W"),
             json!({"data": {"type": "webhook", "id": "01W", "attributes": {"enabled": true}}})
         );
+    }
+
+    #[test]
+    fn bulk_import_lists_profile_resources_and_its_lists() {
+        let ann = ProfileUpsert {
+            id: Some(KlaviyoProfileId::parse("01P").unwrap()),
+            email: Patch::Set("a@b.com".into()),
+            ..ProfileUpsert::default()
+        };
+        let bob = ProfileUpsert {
+            external_id: Patch::Set(OmneoProfileId::parse("o-2").unwrap()),
+            ..ProfileUpsert::default()
+        };
+        assert_eq!(ann.to_document(), json!({ "data": ann.to_resource() }));
+        let job = BulkImport {
+            profiles: vec![ann.clone(), bob.clone()],
+            list_ids: vec!["AbC123".into()],
+        };
+        assert_eq!(
+            job.to_document(),
+            json!({"data": {
+                "type": "profile-bulk-import-job",
+                "attributes": {"profiles": {"data": [ann.to_resource(), bob.to_resource()]}},
+                "relationships": {"lists": {"data": [{"type": "list", "id": "AbC123"}]}},
+            }})
+        );
+        let without_lists = BulkImport {
+            profiles: vec![bob],
+            list_ids: Vec::new(),
+        };
+        assert!(
+            without_lists.to_document()["data"]
+                .get("relationships")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bulk_jobs_and_import_errors_read_leniently() {
+        let job: Document<BulkImportJob> = serde_json::from_value(json!({"data": {
+            "type": "profile-bulk-import-job", "id": "J1",
+            "attributes": {"status": "processing", "total_count": 3, "completed_count": null,
+                "failed_count": 1, "created_at": "2026-01-02T03:04:05+00:00"},
+            "relationships": {"lists": {"data": []}}}}))
+        .unwrap();
+        assert_eq!(
+            job.data,
+            BulkImportJob {
+                id: "J1".into(),
+                status: BulkJobStatus::Processing,
+                total_count: 3,
+                completed_count: 0,
+                failed_count: 1,
+            }
+        );
+        let odd: Document<BulkImportJob> = serde_json::from_value(
+            json!({"data": {"type": "profile-bulk-import-job", "id": "J2", "attributes": {"status": "paused"}}}),
+        )
+        .unwrap();
+        assert_eq!(odd.data.status, BulkJobStatus::Unknown);
+
+        let error = |pointer: Value| -> ImportError {
+            serde_json::from_value(json!({"type": "import-error", "id": "E1", "attributes": {
+                "code": "invalid", "title": "Invalid input.", "detail": "Invalid email address.",
+                "source": {"pointer": pointer}, "original_payload": {"type": "profile"}}}))
+            .unwrap()
+        };
+        let at_email = error(json!("/data/attributes/profiles/data/3/attributes/email"));
+        assert_eq!(at_email.code, "invalid");
+        assert_eq!(at_email.original_payload, Some(json!({"type": "profile"})));
+        assert_eq!(at_email.profile_index(), Some(3));
+        assert_eq!(
+            error(json!("/data/attributes/profiles/data/12")).profile_index(),
+            Some(12)
+        );
+        for elsewhere in [
+            json!("/data/attributes/email"),
+            json!("/data/attributes/profiles/data"),
+            json!("/data/attributes/profiles/data/x/attributes"),
+            json!(null),
+        ] {
+            assert_eq!(
+                error(elsewhere.clone()).profile_index(),
+                None,
+                "{elsewhere}"
+            );
+        }
     }
 
     #[test]

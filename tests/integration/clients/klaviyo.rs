@@ -10,9 +10,9 @@ use shared::config::ApiRevision;
 use shared::domain::{E164Phone, KlaviyoProfileId, OmneoProfileId};
 use shared::klaviyo::KlaviyoClient;
 use shared::klaviyo::models::{
-    Consent, DeletionTarget, EventProfile, NewDataSource, NewEvent, NewWebhook, Patch,
-    ProfileFilter, ProfileUpsert, SubscribeJob, Subscriber, UnsubscribeJob, Visibility,
-    WebhookUpdate,
+    BulkImport, BulkImportJob, BulkJobStatus, Consent, DeletionTarget, EventProfile, ImportError,
+    NewDataSource, NewEvent, NewWebhook, Patch, ProfileFilter, ProfileUpsert, SubscribeJob,
+    Subscriber, UnsubscribeJob, Visibility, WebhookUpdate,
 };
 use shared::remote::{Disposition, ErrorKind, RetryPolicy};
 
@@ -333,6 +333,81 @@ async fn profiles_are_read_with_subscriptions_and_searched() {
         "{}",
         searches[2].query
     );
+}
+
+/// Polls a bulk import job until it is complete.
+async fn completed(client: &KlaviyoClient, token: &SecretString, id: &str) -> BulkImportJob {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let job = client.bulk_import_job(token, id).await.unwrap();
+        if job.status == BulkJobStatus::Complete {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "still {:?}", job.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bulk_import_runs_to_complete_and_its_errors_name_their_profiles() {
+    let Setup { sim, client, token } = setup().await;
+    let list = sim.create_list("Backfill");
+    client
+        .import_profile(&token, &upsert("dee@example.org", "omneo-dee"))
+        .await
+        .unwrap();
+    client
+        .import_profile(&token, &upsert("eve@example.org", "omneo-eve"))
+        .await
+        .unwrap();
+    let job = BulkImport {
+        profiles: vec![
+            upsert("new0@example.org", "omneo-new0"),
+            ProfileUpsert {
+                email: Patch::Set("not-an-email".into()),
+                ..ProfileUpsert::default()
+            },
+            upsert("new2@example.org", "omneo-new2"),
+            // Dee's email with Eve's id: identifiers of two profiles.
+            upsert("dee@example.org", "omneo-eve"),
+        ],
+        list_ids: vec![list.clone()],
+    };
+    let created = client.create_bulk_import(&token, &job).await.unwrap();
+    assert_eq!(created.status, BulkJobStatus::Queued);
+    assert_eq!(created.total_count, 4);
+    let sent = sim
+        .recorder()
+        .matching("POST", "/api/profile-bulk-import-jobs");
+    assert_eq!(sent[0].json(), job.to_document());
+
+    let done = completed(&client, &token, &created.id).await;
+    assert_eq!(done.id, created.id);
+    assert_eq!((done.completed_count, done.failed_count), (2, 2));
+    let errors = client
+        .bulk_import_errors(&token, &created.id)
+        .await
+        .unwrap();
+    let indices: Vec<Option<usize>> = errors.iter().map(ImportError::profile_index).collect();
+    assert_eq!(indices, [Some(1), Some(3)]);
+    assert_eq!(errors[0].code, "invalid");
+    assert_eq!(errors[1].code, "duplicate_profile");
+    for (error, index) in errors.iter().zip([1, 3]) {
+        assert_eq!(
+            error.original_payload.as_ref(),
+            Some(&job.profiles[index].to_resource())
+        );
+    }
+    assert_eq!(sim.list_members(&list).len(), 2);
+    assert!(sim.profile_by_email("new2@example.org").is_some());
+
+    // An unknown outcome is not repeated: a second job would import again.
+    sim.faults()
+        .inject(FaultRule::status("/api/profile-bulk-import-jobs", 503, 1).method("POST"));
+    let error = client.create_bulk_import(&token, &job).await.unwrap_err();
+    assert!(error.may_have_been_processed());
+    assert_eq!(error.attempts, 1);
+    assert_eq!(sim.bulk_jobs().len(), 1);
 }
 
 #[tokio::test]
