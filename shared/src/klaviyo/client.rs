@@ -10,16 +10,19 @@ use super::models::{
     BulkImport, BulkImportJob, DataSource, DeletionTarget, Document, Identifier, ImportError,
     ImportedProfile, List, NewDataSource, NewEvent, NewWebhook, Profile, ProfileFilter,
     ProfileUpsert, Resource, SubscribeJob, UnsubscribeJob, Webhook, WebhookTopic, WebhookUpdate,
-    bulk_record_document, equals, record_document,
+    any, bulk_record_document, equals, record_document,
 };
 use crate::config::ApiRevision;
-use crate::domain::KlaviyoProfileId;
+use crate::domain::{KlaviyoProfileId, OmneoProfileId};
 use crate::remote::{
     Answer, Idempotency, Remote, RemoteError, RetryPolicy, Service, bearer, endpoint, found,
 };
 
 /// The JSON:API media type Klaviyo speaks.
 const JSON_API: &str = "application/vnd.api+json";
+
+/// The most values Klaviyo takes in one `any(external_id,[…])` filter.
+const EXTERNAL_IDS_PER_SEARCH: usize = 100;
 
 /// A Klaviyo API client. Each call takes the tenant's OAuth access token; refreshing it on a
 /// [`Disposition::Reauthorize`](crate::remote::Disposition::Reauthorize) is the caller's job.
@@ -196,6 +199,27 @@ impl KlaviyoClient {
             .append_pair("filter", &filter.to_query());
         with_subscriptions(&mut url);
         Ok(self.get::<Document<Vec<Profile>>>(token, url).await?.data)
+    }
+
+    /// `GET /api/profiles?filter=any(external_id,[…])` with their subscriptions, every page: the
+    /// profiles holding these Omneo ids (an id no profile holds is simply not matched). Klaviyo
+    /// takes at most 100 values in one `any`, so longer lists are asked for 100 at a time.
+    pub async fn find_profiles_by_external_ids(
+        &self,
+        token: &SecretString,
+        ids: &[OmneoProfileId],
+    ) -> Result<Vec<Profile>, RemoteError> {
+        let mut profiles = Vec::new();
+        for chunk in ids.chunks(EXTERNAL_IDS_PER_SEARCH) {
+            let values: Vec<&str> = chunk.iter().map(OmneoProfileId::as_str).collect();
+            let mut url = self.url(&["profiles"]);
+            url.query_pairs_mut()
+                .append_pair("filter", &any("external_id", &values))
+                .append_pair("page[size]", "100");
+            with_subscriptions(&mut url);
+            profiles.extend(self.all_pages(token, url).await?);
+        }
+        Ok(profiles)
     }
 
     /// `POST /api/profile-bulk-import-jobs` (202): queues a bulk import and answers the job.

@@ -661,8 +661,19 @@ impl ProfileFilter {
 
 /// `equals(field,"value")` with the value's quotes and backslashes escaped.
 pub(crate) fn equals(field: &str, value: &str) -> String {
+    format!("equals({field},{})", quoted(value))
+}
+
+/// `any(field,["a","b"])` with the values' quotes and backslashes escaped.
+pub(crate) fn any(field: &str, values: &[&str]) -> String {
+    let values: Vec<String> = values.iter().map(|value| quoted(value)).collect();
+    format!("any({field},[{}])", values.join(","))
+}
+
+/// A filter's string value: in double quotes, its quotes and backslashes escaped.
+fn quoted(value: &str) -> String {
     let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
-    format!("equals({field},\"{escaped}\")")
+    format!("\"{escaped}\"")
 }
 
 /// One profile of a subscribe or unsubscribe job.
@@ -1119,6 +1130,10 @@ mod tests {
         assert_eq!(
             ProfileFilter::Email(r#"o"brien@x.com"#.into()).to_query(),
             r#"equals(email,"o\"brien@x.com")"#
+        );
+        assert_eq!(
+            any("external_id", &["a", r#"b"\"#]),
+            r#"any(external_id,["a","b\"\\"])"#
         );
     }
 

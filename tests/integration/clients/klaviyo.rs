@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions, REVISION, RateLimits, topics};
+use harness::klaviyo::{
+    Channel, ConsentState, KlaviyoSim, KlaviyoSimOptions, REVISION, RateLimits, topics,
+};
 use harness::sim::FaultRule;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
@@ -335,6 +337,102 @@ async fn profiles_are_read_with_subscriptions_and_searched() {
     );
 }
 
+#[tokio::test]
+async fn profiles_are_found_by_external_ids_100_at_a_time_with_subscriptions() {
+    let Setup { sim, client, token } = setup().await;
+    let ids: Vec<OmneoProfileId> = (0..105)
+        .map(|i| OmneoProfileId::parse(format!("omneo-{i}")).unwrap())
+        .collect();
+    for id in &ids {
+        sim.seed_profile(json!({"email": format!("{id}@example.org"), "external_id": id.as_str()}))
+            .unwrap();
+    }
+    sim.seed_profile(json!({"email": "other@example.org", "external_id": "omneo-other"}))
+        .unwrap();
+    let subscribed = sim.profile_by_email("omneo-3@example.org").unwrap();
+    sim.change_consent(
+        &subscribed.id,
+        Channel::Email,
+        ConsentState::Subscribed,
+        "API",
+    )
+    .unwrap();
+
+    let few = [
+        ids[3].clone(),
+        ids[7].clone(),
+        OmneoProfileId::parse("omneo-nobody").unwrap(),
+    ];
+    let found = client
+        .find_profiles_by_external_ids(&token, &few)
+        .await
+        .unwrap();
+    let mut external_ids: Vec<&str> = found
+        .iter()
+        .map(|p| p.attributes.external_id.as_deref().unwrap())
+        .collect();
+    external_ids.sort_unstable();
+    assert_eq!(external_ids, ["omneo-3", "omneo-7"]);
+    let consent = found
+        .iter()
+        .find(|p| p.id.as_str() == subscribed.id)
+        .and_then(|p| {
+            p.attributes
+                .subscriptions
+                .as_ref()?
+                .email
+                .as_ref()?
+                .marketing
+                .as_ref()
+        })
+        .expect("subscriptions were asked for");
+    assert_eq!(consent.consent, Consent::Subscribed);
+    let search = &sim.recorder().matching("GET", "/api/profiles")[0];
+    let query: Vec<(String, String)> = url::form_urlencoded::parse(search.query.as_bytes())
+        .into_owned()
+        .collect();
+    let value = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        value("filter"),
+        Some(r#"any(external_id,["omneo-3","omneo-7","omneo-nobody"])"#)
+    );
+    assert_eq!(value("page[size]"), Some("100"));
+    assert_eq!(value("additional-fields[profile]"), Some("subscriptions"));
+
+    // 105 ids: two searches, 100 then 5.
+    let before = sim.recorder().matching("GET", "/api/profiles").len();
+    let all = client
+        .find_profiles_by_external_ids(&token, &ids)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 105);
+    assert!(
+        all.iter()
+            .all(|p| p.attributes.external_id.as_deref() != Some("omneo-other"))
+    );
+    assert_eq!(
+        sim.recorder().matching("GET", "/api/profiles").len(),
+        before + 2
+    );
+    assert!(
+        client
+            .find_profiles_by_external_ids(&token, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        sim.recorder().matching("GET", "/api/profiles").len(),
+        before + 2,
+        "no ids, no call"
+    );
+}
+
 /// Polls a bulk import job until it is complete.
 async fn completed(client: &KlaviyoClient, token: &SecretString, id: &str) -> BulkImportJob {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -474,7 +572,7 @@ async fn subscribe_and_unsubscribe_jobs_are_read_back_as_consent_and_membership(
             .unwrap()
             .email_marketing
             .consent,
-        harness::klaviyo::ConsentState::Unsubscribed
+        ConsentState::Unsubscribed
     );
 
     // Consent given earlier, imported historically: a brand-new email and phone become a
