@@ -1,4 +1,5 @@
-//! The Klaviyo REST client: every call the product makes (klaviyo.md "Endpoints used", "Bulk").
+//! The Klaviyo REST client: every call the product makes (klaviyo.md "Endpoints used", "Bulk",
+//! "Events and metrics").
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use secrecy::SecretString;
@@ -7,15 +8,16 @@ use serde_json::Value;
 use url::Url;
 
 use super::models::{
-    BulkImport, BulkImportJob, DataSource, DeletionTarget, Document, Identifier, ImportError,
-    ImportedProfile, List, NewDataSource, NewEvent, NewWebhook, Profile, ProfileFilter,
-    ProfileUpsert, Resource, SubscribeJob, UnsubscribeJob, Webhook, WebhookTopic, WebhookUpdate,
-    any, bulk_record_document, equals, record_document,
+    BulkImport, BulkImportJob, DataSource, DeletionTarget, Document, EventPage, EventQuery,
+    Identifier, ImportError, ImportedProfile, KlaviyoEvent, List, Metric, NewDataSource, NewEvent,
+    NewWebhook, Profile, ProfileFilter, ProfileUpsert, Resource, SubscribeJob, UnsubscribeJob,
+    Webhook, WebhookTopic, WebhookUpdate, any, bulk_record_document, equals, record_document,
 };
 use crate::config::ApiRevision;
 use crate::domain::{KlaviyoProfileId, OmneoProfileId};
 use crate::remote::{
-    Answer, Idempotency, Remote, RemoteError, RetryPolicy, Service, bearer, endpoint, found,
+    Answer, ErrorKind, Idempotency, Remote, RemoteError, RetryPolicy, Service, bearer, endpoint,
+    found,
 };
 
 /// The JSON:API media type Klaviyo speaks.
@@ -333,6 +335,51 @@ impl KlaviyoClient {
         self.post_job(token, "events", document, idempotency).await
     }
 
+    /// `GET /api/metrics`, every page (needs `metrics:read`).
+    pub async fn metrics(&self, token: &SecretString) -> Result<Vec<Metric>, RemoteError> {
+        self.all_pages(token, self.url(&["metrics"])).await
+    }
+
+    /// One page of `GET /api/events` (needs `events:read`), oldest first: the first page of
+    /// `query` (`filter` = [`EventQuery::filter`], `sort=datetime`, `page[size]`), or, with
+    /// `next`, the page a previous one's [`EventPage::next`] names (which carries the query;
+    /// like every `links.next`, it must stay on the API's origin, so the token never leaves it).
+    pub async fn events_page(
+        &self,
+        token: &SecretString,
+        query: &EventQuery,
+        next: Option<&str>,
+    ) -> Result<EventPage, RemoteError> {
+        let url = match next {
+            Some(next) => self.api_link(next).map_err(|why| {
+                let events = self.url(&["events"]);
+                self.remote
+                    .refuse(&Method::GET, &events, ErrorKind::InvalidRequest(why))
+            })?,
+            None => {
+                let mut url = self.url(&["events"]);
+                url.query_pairs_mut()
+                    .append_pair("filter", &query.filter())
+                    .append_pair("sort", "datetime")
+                    .append_pair("page[size]", &query.page_size.to_string());
+                url
+            }
+        };
+        let answer = self.get_raw(token, url).await?;
+        let page: Document<Vec<KlaviyoEvent>> = answer.json()?;
+        let next = match page.links.next {
+            Some(next) => {
+                self.api_link(&next).map_err(|why| answer.invalid(why))?;
+                Some(next)
+            }
+            None => None,
+        };
+        Ok(EventPage {
+            events: page.data,
+            next,
+        })
+    }
+
     /// `POST /api/data-source-record-create-jobs`: one record (which carries a stable `id`, so a
     /// repeat re-ingests the same record).
     pub async fn create_data_source_record(
@@ -486,15 +533,22 @@ impl KlaviyoClient {
             let Some(next) = page.links.next else {
                 return Ok(resources);
             };
-            let next = Url::parse(&next)
-                .map_err(|e| answer.invalid(format!("links.next is not a URL: {e}")))?;
-            if next.origin() != self.api_url.origin() {
-                return Err(answer.invalid("links.next points away from the API"));
-            }
+            let next = self.api_link(&next).map_err(|why| answer.invalid(why))?;
             if next == url {
                 return Err(answer.invalid("links.next points at the same page"));
             }
             url = next;
+        }
+    }
+
+    /// A `links.next` URL, provided it stays on the API's origin (so the token never leaves it);
+    /// else why not.
+    fn api_link(&self, link: &str) -> Result<Url, String> {
+        let url = Url::parse(link).map_err(|e| format!("links.next is not a URL: {e}"))?;
+        if url.origin() == self.api_url.origin() {
+            Ok(url)
+        } else {
+            Err("links.next points away from the API".into())
         }
     }
 }

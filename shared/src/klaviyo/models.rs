@@ -1,4 +1,7 @@
-//! Klaviyo's JSON:API shapes (klaviyo.md "Conventions", "Shapes that matter" and "Bulk").
+//! Klaviyo's JSON:API shapes (klaviyo.md "Conventions", "Shapes that matter", "Bulk" and
+//! "Events and metrics"). A [`KlaviyoEvent`] is read alike from `GET /api/events` and from a
+//! system-webhook delivery, and [`KlaviyoEvent::consent_event`] makes either the inbound
+//! worker's [`ConsentEvent`].
 //!
 //! Responses are read leniently (unknown members are ignored, absent ones default); requests are
 //! typed builders whose `to_document` renders exactly the shape Klaviyo expects.
@@ -11,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use url::Url;
 
-use crate::domain::{ConsentState, E164Phone, KlaviyoProfileId, OmneoProfileId};
+use crate::domain::{ConsentState, E164Phone, KlaviyoProfileId, KlaviyoTopic, OmneoProfileId};
+use crate::queue::ConsentEvent;
 
 /// A JSON:API document: `{"data": …, "links": {…}}`.
 #[derive(Debug, Clone, Deserialize)]
@@ -848,6 +852,148 @@ impl NewEvent {
     }
 }
 
+/// A metric's attributes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricAttributes {
+    /// The name; Klaviyo's own consent metrics are named as [`KlaviyoTopic::metric_name`] says.
+    pub name: String,
+    /// Where its events come from (`Klaviyo` for its own metrics).
+    pub integration: Option<MetricIntegration>,
+}
+
+/// The integration behind a metric.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricIntegration {
+    /// E.g. `Klaviyo`.
+    pub name: String,
+    /// E.g. `klaviyo`.
+    pub key: String,
+}
+
+/// A metric (`GET /api/metrics`): its id is what events are filtered by.
+pub type Metric = Resource<MetricAttributes>;
+
+/// Which events to read (`GET /api/events`, klaviyo.md §Events and metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// The metric's id (Klaviyo's own metrics only: custom ones cannot be filtered on).
+    pub metric_id: String,
+    /// Only events after this time, counted in whole seconds: `after` is truncated, so events
+    /// in its own second come again (dedupe by event id).
+    pub after: Timestamp,
+    /// Events per page, 1 to 1000.
+    pub page_size: u16,
+}
+
+impl EventQuery {
+    /// The `filter` value:
+    /// `equals(metric_id,"…"),greater-than(datetime,2026-11-30T00:00:00Z)`.
+    pub fn filter(&self) -> String {
+        format!(
+            "{},greater-than(datetime,{})",
+            equals("metric_id", &self.metric_id),
+            self.after.strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
+    }
+}
+
+/// One page of events, oldest first.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    /// The events.
+    pub events: Vec<KlaviyoEvent>,
+    /// The next page's URL (`links.next`), `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// A Klaviyo event as `GET /api/events` returns it and as a system-webhook entry carries it in
+/// `payload.data`: only what the extension reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KlaviyoEvent {
+    /// The event id.
+    pub id: String,
+    /// When and how.
+    pub attributes: EventAttributes,
+    /// Whose, and of which metric.
+    pub relationships: EventRelationships,
+}
+
+/// An event's attributes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventAttributes {
+    /// When it happened.
+    pub datetime: Timestamp,
+    /// What Klaviyo recorded about it.
+    #[serde(default)]
+    pub event_properties: EventProperties,
+}
+
+/// The properties of a consent event.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EventProperties {
+    /// The profile's email.
+    pub email_address: Option<String>,
+    /// How it happened, e.g. `API`, `PREFERENCE_PAGE`.
+    pub method: Option<String>,
+    /// Detail of the method.
+    pub method_detail: Option<String>,
+    /// The `custom_source` of an API change (ours: `omneo`).
+    pub custom_method_detail: Option<String>,
+    /// The list (list topics).
+    pub list_id: Option<String>,
+}
+
+/// An event's relationships.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventRelationships {
+    /// The profile it is about.
+    pub profile: Related<KlaviyoProfileId>,
+    /// Its metric.
+    #[serde(default)]
+    pub metric: Option<Related>,
+}
+
+/// A to-one relationship: `{"data": {"type", "id"}}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Related<I = String> {
+    /// The related resource.
+    pub data: RelatedId<I>,
+}
+
+/// A related resource's id.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RelatedId<I = String> {
+    /// The id.
+    pub id: I,
+}
+
+impl KlaviyoEvent {
+    /// The event as `topic`'s consent event for the inbound worker, with the profile it is
+    /// about and its email (`None` when blank).
+    pub fn consent_event(
+        self,
+        topic: KlaviyoTopic,
+    ) -> (KlaviyoProfileId, Option<String>, ConsentEvent) {
+        let properties = self.attributes.event_properties;
+        let email = properties
+            .email_address
+            .filter(|email| !email.trim().is_empty());
+        let event = ConsentEvent {
+            id: self.id,
+            topic,
+            at: self.attributes.datetime,
+            method: properties.method,
+            method_detail: properties.method_detail,
+            custom_method_detail: properties.custom_method_detail,
+            list_id: properties.list_id,
+        };
+        (self.relationships.profile.data.id, email, event)
+    }
+}
+
 /// The record-create document for data source `data_source_id`.
 pub(crate) fn record_document(data_source_id: &str, record: &Value) -> Value {
     json!({"data": {
@@ -1123,6 +1269,41 @@ mod tests {
                 "{elsewhere}"
             );
         }
+    }
+
+    #[test]
+    fn event_queries_filter_by_metric_and_whole_seconds() {
+        let query = EventQuery {
+            metric_id: "Ab\"C1".into(),
+            after: "2026-11-30T10:20:30.999Z".parse().unwrap(),
+            page_size: 100,
+        };
+        assert_eq!(
+            query.filter(),
+            r#"equals(metric_id,"Ab\"C1"),greater-than(datetime,2026-11-30T10:20:30Z)"#
+        );
+    }
+
+    #[test]
+    fn events_become_consent_events() {
+        let event: KlaviyoEvent = serde_json::from_value(json!({
+            "type": "event", "id": "EV1",
+            "attributes": {"datetime": "2026-11-30T10:20:30+00:00", "timestamp": 1,
+                "event_properties": {"email_address": "  ", "method": "API",
+                    "custom_method_detail": "omneo", "list_id": "AbC123", "extra": 1}},
+            "relationships": {"profile": {"data": {"type": "profile", "id": "01P"}},
+                "metric": {"data": {"type": "metric", "id": "M1"}}}}))
+        .unwrap();
+        assert_eq!(event.relationships.metric.as_ref().unwrap().data.id, "M1");
+        let (profile, email, consent) = event.consent_event(KlaviyoTopic::SubscribedToList);
+        assert_eq!(profile.as_str(), "01P");
+        assert_eq!(email, None, "a blank email is none");
+        assert_eq!(consent.id, "EV1");
+        assert_eq!(consent.topic, KlaviyoTopic::SubscribedToList);
+        assert_eq!(consent.at, "2026-11-30T10:20:30Z".parse().unwrap());
+        assert_eq!(consent.method.as_deref(), Some("API"));
+        assert_eq!(consent.list_id.as_deref(), Some("AbC123"));
+        assert!(consent.is_circular());
     }
 
     #[test]

@@ -3,18 +3,18 @@
 use std::time::{Duration, Instant};
 
 use harness::klaviyo::{
-    Channel, ConsentState, KlaviyoSim, KlaviyoSimOptions, REVISION, RateLimits, topics,
+    Channel, ConsentState, KlaviyoSim, KlaviyoSimOptions, REVISION, RateLimits, SystemEvent, topics,
 };
 use harness::sim::FaultRule;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use shared::config::ApiRevision;
-use shared::domain::{E164Phone, KlaviyoProfileId, OmneoProfileId};
+use shared::domain::{E164Phone, KlaviyoProfileId, KlaviyoTopic, OmneoProfileId};
 use shared::klaviyo::KlaviyoClient;
 use shared::klaviyo::models::{
-    BulkImport, BulkImportJob, BulkJobStatus, Consent, DeletionTarget, EventProfile, ImportError,
-    NewDataSource, NewEvent, NewWebhook, Patch, ProfileFilter, ProfileUpsert, SubscribeJob,
-    Subscriber, UnsubscribeJob, Visibility, WebhookUpdate,
+    BulkImport, BulkImportJob, BulkJobStatus, Consent, DeletionTarget, EventProfile, EventQuery,
+    ImportError, NewDataSource, NewEvent, NewWebhook, Patch, ProfileFilter, ProfileUpsert,
+    SubscribeJob, Subscriber, UnsubscribeJob, Visibility, WebhookUpdate,
 };
 use shared::remote::{Disposition, ErrorKind, RetryPolicy};
 
@@ -506,6 +506,133 @@ async fn a_bulk_import_runs_to_complete_and_its_errors_name_their_profiles() {
     assert!(error.may_have_been_processed());
     assert_eq!(error.attempts, 1);
     assert_eq!(sim.bulk_jobs().len(), 1);
+}
+
+#[tokio::test]
+async fn metrics_name_the_topics_and_need_their_scope() {
+    let Setup { sim, client, token } = setup().await;
+    let metrics = client.metrics(&token).await.unwrap();
+    assert_eq!(metrics.len(), topics::ALL.len());
+    assert!(metrics.iter().all(|m| {
+        m.kind == "metric"
+            && m.attributes
+                .integration
+                .as_ref()
+                .is_some_and(|i| i.key == "klaviyo" && i.name == "Klaviyo")
+    }));
+    for topic in KlaviyoTopic::ALL {
+        let named: Vec<_> = metrics
+            .iter()
+            .filter(|m| KlaviyoTopic::from_metric_name(&m.attributes.name) == Some(topic))
+            .collect();
+        assert_eq!(named.len(), 1, "{topic:?}");
+    }
+
+    // A tenant that installed before the extension asked for metrics:read.
+    sim.withhold_scopes(&["metrics:read"]);
+    let old = SecretString::from(sim.grant_tokens().access_token);
+    let error = client.metrics(&old).await.unwrap_err();
+    assert_eq!(error.status().map(|s| s.as_u16()), Some(403));
+    assert_eq!(error.disposition(), Disposition::Permanent);
+}
+
+#[tokio::test]
+async fn events_are_paged_by_metric_after_a_time_following_next() {
+    let Setup { sim, client, token } = setup().await;
+    let profile = sim
+        .seed_profile(json!({"email": "rec@example.org"}))
+        .unwrap();
+    let metric_id = client
+        .metrics(&token)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| {
+            KlaviyoTopic::from_metric_name(&m.attributes.name)
+                == Some(KlaviyoTopic::UnsubscribedFromEmailMarketing)
+        })
+        .expect("the metric")
+        .id;
+    let base: jiff::Timestamp = "2020-06-01T00:00:00Z".parse().unwrap();
+    let at = |millis: i64| base + jiff::SignedDuration::from_millis(millis);
+    let event = |topic: &str, millis: i64| {
+        SystemEvent::new(topic, &profile, Some("rec@example.org"))
+            .method("PREFERENCE_PAGE")
+            .at(at(millis))
+    };
+    let hour = 3_600_000;
+    // Four within the window and one in `after`'s own second (after is counted in whole
+    // seconds); one before, and one of another metric.
+    let wanted: Vec<SystemEvent> = [300, hour, 2 * hour, 3 * hour, 4 * hour]
+        .into_iter()
+        .map(|ms| event(topics::UNSUBSCRIBED_FROM_EMAIL, ms))
+        .collect();
+    let mut logged = wanted.clone();
+    logged.push(event(topics::UNSUBSCRIBED_FROM_EMAIL, -1_000));
+    logged.push(event(topics::SUBSCRIBED_TO_EMAIL, 2 * hour));
+    logged.reverse();
+    sim.deliver(logged).await.unwrap();
+
+    let query = EventQuery {
+        metric_id,
+        after: at(900),
+        page_size: 2,
+    };
+    let (mut seen, mut pages, mut next) = (Vec::new(), 0, None::<String>);
+    loop {
+        let page = client
+            .events_page(&token, &query, next.as_deref())
+            .await
+            .unwrap();
+        pages += 1;
+        seen.extend(page.events);
+        next = page.next;
+        if next.is_none() {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    let ids: Vec<&str> = seen.iter().map(|e| e.id.as_str()).collect();
+    let expected: Vec<&str> = wanted.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, expected, "each once, oldest first");
+    let (whose, email, consent) = seen
+        .remove(0)
+        .consent_event(KlaviyoTopic::UnsubscribedFromEmailMarketing);
+    assert_eq!(whose.as_str(), profile);
+    assert_eq!(email.as_deref(), Some("rec@example.org"));
+    assert_eq!(consent.at, at(300));
+    assert_eq!(consent.method.as_deref(), Some("PREFERENCE_PAGE"));
+
+    let first = &sim.recorder().matching("GET", "/api/events")[0];
+    let sent: Vec<(String, String)> = url::form_urlencoded::parse(first.query.as_bytes())
+        .into_owned()
+        .collect();
+    let pairs: Vec<(&str, &str)> = sent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        pairs,
+        [
+            ("filter", query.filter().as_str()),
+            ("sort", "datetime"),
+            ("page[size]", "2")
+        ]
+    );
+
+    // A next link elsewhere is refused before any call: the token stays home.
+    let calls = sim.recorder().matching("GET", "/api/events").len();
+    let error = client
+        .events_page(
+            &token,
+            &query,
+            Some("https://elsewhere.example/api/events?page%5Bcursor%5D=x"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error.kind, ErrorKind::InvalidRequest(_)),
+        "{error}"
+    );
+    assert_eq!(error.attempts, 0);
+    assert_eq!(sim.recorder().matching("GET", "/api/events").len(), calls);
 }
 
 #[tokio::test]
