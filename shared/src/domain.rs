@@ -444,6 +444,35 @@ impl KlaviyoTopic {
     pub fn from_id(id: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|topic| topic.id() == id)
     }
+
+    /// The name of Klaviyo's own metric behind the topic, as `GET /api/metrics` lists it (how
+    /// reconciliation finds the metric id to read the topic's events by), e.g. "Bounced Email".
+    pub fn metric_name(self) -> &'static str {
+        match self {
+            Self::BouncedEmail => "Bounced Email",
+            Self::FailedToDeliverSms => "Failed to Deliver SMS",
+            Self::MarkedEmailAsSpam => "Marked Email as Spam",
+            Self::SubscribedToEmailMarketing => "Subscribed to Email Marketing",
+            Self::UnsubscribedFromEmailMarketing => "Unsubscribed from Email Marketing",
+            Self::SubscribedToSmsMarketing => "Subscribed to SMS Marketing",
+            Self::UnsubscribedFromSmsMarketing => "Unsubscribed from SMS Marketing",
+            Self::SubscribedToList => "Subscribed to List",
+            Self::UnsubscribedFromList => "Unsubscribed from List",
+            Self::ManuallySuppressedFromEmailMarketing => {
+                "Manually Suppressed from Email Marketing"
+            }
+            Self::ManuallyUnsuppressedFromEmailMarketing => {
+                "Manually Unsuppressed from Email Marketing"
+            }
+        }
+    }
+
+    /// The topic whose metric has this name; `None` for metrics the extension does not act on.
+    pub fn from_metric_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|topic| topic.metric_name() == name)
+    }
 }
 
 #[cfg(test)]
@@ -558,5 +587,25 @@ mod tests {
             assert_eq!(KlaviyoTopic::from_id(topic.id()), Some(topic));
         }
         assert_eq!(KlaviyoTopic::from_id("event:klaviyo.dropped_email"), None);
+    }
+
+    #[test]
+    fn klaviyo_topics_round_trip_through_their_metric_names() {
+        let names: std::collections::HashSet<&str> =
+            KlaviyoTopic::ALL.map(KlaviyoTopic::metric_name).into();
+        assert_eq!(names.len(), KlaviyoTopic::ALL.len(), "one name per topic");
+        for topic in KlaviyoTopic::ALL {
+            assert_eq!(
+                KlaviyoTopic::from_metric_name(topic.metric_name()),
+                Some(topic)
+            );
+        }
+        assert_eq!(KlaviyoTopic::BouncedEmail.metric_name(), "Bounced Email");
+        assert_eq!(KlaviyoTopic::from_metric_name("Dropped Email"), None);
+        assert_eq!(
+            KlaviyoTopic::from_metric_name("subscribed to email marketing"),
+            None,
+            "names are matched exactly"
+        );
     }
 }

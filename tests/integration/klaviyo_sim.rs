@@ -40,12 +40,16 @@ fn pkce(seed: char) -> (String, String) {
 }
 
 fn authorize_url(sim: &KlaviyoSim, challenge: &str, state: &str) -> String {
+    authorize_url_for(sim, challenge, state, SCOPE)
+}
+
+fn authorize_url_for(sim: &KlaviyoSim, challenge: &str, state: &str, scope: &str) -> String {
     let mut url = url::Url::parse(&format!("{}/oauth/authorize", sim.url())).unwrap();
     url.query_pairs_mut()
         .append_pair("response_type", "code")
         .append_pair("client_id", &sim.options().client_id)
         .append_pair("redirect_uri", REDIRECT)
-        .append_pair("scope", SCOPE)
+        .append_pair("scope", scope)
         .append_pair("state", state)
         .append_pair("code_challenge_method", "S256")
         .append_pair("code_challenge", challenge);
@@ -1841,12 +1845,17 @@ async fn bulk_import_runs_queued_processing_complete_and_upserts_without_clearin
     assert_eq!(errors[0]["type"], "import-error");
     let invalid = &errors[0]["attributes"];
     assert_eq!(invalid["code"], "invalid");
-    assert_eq!(invalid["source"]["pointer"], "/data/attributes/email");
+    // Pointers into the job's document: the tenth profile's email, the eleventh profile's
+    // attributes (it has no identifier).
+    assert_eq!(
+        invalid["source"]["pointer"],
+        "/data/attributes/profiles/data/9/attributes/email"
+    );
     assert_eq!(invalid["original_payload"], bad_email);
     assert!(invalid["title"].is_string() && invalid["detail"].is_string());
     assert_eq!(
         errors[1]["attributes"]["source"]["pointer"],
-        "/data/attributes"
+        "/data/attributes/profiles/data/10/attributes"
     );
 
     let (ids, _) = all_pages(
@@ -1963,6 +1972,10 @@ async fn bulk_import_pages_its_errors_and_profiles_and_enforces_its_limits() {
         errors[24]["attributes"]["original_payload"]["attributes"]["email"],
         "bad 24@x"
     );
+    assert_eq!(
+        errors[24]["attributes"]["source"]["pointer"],
+        "/data/attributes/profiles/data/69/attributes/email"
+    );
     let (ids, pages) = all_pages(
         &sim,
         token,
@@ -2070,20 +2083,8 @@ async fn bulk_import_pages_its_errors_and_profiles_and_enforces_its_limits() {
 
     // Naming lists takes lists:write as well as profiles:write.
     let (verifier, challenge) = pkce('b');
-    let mut url = url::Url::parse(&authorize_url(&sim, &challenge, "st-1")).unwrap();
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| {
-            let v = if k == "scope" {
-                "profiles:read profiles:write".to_owned()
-            } else {
-                v.into_owned()
-            };
-            (k.into_owned(), v)
-        })
-        .collect();
-    url.query_pairs_mut().clear().extend_pairs(pairs);
-    let callback = sim.approve(url.as_str()).await.unwrap();
+    let url = authorize_url_for(&sim, &challenge, "st-1", "profiles:read profiles:write");
+    let callback = sim.approve(&url).await.unwrap();
     let code = query_param(&callback, "code").unwrap();
     let (status, narrow) = exchange(&sim, &code, &verifier).await;
     assert_eq!(status, StatusCode::OK);
@@ -2153,4 +2154,345 @@ async fn bulk_import_reads_are_rate_limited_at_10_per_second() {
     .await;
     assert_eq!(errors.status, StatusCode::OK);
     assert_eq!(errors.headers["ratelimit-limit"], "10, 10;w=1, 150;w=60");
+}
+
+// ---- Events and metrics (reconciliation) ----
+
+/// `GET /api/metrics`: every metric's id by name.
+async fn metric_ids(sim: &KlaviyoSim, token: &str) -> std::collections::HashMap<String, String> {
+    let (metrics, pages) = all_pages(sim, token, &format!("{}/api/metrics", sim.url())).await;
+    assert_eq!(pages, 1);
+    metrics
+        .iter()
+        .map(|m| {
+            let name = m["attributes"]["name"].as_str().unwrap().to_owned();
+            (name, m["id"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_are_klaviyos_own_one_per_topic() {
+    let (sim, tokens) = start(no_limits()).await;
+    let answer = call(
+        &sim,
+        &tokens.access_token,
+        Method::GET,
+        "/api/metrics",
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert!(answer.body["links"]["next"].is_null());
+    let metrics = answer.body["data"].as_array().unwrap();
+    assert_eq!(metrics.len(), topics::ALL.len());
+    for metric in metrics {
+        assert_eq!(metric["type"], "metric");
+        assert_eq!(metric["id"].as_str().unwrap().len(), 6);
+        assert_eq!(metric["attributes"]["integration"]["key"], "klaviyo");
+        assert_eq!(metric["attributes"]["integration"]["name"], "Klaviyo");
+        assert!(metric["attributes"]["created"].is_string());
+        assert!(metric["links"]["self"].is_string());
+    }
+    let ids = metric_ids(&sim, &tokens.access_token).await;
+    for name in [
+        "Subscribed to Email Marketing",
+        "Unsubscribed from Email Marketing",
+        "Bounced Email",
+        "Dropped Email",
+        "Failed to Deliver SMS",
+        "Marked Email as Spam",
+        "Subscribed to SMS Marketing",
+        "Unsubscribed from SMS Marketing",
+        "Subscribed to List",
+        "Unsubscribed from List",
+        "Manually Suppressed from Email Marketing",
+        "Manually Unsuppressed from Email Marketing",
+    ] {
+        assert!(ids.contains_key(name), "{name} is missing from {ids:?}");
+    }
+    // The ids events carry in relationships.metric.
+    let bounce = SystemEvent::new(topics::BOUNCED_EMAIL, "P1", None).payload();
+    assert_eq!(
+        bounce["relationships"]["metric"]["data"]["id"],
+        ids["Bounced Email"].as_str()
+    );
+}
+
+#[tokio::test]
+async fn events_are_logged_and_read_back_by_metric_and_time_in_pages() {
+    let (sim, tokens) = start(no_limits()).await;
+    let token = tokens.access_token.as_str();
+    let ids = metric_ids(&sim, token).await;
+    let subscribed = &ids["Subscribed to Email Marketing"];
+    let profile = sim
+        .seed_profile(json!({"email": "log@example.test"}))
+        .unwrap();
+
+    // A consent change queues its event; it is readable before (and whether or not) it is
+    // delivered.
+    sim.change_consent(
+        &profile,
+        Channel::Email,
+        ConsentState::Subscribed,
+        "PREFERENCE_PAGE",
+    )
+    .unwrap();
+    let queued = sim.pending_events();
+    assert_eq!(queued.len(), 1);
+    let filter = format!(r#"equals(metric_id,"{subscribed}")"#);
+    let answer = call(
+        &sim,
+        token,
+        Method::GET,
+        &format!("/api/events?filter={filter}"),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    let read = &answer.body["data"].as_array().unwrap()[..];
+    assert_eq!(read.len(), 1);
+    let expected = queued[0].payload();
+    assert_eq!(read[0]["id"], expected["id"]);
+    assert_eq!(
+        read[0]["attributes"]["datetime"],
+        expected["attributes"]["datetime"]
+    );
+    assert_eq!(
+        read[0]["attributes"]["event_properties"],
+        expected["attributes"]["event_properties"]
+    );
+    assert_eq!(read[0]["relationships"], expected["relationships"]);
+    assert!(read[0]["links"]["self"].is_string());
+    assert!(answer.body["links"]["next"].is_null());
+
+    // Events delivered directly are logged too (once), whatever their order or datetime.
+    let base: jiff::Timestamp = "2020-11-30T00:00:00Z".parse().unwrap();
+    let at = |hours: i64| base + jiff::SignedDuration::from_hours(hours);
+    let event = |topic: &str, hours: i64| {
+        SystemEvent::new(topic, &profile, Some("log@example.test")).at(at(hours))
+    };
+    let window: Vec<SystemEvent> = [3, 1, 5, 2, 4]
+        .into_iter()
+        .map(|h| event(topics::SUBSCRIBED_TO_EMAIL, h))
+        .collect();
+    let mut delivered = window.clone();
+    delivered.extend([
+        event(topics::SUBSCRIBED_TO_EMAIL, 0),
+        event(topics::SUBSCRIBED_TO_EMAIL, 30),
+        event(topics::UNSUBSCRIBED_FROM_EMAIL, 2),
+    ]);
+    sim.deliver(delivered.clone()).await.unwrap();
+    sim.deliver(delivered).await.unwrap();
+
+    let first = format!(
+        "/api/events?filter={filter},greater-than(datetime,2020-11-30T00:00:00Z),\
+         less-than(datetime,2020-12-01T00:00:00Z)&sort=datetime&page[size]=2"
+    );
+    let page = call(&sim, token, Method::GET, &first, None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body["links"]["prev"].is_null());
+    let mut seen: Vec<Value> = page.body["data"].as_array().unwrap().clone();
+    // Logged while the reader pages, before its position: it does not shift the pages.
+    sim.deliver(vec![
+        event(topics::SUBSCRIBED_TO_EMAIL, 1).at(at(1) - jiff::SignedDuration::from_mins(30)),
+    ])
+    .await
+    .unwrap();
+    let next = page.body["links"]["next"].as_str().unwrap();
+    let (rest, pages) = all_pages(&sim, token, next).await;
+    assert_eq!(pages, 2);
+    seen.extend(rest);
+    let mut window = window;
+    window.sort_by_key(|e| e.datetime);
+    let expected: Vec<&str> = window.iter().map(|e| e.event_id.as_str()).collect();
+    let got: Vec<&str> = seen.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(got, expected, "each event once, in datetime order");
+
+    // Newest first; greater-or-equal takes the boundary.
+    let newest = call(
+        &sim,
+        token,
+        Method::GET,
+        &format!(
+            "/api/events?filter={filter},greater-or-equal(datetime,2020-11-30T00:00:00Z),\
+             less-than(datetime,2020-12-01T00:00:00Z)&sort=-datetime"
+        ),
+        None,
+    )
+    .await;
+    let newest: Vec<jiff::Timestamp> = newest.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| timestamp(&e["attributes"]["datetime"]))
+        .collect();
+    assert_eq!(newest.len(), 7, "five, the boundary and the late one");
+    assert_eq!(newest[0], at(5));
+    assert_eq!(newest[6], base);
+    assert!(newest.windows(2).all(|w| w[0] >= w[1]));
+}
+
+#[tokio::test]
+async fn a_dropped_delivery_is_lost_but_its_event_stays_readable() {
+    let (sim, tokens) = start(no_limits()).await;
+    let token = tokens.access_token.as_str();
+    let (url, received, server) = receiver().await;
+    let created = call(
+        &sim,
+        token,
+        Method::POST,
+        "/api/webhooks",
+        Some(webhook_body(
+            "Omneo t1",
+            &url,
+            &[topics::UNSUBSCRIBED_FROM_EMAIL],
+        )),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let profile = sim
+        .seed_profile(json!({"email": "lost@example.test"}))
+        .unwrap();
+    sim.change_consent(
+        &profile,
+        Channel::Email,
+        ConsentState::Unsubscribed,
+        "PREFERENCE_PAGE",
+    )
+    .unwrap();
+
+    let dropped = sim.drop_pending();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0].topic, topics::UNSUBSCRIBED_FROM_EMAIL);
+    assert!(sim.pending_events().is_empty());
+    assert!(sim.deliver_pending().await.unwrap().is_empty());
+    assert!(received.lock().unwrap().is_empty(), "nothing was delivered");
+
+    let unsubscribed = &metric_ids(&sim, token).await["Unsubscribed from Email Marketing"];
+    let answer = call(
+        &sim,
+        token,
+        Method::GET,
+        &format!(r#"/api/events?filter=equals(metric_id,"{unsubscribed}")"#),
+        None,
+    )
+    .await;
+    let events = answer.body["data"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["id"], dropped[0].event_id.as_str());
+    assert_eq!(
+        events[0]["relationships"]["profile"]["data"]["id"],
+        profile.as_str()
+    );
+    assert_eq!(
+        events[0]["attributes"]["event_properties"]["method"],
+        "PREFERENCE_PAGE"
+    );
+    server.abort();
+}
+
+#[tokio::test]
+async fn withheld_scopes_are_not_granted_and_their_reads_are_refused() {
+    let options = KlaviyoSimOptions {
+        withheld_scopes: vec!["events:read".into(), "metrics:read".into()],
+        ..no_limits()
+    };
+    let (sim, tokens) = start(options).await;
+    assert!(!tokens.scope.split(' ').any(|s| s == "events:read"));
+    assert!(tokens.scope.split(' ').any(|s| s == "accounts:read"));
+    for path in ["/api/events", "/api/metrics"] {
+        let refused = call(&sim, &tokens.access_token, Method::GET, path, None).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(refused.error_code(), "permission_denied");
+    }
+    let accounts = call(
+        &sim,
+        &tokens.access_token,
+        Method::GET,
+        "/api/accounts",
+        None,
+    )
+    .await;
+    assert_eq!(accounts.status, StatusCode::OK);
+
+    // Through the OAuth dance: asked for, granted without the withheld one, and a refresh
+    // keeps the grant's scopes.
+    sim.withhold_scopes(&["metrics:read"]);
+    let (verifier, challenge) = pkce('c');
+    let asked = format!("{SCOPE} events:read metrics:read");
+    let callback = sim
+        .approve(&authorize_url_for(&sim, &challenge, "st-1", &asked))
+        .await
+        .unwrap();
+    let code = query_param(&callback, "code").unwrap();
+    let (status, granted) = exchange(&sim, &code, &verifier).await;
+    assert_eq!(status, StatusCode::OK, "{granted}");
+    let scope = granted["scope"].as_str().unwrap();
+    assert!(scope.split(' ').any(|s| s == "events:read"), "{scope}");
+    assert!(!scope.split(' ').any(|s| s == "metrics:read"), "{scope}");
+    let token = granted["access_token"].as_str().unwrap();
+    let events = call(&sim, token, Method::GET, "/api/events", None).await;
+    assert_eq!(events.status, StatusCode::OK);
+    let metrics = call(&sim, token, Method::GET, "/api/metrics", None).await;
+    assert_eq!(metrics.status, StatusCode::FORBIDDEN);
+    let (_, refreshed) = refresh(&sim, granted["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(refreshed["scope"], scope);
+}
+
+#[tokio::test]
+async fn event_reads_validate_filter_sort_page_size_and_revision() {
+    let (sim, tokens) = start(no_limits()).await;
+    let token = tokens.access_token.as_str();
+    for (query, parameter) in [
+        (
+            r#"filter=greater-than(datetime,"2026-11-30T00:00:00Z")"#,
+            "filter",
+        ),
+        ("filter=greater-than(datetime,yesterday)", "filter"),
+        (r#"filter=equals(email,"a@b.co")"#, "filter"),
+        (
+            "filter=less-or-equal(datetime,2026-11-30T00:00:00Z)",
+            "filter",
+        ),
+        ("sort=timestamp", "sort"),
+        ("page[size]=1001", "page[size]"),
+        ("page[size]=0", "page[size]"),
+        ("page[cursor]=garbage", "page[cursor]"),
+    ] {
+        let answer = call(
+            &sim,
+            token,
+            Method::GET,
+            &format!("/api/events?{query}"),
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(answer.error_code(), "invalid", "{query}");
+        assert_eq!(
+            answer.body["errors"][0]["source"]["parameter"], parameter,
+            "{query}"
+        );
+    }
+    let largest = call(
+        &sim,
+        token,
+        Method::GET,
+        "/api/events?page[size]=1000",
+        None,
+    )
+    .await;
+    assert_eq!(largest.status, StatusCode::OK);
+    for path in ["/api/events", "/api/metrics"] {
+        let response = client()
+            .get(format!("{}{path}", sim.url()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["errors"][0]["source"]["parameter"], "revision");
+    }
 }

@@ -26,7 +26,7 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
 try:
@@ -56,6 +56,7 @@ class Account:
         self.other_email = f"sdk-other-{self.run}@example.com"
         self.source_id = self.topic_ids = self.webhook_id = None
         self.profile_id = self.next_link = self.list_id = None
+        self.metric_id = None
 
     def need(self, name):
         """The value an earlier call kept as `name`, or Skipped."""
@@ -318,6 +319,17 @@ def both_emails(a):
     return f'any(email,["{a.email}","{a.other_email}"])'
 
 
+def metric_named(name):
+    """The id of the metric called `name` in a collection of metrics (None when absent)."""
+    return lambda result: next((m.id for m in result.data if m.attributes.name == name), None)
+
+
+def subscribed_today(a):
+    """The events of the kept metric since yesterday, filtered as reconciliation does."""
+    since = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f'equals(metric_id,"{a.need("metric_id")}"),greater-than(datetime,{since})'
+
+
 def read_profile(sdk, a):
     profile_id = a.need("profile_id")
     return sdk.Profiles.get_profile(profile_id, additional_fields_profile=["subscriptions"])
@@ -570,6 +582,24 @@ CALLS = [
         ONE_PROFILE,
         read_profile,
         check=email_consent("UNSUBSCRIBED"),
+    ),
+    # Metrics and events: the subscription above made a "Subscribed to Email Marketing" event.
+    Call(
+        "get_metrics",
+        "GET /api/metrics",
+        models.GetMetricResponseCollectionCompoundDocument,
+        lambda sdk, a: sdk.Metrics.get_metrics(),
+        check=non_empty("metric"),
+        keep=("metric_id", metric_named("Subscribed to Email Marketing")),
+    ),
+    Call(
+        "get_events (filter)",
+        "GET /api/events?filter=equals(metric_id,…),greater-than(datetime,…)",
+        models.GetEventResponseCollectionCompoundDocument,
+        lambda sdk, a: sdk.Events.get_events(
+            filter=subscribed_today(a), sort="datetime", page_size=10
+        ),
+        check=non_empty("event"),
     ),
     # Events and deletion.
     Call(

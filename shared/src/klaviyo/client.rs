@@ -1,4 +1,5 @@
-//! The Klaviyo REST client: every call the product makes (klaviyo.md "Endpoints used").
+//! The Klaviyo REST client: every call the product makes (klaviyo.md "Endpoints used", "Bulk",
+//! "Events and metrics").
 
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use secrecy::SecretString;
@@ -7,19 +8,23 @@ use serde_json::Value;
 use url::Url;
 
 use super::models::{
-    DataSource, DeletionTarget, Document, Identifier, ImportedProfile, List, NewDataSource,
-    NewEvent, NewWebhook, Profile, ProfileFilter, ProfileUpsert, Resource, SubscribeJob,
-    UnsubscribeJob, Webhook, WebhookTopic, WebhookUpdate, bulk_record_document, equals,
-    record_document,
+    BulkImport, BulkImportJob, DataSource, DeletionTarget, Document, EventPage, EventQuery,
+    Identifier, ImportError, ImportedProfile, KlaviyoEvent, List, Metric, NewDataSource, NewEvent,
+    NewWebhook, Profile, ProfileFilter, ProfileUpsert, Resource, SubscribeJob, UnsubscribeJob,
+    Webhook, WebhookTopic, WebhookUpdate, any, bulk_record_document, equals, record_document,
 };
 use crate::config::ApiRevision;
-use crate::domain::KlaviyoProfileId;
+use crate::domain::{KlaviyoProfileId, OmneoProfileId};
 use crate::remote::{
-    Answer, Idempotency, Remote, RemoteError, RetryPolicy, Service, bearer, endpoint, found,
+    Answer, ErrorKind, Idempotency, Remote, RemoteError, RetryPolicy, Service, bearer, endpoint,
+    found,
 };
 
 /// The JSON:API media type Klaviyo speaks.
 const JSON_API: &str = "application/vnd.api+json";
+
+/// The most values Klaviyo takes in one `any(external_id,[…])` filter.
+const EXTERNAL_IDS_PER_SEARCH: usize = 100;
 
 /// A Klaviyo API client. Each call takes the tenant's OAuth access token; refreshing it on a
 /// [`Disposition::Reauthorize`](crate::remote::Disposition::Reauthorize) is the caller's job.
@@ -69,17 +74,8 @@ impl KlaviyoClient {
         token: &SecretString,
         source: &NewDataSource,
     ) -> Result<DataSource, RemoteError> {
-        let url = self.url(&["data-sources"]);
-        let answer = self
-            .send(
-                token,
-                Method::POST,
-                url,
-                Some(&source.to_document()),
-                Idempotency::Unsafe,
-            )
-            .await?;
-        Ok(answer.json::<Document<DataSource>>()?.data)
+        self.create(token, "data-sources", &source.to_document())
+            .await
     }
 
     /// `GET /api/data-sources/{id}`; `None` when it does not exist.
@@ -115,17 +111,7 @@ impl KlaviyoClient {
         token: &SecretString,
         webhook: &NewWebhook,
     ) -> Result<Webhook, RemoteError> {
-        let url = self.url(&["webhooks"]);
-        let answer = self
-            .send(
-                token,
-                Method::POST,
-                url,
-                Some(&webhook.to_document()),
-                Idempotency::Unsafe,
-            )
-            .await?;
-        Ok(answer.json::<Document<Webhook>>()?.data)
+        self.create(token, "webhooks", &webhook.to_document()).await
     }
 
     /// `GET /api/webhooks/{id}` with its topics; `None` when it does not exist.
@@ -217,6 +203,60 @@ impl KlaviyoClient {
         Ok(self.get::<Document<Vec<Profile>>>(token, url).await?.data)
     }
 
+    /// `GET /api/profiles?filter=any(external_id,[…])` with their subscriptions, every page: the
+    /// profiles holding these Omneo ids (an id no profile holds is simply not matched). Klaviyo
+    /// takes at most 100 values in one `any`, so longer lists are asked for 100 at a time.
+    pub async fn find_profiles_by_external_ids(
+        &self,
+        token: &SecretString,
+        ids: &[OmneoProfileId],
+    ) -> Result<Vec<Profile>, RemoteError> {
+        let mut profiles = Vec::new();
+        for chunk in ids.chunks(EXTERNAL_IDS_PER_SEARCH) {
+            let values: Vec<&str> = chunk.iter().map(OmneoProfileId::as_str).collect();
+            let mut url = self.url(&["profiles"]);
+            url.query_pairs_mut()
+                .append_pair("filter", &any("external_id", &values))
+                .append_pair("page[size]", "100");
+            with_subscriptions(&mut url);
+            profiles.extend(self.all_pages(token, url).await?);
+        }
+        Ok(profiles)
+    }
+
+    /// `POST /api/profile-bulk-import-jobs` (202): queues a bulk import and answers the job.
+    /// Not retried on an unknown outcome: a repeat would queue the import a second time.
+    pub async fn create_bulk_import(
+        &self,
+        token: &SecretString,
+        job: &BulkImport,
+    ) -> Result<BulkImportJob, RemoteError> {
+        self.create(token, "profile-bulk-import-jobs", &job.to_document())
+            .await
+    }
+
+    /// `GET /api/profile-bulk-import-jobs/{id}`: its status and counts.
+    pub async fn bulk_import_job(
+        &self,
+        token: &SecretString,
+        id: &str,
+    ) -> Result<BulkImportJob, RemoteError> {
+        let url = self.url(&["profile-bulk-import-jobs", id]);
+        Ok(self.get::<Document<BulkImportJob>>(token, url).await?.data)
+    }
+
+    /// `GET /api/profile-bulk-import-jobs/{id}/import-errors`, every page: the profiles it
+    /// could not import so far.
+    pub async fn bulk_import_errors(
+        &self,
+        token: &SecretString,
+        id: &str,
+    ) -> Result<Vec<ImportError>, RemoteError> {
+        let mut url = self.url(&["profile-bulk-import-jobs", id, "import-errors"]);
+        url.query_pairs_mut().append_pair("page[size]", "100");
+        self.all_pages(token, url).await
+    }
+
     /// `POST /api/profile-subscription-bulk-create-jobs` (202). Setting a state, so retried.
     pub async fn subscribe(
         &self,
@@ -293,6 +333,51 @@ impl KlaviyoClient {
             Idempotency::Unsafe
         };
         self.post_job(token, "events", document, idempotency).await
+    }
+
+    /// `GET /api/metrics`, every page (needs `metrics:read`).
+    pub async fn metrics(&self, token: &SecretString) -> Result<Vec<Metric>, RemoteError> {
+        self.all_pages(token, self.url(&["metrics"])).await
+    }
+
+    /// One page of `GET /api/events` (needs `events:read`), oldest first: the first page of
+    /// `query` (`filter` = [`EventQuery::filter`], `sort=datetime`, `page[size]`), or, with
+    /// `next`, the page a previous one's [`EventPage::next`] names (which carries the query;
+    /// like every `links.next`, it must stay on the API's origin, so the token never leaves it).
+    pub async fn events_page(
+        &self,
+        token: &SecretString,
+        query: &EventQuery,
+        next: Option<&str>,
+    ) -> Result<EventPage, RemoteError> {
+        let url = match next {
+            Some(next) => self.api_link(next).map_err(|why| {
+                let events = self.url(&["events"]);
+                self.remote
+                    .refuse(&Method::GET, &events, ErrorKind::InvalidRequest(why))
+            })?,
+            None => {
+                let mut url = self.url(&["events"]);
+                url.query_pairs_mut()
+                    .append_pair("filter", &query.filter())
+                    .append_pair("sort", "datetime")
+                    .append_pair("page[size]", &query.page_size.to_string());
+                url
+            }
+        };
+        let answer = self.get_raw(token, url).await?;
+        let page: Document<Vec<KlaviyoEvent>> = answer.json()?;
+        let next = match page.links.next {
+            Some(next) => {
+                self.api_link(&next).map_err(|why| answer.invalid(why))?;
+                Some(next)
+            }
+            None => None,
+        };
+        Ok(EventPage {
+            events: page.data,
+            next,
+        })
     }
 
     /// `POST /api/data-source-record-create-jobs`: one record (which carries a stable `id`, so a
@@ -374,6 +459,21 @@ impl KlaviyoClient {
             .await
     }
 
+    /// `POST /api/{path}` creating a resource, answered as the created resource. Not retried on
+    /// an unknown outcome: a repeat would create a second one.
+    async fn create<T: DeserializeOwned>(
+        &self,
+        token: &SecretString,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, RemoteError> {
+        let url = self.url(&[path]);
+        let answer = self
+            .send(token, Method::POST, url, Some(body), Idempotency::Unsafe)
+            .await?;
+        Ok(answer.json::<Document<T>>()?.data)
+    }
+
     async fn get_raw(&self, token: &SecretString, url: Url) -> Result<Answer, RemoteError> {
         self.send(token, Method::GET, url, None, Idempotency::Safe)
             .await
@@ -433,15 +533,22 @@ impl KlaviyoClient {
             let Some(next) = page.links.next else {
                 return Ok(resources);
             };
-            let next = Url::parse(&next)
-                .map_err(|e| answer.invalid(format!("links.next is not a URL: {e}")))?;
-            if next.origin() != self.api_url.origin() {
-                return Err(answer.invalid("links.next points away from the API"));
-            }
+            let next = self.api_link(&next).map_err(|why| answer.invalid(why))?;
             if next == url {
                 return Err(answer.invalid("links.next points at the same page"));
             }
             url = next;
+        }
+    }
+
+    /// A `links.next` URL, provided it stays on the API's origin (so the token never leaves it);
+    /// else why not.
+    fn api_link(&self, link: &str) -> Result<Url, String> {
+        let url = Url::parse(link).map_err(|e| format!("links.next is not a URL: {e}"))?;
+        if url.origin() == self.api_url.origin() {
+            Ok(url)
+        } else {
+            Err("links.next points away from the API".into())
         }
     }
 }

@@ -1,4 +1,7 @@
-//! Klaviyo's JSON:API shapes (klaviyo.md "Conventions" and "Shapes that matter").
+//! Klaviyo's JSON:API shapes (klaviyo.md "Conventions", "Shapes that matter", "Bulk" and
+//! "Events and metrics"). A [`KlaviyoEvent`] is read alike from `GET /api/events` and from a
+//! system-webhook delivery, and [`KlaviyoEvent::consent_event`] makes either the inbound
+//! worker's [`ConsentEvent`].
 //!
 //! Responses are read leniently (unknown members are ignored, absent ones default); requests are
 //! typed builders whose `to_document` renders exactly the shape Klaviyo expects.
@@ -11,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use url::Url;
 
-use crate::domain::{ConsentState, E164Phone, KlaviyoProfileId, OmneoProfileId};
+use crate::domain::{ConsentState, E164Phone, KlaviyoProfileId, KlaviyoTopic, OmneoProfileId};
+use crate::queue::ConsentEvent;
 
 /// A JSON:API document: `{"data": …, "links": {…}}`.
 #[derive(Debug, Clone, Deserialize)]
@@ -450,13 +454,180 @@ pub struct ProfileUpsert {
 }
 
 impl ProfileUpsert {
+    /// The profile resource object (what [`Self::to_document`] puts under `data`, and what a
+    /// [`BulkImport`] lists; its serialized size is what Klaviyo's per-profile limit counts).
+    pub fn to_resource(&self) -> Value {
+        let mut resource = json!({"type": "profile", "attributes": self});
+        if let Some(id) = &self.id {
+            resource["id"] = json!(id);
+        }
+        resource
+    }
+
     /// The request document.
     pub fn to_document(&self) -> Value {
-        let mut data = json!({"type": "profile", "attributes": self});
-        if let Some(id) = &self.id {
-            data["id"] = json!(id);
+        json!({ "data": self.to_resource() })
+    }
+}
+
+/// A bulk profile import job to create (`POST /api/profile-bulk-import-jobs`, klaviyo.md
+/// §Bulk): at most 10,000 profiles, a body of at most 5 MB and at most 100 KB per profile
+/// resource ([`ProfileUpsert::to_resource`]). Each profile is upserted as profile-import does,
+/// except that `null` clears nothing: [`Patch::Clear`] leaves the field as [`Patch::Keep`] does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BulkImport {
+    /// The profiles, in the order [`ImportError::profile_index`] counts them.
+    pub profiles: Vec<ProfileUpsert>,
+    /// Lists every imported profile joins (membership only; needs `lists:write`).
+    pub list_ids: Vec<String>,
+}
+
+/// Where a bulk import document holds its profiles (the start of its import errors' pointers).
+const BULK_PROFILES_POINTER: &str = "/data/attributes/profiles/data";
+
+impl BulkImport {
+    /// The request document.
+    pub fn to_document(&self) -> Value {
+        let profiles: Vec<Value> = self
+            .profiles
+            .iter()
+            .map(ProfileUpsert::to_resource)
+            .collect();
+        let mut data = json!({
+            "type": "profile-bulk-import-job",
+            "attributes": {"profiles": {"data": profiles}},
+        });
+        if !self.list_ids.is_empty() {
+            let lists: Vec<Value> = self
+                .list_ids
+                .iter()
+                .map(|id| json!({"type": "list", "id": id}))
+                .collect();
+            data["relationships"] = json!({"lists": {"data": lists}});
         }
         json!({ "data": data })
+    }
+}
+
+/// Where a bulk import job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkJobStatus {
+    /// Accepted, not started.
+    Queued,
+    /// Running.
+    Processing,
+    /// Every profile is processed: imported or failed.
+    Complete,
+    /// Stopped before the end.
+    Cancelled,
+    /// A status this code does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A bulk profile import job as Klaviyo reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "Resource<BulkImportJobAttributes>")]
+pub struct BulkImportJob {
+    /// The job id.
+    pub id: String,
+    /// Where it stands.
+    pub status: BulkJobStatus,
+    /// How many profiles it holds.
+    pub total_count: u64,
+    /// How many were imported so far.
+    pub completed_count: u64,
+    /// How many failed so far (see the client's `bulk_import_errors`).
+    pub failed_count: u64,
+}
+
+/// A job's attributes; Klaviyo may send the counts as `null`.
+#[derive(Deserialize)]
+struct BulkImportJobAttributes {
+    status: BulkJobStatus,
+    #[serde(default)]
+    total_count: Option<u64>,
+    #[serde(default)]
+    completed_count: Option<u64>,
+    #[serde(default)]
+    failed_count: Option<u64>,
+}
+
+impl From<Resource<BulkImportJobAttributes>> for BulkImportJob {
+    fn from(job: Resource<BulkImportJobAttributes>) -> Self {
+        let attributes = job.attributes;
+        Self {
+            id: job.id,
+            status: attributes.status,
+            total_count: attributes.total_count.unwrap_or(0),
+            completed_count: attributes.completed_count.unwrap_or(0),
+            failed_count: attributes.failed_count.unwrap_or(0),
+        }
+    }
+}
+
+/// One profile a bulk import job could not import (an `import-error`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(from = "Resource<ImportErrorAttributes>")]
+pub struct ImportError {
+    /// E.g. `invalid`, `duplicate_profile`.
+    pub code: String,
+    /// A summary, e.g. `Invalid input.`.
+    pub title: String,
+    /// What is wrong.
+    pub detail: String,
+    /// `source.pointer`: where in the job's document, e.g.
+    /// `/data/attributes/profiles/data/3/attributes/email`.
+    pub pointer: Option<String>,
+    /// The profile resource object as sent.
+    pub original_payload: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ImportErrorAttributes {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    detail: String,
+    #[serde(default)]
+    source: Option<ErrorSource>,
+    #[serde(default)]
+    original_payload: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ErrorSource {
+    #[serde(default)]
+    pointer: Option<String>,
+}
+
+impl From<Resource<ImportErrorAttributes>> for ImportError {
+    fn from(error: Resource<ImportErrorAttributes>) -> Self {
+        let attributes = error.attributes;
+        Self {
+            code: attributes.code,
+            title: attributes.title,
+            detail: attributes.detail,
+            pointer: attributes.source.and_then(|source| source.pointer),
+            original_payload: attributes.original_payload,
+        }
+    }
+}
+
+impl ImportError {
+    /// The index in [`BulkImport::profiles`] of the profile this error is about, read from a
+    /// pointer into the job's document (`/data/attributes/profiles/data/3/…` → 3); `None` when
+    /// the pointer names no profile (`original_payload` still shows which one it was).
+    pub fn profile_index(&self) -> Option<usize> {
+        let rest = self
+            .pointer
+            .as_deref()?
+            .strip_prefix(BULK_PROFILES_POINTER)?
+            .strip_prefix('/')?;
+        rest.split('/').next()?.parse().ok()
     }
 }
 
@@ -494,8 +665,19 @@ impl ProfileFilter {
 
 /// `equals(field,"value")` with the value's quotes and backslashes escaped.
 pub(crate) fn equals(field: &str, value: &str) -> String {
+    format!("equals({field},{})", quoted(value))
+}
+
+/// `any(field,["a","b"])` with the values' quotes and backslashes escaped.
+pub(crate) fn any(field: &str, values: &[&str]) -> String {
+    let values: Vec<String> = values.iter().map(|value| quoted(value)).collect();
+    format!("any({field},[{}])", values.join(","))
+}
+
+/// A filter's string value: in double quotes, its quotes and backslashes escaped.
+fn quoted(value: &str) -> String {
     let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");
-    format!("equals({field},\"{escaped}\")")
+    format!("\"{escaped}\"")
 }
 
 /// One profile of a subscribe or unsubscribe job.
@@ -676,6 +858,148 @@ impl NewEvent {
             attributes["unique_id"] = json!(unique_id);
         }
         json!({"data": {"type": "event", "attributes": attributes}})
+    }
+}
+
+/// A metric's attributes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricAttributes {
+    /// The name; Klaviyo's own consent metrics are named as [`KlaviyoTopic::metric_name`] says.
+    pub name: String,
+    /// Where its events come from (`Klaviyo` for its own metrics).
+    pub integration: Option<MetricIntegration>,
+}
+
+/// The integration behind a metric.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct MetricIntegration {
+    /// E.g. `Klaviyo`.
+    pub name: String,
+    /// E.g. `klaviyo`.
+    pub key: String,
+}
+
+/// A metric (`GET /api/metrics`): its id is what events are filtered by.
+pub type Metric = Resource<MetricAttributes>;
+
+/// Which events to read (`GET /api/events`, klaviyo.md §Events and metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// The metric's id (Klaviyo's own metrics only: custom ones cannot be filtered on).
+    pub metric_id: String,
+    /// Only events after this time, counted in whole seconds: `after` is truncated, so events
+    /// in its own second come again (dedupe by event id).
+    pub after: Timestamp,
+    /// Events per page, 1 to 1000.
+    pub page_size: u16,
+}
+
+impl EventQuery {
+    /// The `filter` value:
+    /// `equals(metric_id,"…"),greater-than(datetime,2026-11-30T00:00:00Z)`.
+    pub fn filter(&self) -> String {
+        format!(
+            "{},greater-than(datetime,{})",
+            equals("metric_id", &self.metric_id),
+            self.after.strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
+    }
+}
+
+/// One page of events, oldest first.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    /// The events.
+    pub events: Vec<KlaviyoEvent>,
+    /// The next page's URL (`links.next`), `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// A Klaviyo event as `GET /api/events` returns it and as a system-webhook entry carries it in
+/// `payload.data`: only what the extension reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KlaviyoEvent {
+    /// The event id.
+    pub id: String,
+    /// When and how.
+    pub attributes: EventAttributes,
+    /// Whose, and of which metric.
+    pub relationships: EventRelationships,
+}
+
+/// An event's attributes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventAttributes {
+    /// When it happened.
+    pub datetime: Timestamp,
+    /// What Klaviyo recorded about it.
+    #[serde(default)]
+    pub event_properties: EventProperties,
+}
+
+/// The properties of a consent event.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EventProperties {
+    /// The profile's email.
+    pub email_address: Option<String>,
+    /// How it happened, e.g. `API`, `PREFERENCE_PAGE`.
+    pub method: Option<String>,
+    /// Detail of the method.
+    pub method_detail: Option<String>,
+    /// The `custom_source` of an API change (ours: `omneo`).
+    pub custom_method_detail: Option<String>,
+    /// The list (list topics).
+    pub list_id: Option<String>,
+}
+
+/// An event's relationships.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventRelationships {
+    /// The profile it is about.
+    pub profile: Related<KlaviyoProfileId>,
+    /// Its metric.
+    #[serde(default)]
+    pub metric: Option<Related>,
+}
+
+/// A to-one relationship: `{"data": {"type", "id"}}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Related<I = String> {
+    /// The related resource.
+    pub data: RelatedId<I>,
+}
+
+/// A related resource's id.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RelatedId<I = String> {
+    /// The id.
+    pub id: I,
+}
+
+impl KlaviyoEvent {
+    /// The event as `topic`'s consent event for the inbound worker, with the profile it is
+    /// about and its email (`None` when blank).
+    pub fn consent_event(
+        self,
+        topic: KlaviyoTopic,
+    ) -> (KlaviyoProfileId, Option<String>, ConsentEvent) {
+        let properties = self.attributes.event_properties;
+        let email = properties
+            .email_address
+            .filter(|email| !email.trim().is_empty());
+        let event = ConsentEvent {
+            id: self.id,
+            topic,
+            at: self.attributes.datetime,
+            method: properties.method,
+            method_detail: properties.method_detail,
+            custom_method_detail: properties.custom_method_detail,
+            list_id: properties.list_id,
+        };
+        (self.relationships.profile.data.id, email, event)
     }
 }
 
@@ -871,10 +1195,136 @@ mod tests {
     }
 
     #[test]
+    fn bulk_import_lists_profile_resources_and_its_lists() {
+        let ann = ProfileUpsert {
+            id: Some(KlaviyoProfileId::parse("01P").unwrap()),
+            email: Patch::Set("a@b.com".into()),
+            ..ProfileUpsert::default()
+        };
+        let bob = ProfileUpsert {
+            external_id: Patch::Set(OmneoProfileId::parse("o-2").unwrap()),
+            ..ProfileUpsert::default()
+        };
+        assert_eq!(ann.to_document(), json!({ "data": ann.to_resource() }));
+        let job = BulkImport {
+            profiles: vec![ann.clone(), bob.clone()],
+            list_ids: vec!["AbC123".into()],
+        };
+        assert_eq!(
+            job.to_document(),
+            json!({"data": {
+                "type": "profile-bulk-import-job",
+                "attributes": {"profiles": {"data": [ann.to_resource(), bob.to_resource()]}},
+                "relationships": {"lists": {"data": [{"type": "list", "id": "AbC123"}]}},
+            }})
+        );
+        let without_lists = BulkImport {
+            profiles: vec![bob],
+            list_ids: Vec::new(),
+        };
+        assert!(
+            without_lists.to_document()["data"]
+                .get("relationships")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bulk_jobs_and_import_errors_read_leniently() {
+        let job: Document<BulkImportJob> = serde_json::from_value(json!({"data": {
+            "type": "profile-bulk-import-job", "id": "J1",
+            "attributes": {"status": "processing", "total_count": 3, "completed_count": null,
+                "failed_count": 1, "created_at": "2026-01-02T03:04:05+00:00"},
+            "relationships": {"lists": {"data": []}}}}))
+        .unwrap();
+        assert_eq!(
+            job.data,
+            BulkImportJob {
+                id: "J1".into(),
+                status: BulkJobStatus::Processing,
+                total_count: 3,
+                completed_count: 0,
+                failed_count: 1,
+            }
+        );
+        let odd: Document<BulkImportJob> = serde_json::from_value(
+            json!({"data": {"type": "profile-bulk-import-job", "id": "J2", "attributes": {"status": "paused"}}}),
+        )
+        .unwrap();
+        assert_eq!(odd.data.status, BulkJobStatus::Unknown);
+
+        let error = |pointer: Value| -> ImportError {
+            serde_json::from_value(json!({"type": "import-error", "id": "E1", "attributes": {
+                "code": "invalid", "title": "Invalid input.", "detail": "Invalid email address.",
+                "source": {"pointer": pointer}, "original_payload": {"type": "profile"}}}))
+            .unwrap()
+        };
+        let at_email = error(json!("/data/attributes/profiles/data/3/attributes/email"));
+        assert_eq!(at_email.code, "invalid");
+        assert_eq!(at_email.original_payload, Some(json!({"type": "profile"})));
+        assert_eq!(at_email.profile_index(), Some(3));
+        assert_eq!(
+            error(json!("/data/attributes/profiles/data/12")).profile_index(),
+            Some(12)
+        );
+        for elsewhere in [
+            json!("/data/attributes/email"),
+            json!("/data/attributes/profiles/data"),
+            json!("/data/attributes/profiles/data/x/attributes"),
+            json!(null),
+        ] {
+            assert_eq!(
+                error(elsewhere.clone()).profile_index(),
+                None,
+                "{elsewhere}"
+            );
+        }
+    }
+
+    #[test]
+    fn event_queries_filter_by_metric_and_whole_seconds() {
+        let query = EventQuery {
+            metric_id: "Ab\"C1".into(),
+            after: "2026-11-30T10:20:30.999Z".parse().unwrap(),
+            page_size: 100,
+        };
+        assert_eq!(
+            query.filter(),
+            r#"equals(metric_id,"Ab\"C1"),greater-than(datetime,2026-11-30T10:20:30Z)"#
+        );
+    }
+
+    #[test]
+    fn events_become_consent_events() {
+        let event: KlaviyoEvent = serde_json::from_value(json!({
+            "type": "event", "id": "EV1",
+            "attributes": {"datetime": "2026-11-30T10:20:30+00:00", "timestamp": 1,
+                "event_properties": {"email_address": "  ", "method": "API",
+                    "custom_method_detail": "omneo", "list_id": "AbC123", "extra": 1}},
+            "relationships": {"profile": {"data": {"type": "profile", "id": "01P"}},
+                "metric": {"data": {"type": "metric", "id": "M1"}}}}))
+        .unwrap();
+        assert_eq!(event.relationships.metric.as_ref().unwrap().data.id, "M1");
+        let (profile, email, consent) = event.consent_event(KlaviyoTopic::SubscribedToList);
+        assert_eq!(profile.as_str(), "01P");
+        assert_eq!(email, None, "a blank email is none");
+        assert_eq!(consent.id, "EV1");
+        assert_eq!(consent.topic, KlaviyoTopic::SubscribedToList);
+        assert_eq!(consent.at, "2026-11-30T10:20:30Z".parse().unwrap());
+        assert_eq!(consent.method.as_deref(), Some("API"));
+        assert_eq!(consent.list_id.as_deref(), Some("AbC123"));
+        assert!(consent.is_circular());
+    }
+
+    #[test]
     fn filters_escape_quotes() {
         assert_eq!(
             ProfileFilter::Email(r#"o"brien@x.com"#.into()).to_query(),
             r#"equals(email,"o\"brien@x.com")"#
+        );
+        assert_eq!(
+            any("external_id", &["a", r#"b"\"#]),
+            r#"any(external_id,["a","b\"\\"])"#
         );
     }
 

@@ -41,6 +41,7 @@ use super::{
 use crate::api_error::ApiError;
 use crate::app::App;
 use crate::domain::{KlaviyoProfileId, KlaviyoTopic};
+use crate::klaviyo::models::KlaviyoEvent;
 use crate::queue::{
     ConsentEvent, Direction, FlowAction, FlowDedupe, FlowRequest, IssueBenefit, IssueReward,
     KlaviyoEvents, MAX_TASK_BYTES, RecordInteraction, TaskName, Work,
@@ -106,47 +107,7 @@ struct Entry<'a> {
 
 #[derive(Deserialize)]
 struct EntryPayload {
-    data: Event,
-}
-
-/// An event as `GET /api/events/{id}` returns it.
-#[derive(Deserialize)]
-struct Event {
-    id: String,
-    attributes: EventAttributes,
-    relationships: EventRelationships,
-}
-
-#[derive(Deserialize)]
-struct EventAttributes {
-    datetime: Timestamp,
-    #[serde(default)]
-    event_properties: EventProperties,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct EventProperties {
-    email_address: Option<String>,
-    method: Option<String>,
-    method_detail: Option<String>,
-    custom_method_detail: Option<String>,
-    list_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct EventRelationships {
-    profile: Related,
-}
-
-#[derive(Deserialize)]
-struct Related {
-    data: RelatedId,
-}
-
-#[derive(Deserialize)]
-struct RelatedId {
-    id: KlaviyoProfileId,
+    data: KlaviyoEvent,
 }
 
 /// One profile's share of a batch.
@@ -182,29 +143,13 @@ async fn system(
             tracing::debug!(tenant = %tenant.id, topic = %entry.topic, "ignored a Klaviyo topic this extension does not act on");
             continue;
         };
-        let Event {
-            id,
-            attributes,
-            relationships,
-        } = entry.payload.data;
-        let properties = attributes.event_properties;
-        let event = ConsentEvent {
-            id,
-            topic,
-            at: attributes.datetime,
-            method: properties.method,
-            method_detail: properties.method_detail,
-            custom_method_detail: properties.custom_method_detail,
-            list_id: properties.list_id,
-        };
+        let (profile, email, event) = entry.payload.data.consent_event(topic);
         if event.is_circular() {
             continue;
         }
-        let batch = batches.entry(relationships.profile.data.id).or_default();
+        let batch = batches.entry(profile).or_default();
         if batch.email.is_none() {
-            batch.email = properties
-                .email_address
-                .filter(|email| !email.trim().is_empty());
+            batch.email = email;
         }
         batch.events.push(event);
         batch.external_ids.push(entry.external_id);

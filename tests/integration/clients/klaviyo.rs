@@ -2,17 +2,19 @@
 
 use std::time::{Duration, Instant};
 
-use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions, REVISION, RateLimits, topics};
+use harness::klaviyo::{
+    Channel, ConsentState, KlaviyoSim, KlaviyoSimOptions, REVISION, RateLimits, SystemEvent, topics,
+};
 use harness::sim::FaultRule;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use shared::config::ApiRevision;
-use shared::domain::{E164Phone, KlaviyoProfileId, OmneoProfileId};
+use shared::domain::{E164Phone, KlaviyoProfileId, KlaviyoTopic, OmneoProfileId};
 use shared::klaviyo::KlaviyoClient;
 use shared::klaviyo::models::{
-    Consent, DeletionTarget, EventProfile, NewDataSource, NewEvent, NewWebhook, Patch,
-    ProfileFilter, ProfileUpsert, SubscribeJob, Subscriber, UnsubscribeJob, Visibility,
-    WebhookUpdate,
+    BulkImport, BulkImportJob, BulkJobStatus, Consent, DeletionTarget, EventProfile, EventQuery,
+    ImportError, NewDataSource, NewEvent, NewWebhook, Patch, ProfileFilter, ProfileUpsert,
+    SubscribeJob, Subscriber, UnsubscribeJob, Visibility, WebhookUpdate,
 };
 use shared::remote::{Disposition, ErrorKind, RetryPolicy};
 
@@ -336,6 +338,304 @@ async fn profiles_are_read_with_subscriptions_and_searched() {
 }
 
 #[tokio::test]
+async fn profiles_are_found_by_external_ids_100_at_a_time_with_subscriptions() {
+    let Setup { sim, client, token } = setup().await;
+    let ids: Vec<OmneoProfileId> = (0..105)
+        .map(|i| OmneoProfileId::parse(format!("omneo-{i}")).unwrap())
+        .collect();
+    for id in &ids {
+        sim.seed_profile(json!({"email": format!("{id}@example.org"), "external_id": id.as_str()}))
+            .unwrap();
+    }
+    sim.seed_profile(json!({"email": "other@example.org", "external_id": "omneo-other"}))
+        .unwrap();
+    let subscribed = sim.profile_by_email("omneo-3@example.org").unwrap();
+    sim.change_consent(
+        &subscribed.id,
+        Channel::Email,
+        ConsentState::Subscribed,
+        "API",
+    )
+    .unwrap();
+
+    let few = [
+        ids[3].clone(),
+        ids[7].clone(),
+        OmneoProfileId::parse("omneo-nobody").unwrap(),
+    ];
+    let found = client
+        .find_profiles_by_external_ids(&token, &few)
+        .await
+        .unwrap();
+    let mut external_ids: Vec<&str> = found
+        .iter()
+        .map(|p| p.attributes.external_id.as_deref().unwrap())
+        .collect();
+    external_ids.sort_unstable();
+    assert_eq!(external_ids, ["omneo-3", "omneo-7"]);
+    let consent = found
+        .iter()
+        .find(|p| p.id.as_str() == subscribed.id)
+        .and_then(|p| {
+            p.attributes
+                .subscriptions
+                .as_ref()?
+                .email
+                .as_ref()?
+                .marketing
+                .as_ref()
+        })
+        .expect("subscriptions were asked for");
+    assert_eq!(consent.consent, Consent::Subscribed);
+    let search = &sim.recorder().matching("GET", "/api/profiles")[0];
+    let query: Vec<(String, String)> = url::form_urlencoded::parse(search.query.as_bytes())
+        .into_owned()
+        .collect();
+    let value = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        value("filter"),
+        Some(r#"any(external_id,["omneo-3","omneo-7","omneo-nobody"])"#)
+    );
+    assert_eq!(value("page[size]"), Some("100"));
+    assert_eq!(value("additional-fields[profile]"), Some("subscriptions"));
+
+    // 105 ids: two searches, 100 then 5.
+    let before = sim.recorder().matching("GET", "/api/profiles").len();
+    let all = client
+        .find_profiles_by_external_ids(&token, &ids)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 105);
+    assert!(
+        all.iter()
+            .all(|p| p.attributes.external_id.as_deref() != Some("omneo-other"))
+    );
+    assert_eq!(
+        sim.recorder().matching("GET", "/api/profiles").len(),
+        before + 2
+    );
+    assert!(
+        client
+            .find_profiles_by_external_ids(&token, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        sim.recorder().matching("GET", "/api/profiles").len(),
+        before + 2,
+        "no ids, no call"
+    );
+}
+
+/// Polls a bulk import job until it is complete.
+async fn completed(client: &KlaviyoClient, token: &SecretString, id: &str) -> BulkImportJob {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let job = client.bulk_import_job(token, id).await.unwrap();
+        if job.status == BulkJobStatus::Complete {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "still {:?}", job.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_bulk_import_runs_to_complete_and_its_errors_name_their_profiles() {
+    let Setup { sim, client, token } = setup().await;
+    let list = sim.create_list("Backfill");
+    client
+        .import_profile(&token, &upsert("dee@example.org", "omneo-dee"))
+        .await
+        .unwrap();
+    client
+        .import_profile(&token, &upsert("eve@example.org", "omneo-eve"))
+        .await
+        .unwrap();
+    let job = BulkImport {
+        profiles: vec![
+            upsert("new0@example.org", "omneo-new0"),
+            ProfileUpsert {
+                email: Patch::Set("not-an-email".into()),
+                ..ProfileUpsert::default()
+            },
+            upsert("new2@example.org", "omneo-new2"),
+            // Dee's email with Eve's id: identifiers of two profiles.
+            upsert("dee@example.org", "omneo-eve"),
+        ],
+        list_ids: vec![list.clone()],
+    };
+    let created = client.create_bulk_import(&token, &job).await.unwrap();
+    assert_eq!(created.status, BulkJobStatus::Queued);
+    assert_eq!(created.total_count, 4);
+    let sent = sim
+        .recorder()
+        .matching("POST", "/api/profile-bulk-import-jobs");
+    assert_eq!(sent[0].json(), job.to_document());
+
+    let done = completed(&client, &token, &created.id).await;
+    assert_eq!(done.id, created.id);
+    assert_eq!((done.completed_count, done.failed_count), (2, 2));
+    let errors = client
+        .bulk_import_errors(&token, &created.id)
+        .await
+        .unwrap();
+    let indices: Vec<Option<usize>> = errors.iter().map(ImportError::profile_index).collect();
+    assert_eq!(indices, [Some(1), Some(3)]);
+    assert_eq!(errors[0].code, "invalid");
+    assert_eq!(errors[1].code, "duplicate_profile");
+    for (error, index) in errors.iter().zip([1, 3]) {
+        assert_eq!(
+            error.original_payload.as_ref(),
+            Some(&job.profiles[index].to_resource())
+        );
+    }
+    assert_eq!(sim.list_members(&list).len(), 2);
+    assert!(sim.profile_by_email("new2@example.org").is_some());
+
+    // An unknown outcome is not repeated: a second job would import again.
+    sim.faults()
+        .inject(FaultRule::status("/api/profile-bulk-import-jobs", 503, 1).method("POST"));
+    let error = client.create_bulk_import(&token, &job).await.unwrap_err();
+    assert!(error.may_have_been_processed());
+    assert_eq!(error.attempts, 1);
+    assert_eq!(sim.bulk_jobs().len(), 1);
+}
+
+#[tokio::test]
+async fn metrics_name_the_topics_and_need_their_scope() {
+    let Setup { sim, client, token } = setup().await;
+    let metrics = client.metrics(&token).await.unwrap();
+    assert_eq!(metrics.len(), topics::ALL.len());
+    assert!(metrics.iter().all(|m| {
+        m.kind == "metric"
+            && m.attributes
+                .integration
+                .as_ref()
+                .is_some_and(|i| i.key == "klaviyo" && i.name == "Klaviyo")
+    }));
+    for topic in KlaviyoTopic::ALL {
+        let named: Vec<_> = metrics
+            .iter()
+            .filter(|m| KlaviyoTopic::from_metric_name(&m.attributes.name) == Some(topic))
+            .collect();
+        assert_eq!(named.len(), 1, "{topic:?}");
+    }
+
+    // A tenant that installed before the extension asked for metrics:read.
+    sim.withhold_scopes(&["metrics:read"]);
+    let old = SecretString::from(sim.grant_tokens().access_token);
+    let error = client.metrics(&old).await.unwrap_err();
+    assert_eq!(error.status().map(|s| s.as_u16()), Some(403));
+    assert_eq!(error.disposition(), Disposition::Permanent);
+}
+
+#[tokio::test]
+async fn events_are_paged_by_metric_after_a_time_following_next() {
+    let Setup { sim, client, token } = setup().await;
+    let profile = sim
+        .seed_profile(json!({"email": "rec@example.org"}))
+        .unwrap();
+    let metric_id = client
+        .metrics(&token)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| {
+            KlaviyoTopic::from_metric_name(&m.attributes.name)
+                == Some(KlaviyoTopic::UnsubscribedFromEmailMarketing)
+        })
+        .expect("the metric")
+        .id;
+    let base: jiff::Timestamp = "2020-06-01T00:00:00Z".parse().unwrap();
+    let at = |millis: i64| base + jiff::SignedDuration::from_millis(millis);
+    let event = |topic: &str, millis: i64| {
+        SystemEvent::new(topic, &profile, Some("rec@example.org"))
+            .method("PREFERENCE_PAGE")
+            .at(at(millis))
+    };
+    let hour = 3_600_000;
+    // Four within the window and one in `after`'s own second (after is counted in whole
+    // seconds); one before, and one of another metric.
+    let wanted: Vec<SystemEvent> = [300, hour, 2 * hour, 3 * hour, 4 * hour]
+        .into_iter()
+        .map(|ms| event(topics::UNSUBSCRIBED_FROM_EMAIL, ms))
+        .collect();
+    let mut logged = wanted.clone();
+    logged.push(event(topics::UNSUBSCRIBED_FROM_EMAIL, -1_000));
+    logged.push(event(topics::SUBSCRIBED_TO_EMAIL, 2 * hour));
+    logged.reverse();
+    sim.deliver(logged).await.unwrap();
+
+    let query = EventQuery {
+        metric_id,
+        after: at(900),
+        page_size: 2,
+    };
+    let (mut seen, mut pages, mut next) = (Vec::new(), 0, None::<String>);
+    loop {
+        let page = client
+            .events_page(&token, &query, next.as_deref())
+            .await
+            .unwrap();
+        pages += 1;
+        seen.extend(page.events);
+        next = page.next;
+        if next.is_none() {
+            break;
+        }
+    }
+    assert_eq!(pages, 3);
+    let ids: Vec<&str> = seen.iter().map(|e| e.id.as_str()).collect();
+    let expected: Vec<&str> = wanted.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, expected, "each once, oldest first");
+    let (whose, email, consent) = seen
+        .remove(0)
+        .consent_event(KlaviyoTopic::UnsubscribedFromEmailMarketing);
+    assert_eq!(whose.as_str(), profile);
+    assert_eq!(email.as_deref(), Some("rec@example.org"));
+    assert_eq!(consent.at, at(300));
+    assert_eq!(consent.method.as_deref(), Some("PREFERENCE_PAGE"));
+
+    let first = &sim.recorder().matching("GET", "/api/events")[0];
+    let sent: Vec<(String, String)> = url::form_urlencoded::parse(first.query.as_bytes())
+        .into_owned()
+        .collect();
+    let pairs: Vec<(&str, &str)> = sent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        pairs,
+        [
+            ("filter", query.filter().as_str()),
+            ("sort", "datetime"),
+            ("page[size]", "2")
+        ]
+    );
+
+    // A next link elsewhere is refused before any call: the token stays home.
+    let calls = sim.recorder().matching("GET", "/api/events").len();
+    let error = client
+        .events_page(
+            &token,
+            &query,
+            Some("https://elsewhere.example/api/events?page%5Bcursor%5D=x"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error.kind, ErrorKind::InvalidRequest(_)),
+        "{error}"
+    );
+    assert_eq!(error.attempts, 0);
+    assert_eq!(sim.recorder().matching("GET", "/api/events").len(), calls);
+}
+
+#[tokio::test]
 async fn subscribe_and_unsubscribe_jobs_are_read_back_as_consent_and_membership() {
     let Setup { sim, client, token } = setup().await;
     let list_id = sim.create_list("Newsletter");
@@ -399,7 +699,7 @@ async fn subscribe_and_unsubscribe_jobs_are_read_back_as_consent_and_membership(
             .unwrap()
             .email_marketing
             .consent,
-        harness::klaviyo::ConsentState::Unsubscribed
+        ConsentState::Unsubscribed
     );
 
     // Consent given earlier, imported historically: a brand-new email and phone become a

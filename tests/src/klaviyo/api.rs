@@ -18,7 +18,7 @@ use serde_json::json;
 use super::jsonapi::{ApiError, Here, document};
 use super::rate_limit::{RateVerdict, Tier, Verdict};
 use super::state::Ctx;
-use super::{bulk, data_sources, events, profiles, subscriptions, webhooks};
+use super::{bulk, data_sources, event_log, events, profiles, subscriptions, webhooks};
 
 /// The scopes of the token a call was made with (a request extension the guard adds), for
 /// handlers whose scopes depend on the body.
@@ -272,6 +272,14 @@ pub(crate) fn router(ctx: Ctx) -> (Router, Vec<Endpoint>) {
         "lists",
     )
     .add(Method::POST, "/api/events", events::create, XL, "events")
+    .add(Method::GET, "/api/events", event_log::events, XL, "events")
+    .add(
+        Method::GET,
+        "/api/metrics",
+        event_log::metrics,
+        M,
+        "metrics",
+    )
     .add(
         Method::POST,
         "/api/data-privacy-deletion-jobs",

@@ -11,7 +11,11 @@
 //! does ([`super::profiles`]) except that `null` leaves a field as absent does
 //! ([`Nulls::Keep`]); what profile-import would refuse (an invalid email or phone number, no
 //! identifier on a new profile, identifiers of two profiles) is an *import error* of the job,
-//! counted in `failed_count`, not a 400. Processed profiles join the job's lists (membership
+//! counted in `failed_count`, not a 400. Its `source.pointer` points into the job's document, as
+//! JSON:API pointers point into the request: at the offending member of the profile
+//! (`/data/attributes/profiles/data/3/attributes/email`) or at the profile itself
+//! (`/data/attributes/profiles/data/3`, e.g. for `duplicate_profile`); Klaviyo documents no
+//! example, so the shape is the simulator's reading of the JSON:API spec. Processed profiles join the job's lists (membership
 //! only: consent is unchanged and, a simulator choice, no "Subscribed to List" system event is
 //! queued). Jobs are never cancelled and do not expire in the simulator (`expires_at` is
 //! reported, seven days after creation).
@@ -105,24 +109,30 @@ pub struct ImportError {
     pub title: String,
     /// What is wrong.
     pub detail: String,
-    /// A JSON pointer into the profile as if it were sent alone to profile-import, e.g.
-    /// `/data/attributes/email`.
-    pub pointer: Option<String>,
+    /// A JSON pointer into the job's document at the profile or one of its members, e.g.
+    /// `/data/attributes/profiles/data/3/attributes/email`.
+    pub pointer: String,
     /// The profile resource object as sent.
     pub original_payload: Value,
 }
 
 impl ImportError {
-    fn from_api_error(error: &ApiError, original_payload: Value) -> Self {
+    /// The error profile-import would answer for the job's profile `index`, its pointer moved
+    /// from that profile's own document (`/data/…`) into the job's.
+    fn from_api_error(error: &ApiError, index: usize, original_payload: Value) -> Self {
         let body = error.body();
         let error = &body["errors"][0];
         let text = |member: &str| error[member].as_str().unwrap_or_default().to_owned();
+        let within = error["source"]["pointer"]
+            .as_str()
+            .and_then(|pointer| pointer.strip_prefix("/data"))
+            .unwrap_or_default();
         Self {
             id: ulid(),
             code: text("code"),
             title: text("title"),
             detail: text("detail"),
-            pointer: error["source"]["pointer"].as_str().map(str::to_owned),
+            pointer: format!("{PROFILES_POINTER}/{index}{within}"),
             original_payload,
         }
     }
@@ -325,8 +335,11 @@ impl Account {
                     }
                     Err(error) => {
                         job.failed_count += 1;
-                        job.errors
-                            .push(ImportError::from_api_error(&error, profile.original));
+                        job.errors.push(ImportError::from_api_error(
+                            &error,
+                            index,
+                            profile.original,
+                        ));
                     }
                 }
             }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use super::REVISION;
-use super::state::{Ctx, ulid};
+use super::state::{Ctx, State as Account, ulid};
 
 /// The system webhook topic ids (`GET /api/webhook-topics`).
 pub mod topics {
@@ -62,6 +62,26 @@ pub mod topics {
         SUPPRESSED_FROM_EMAIL,
         UNSUPPRESSED_FROM_EMAIL,
     ];
+
+    /// The name of Klaviyo's own metric behind a topic (`GET /api/metrics`), e.g. "Bounced
+    /// Email"; `None` for a topic not in [`ALL`].
+    pub fn metric_name(topic: &str) -> Option<&'static str> {
+        Some(match topic {
+            BOUNCED_EMAIL => "Bounced Email",
+            DROPPED_EMAIL => "Dropped Email",
+            FAILED_TO_DELIVER_SMS => "Failed to Deliver SMS",
+            MARKED_EMAIL_AS_SPAM => "Marked Email as Spam",
+            SUBSCRIBED_TO_EMAIL => "Subscribed to Email Marketing",
+            UNSUBSCRIBED_FROM_EMAIL => "Unsubscribed from Email Marketing",
+            SUBSCRIBED_TO_SMS => "Subscribed to SMS Marketing",
+            UNSUBSCRIBED_FROM_SMS => "Unsubscribed from SMS Marketing",
+            SUBSCRIBED_TO_LIST => "Subscribed to List",
+            UNSUBSCRIBED_FROM_LIST => "Unsubscribed from List",
+            SUPPRESSED_FROM_EMAIL => "Manually Suppressed from Email Marketing",
+            UNSUPPRESSED_FROM_EMAIL => "Manually Unsuppressed from Email Marketing",
+            _ => return None,
+        })
+    }
 }
 
 /// One system event to deliver.
@@ -168,8 +188,8 @@ impl SystemEvent {
     }
 }
 
-/// A stable 6-character metric id per topic.
-fn metric_id(topic: &str) -> String {
+/// A stable 6-character metric id per topic (`GET /api/metrics` lists them).
+pub(crate) fn metric_id(topic: &str) -> String {
     hex::encode(&Sha256::digest(topic.as_bytes())[..3])
 }
 
@@ -219,17 +239,28 @@ fn timestamp_header(skew: jiff::SignedDuration) -> String {
 /// of real-sized events far below the receivers' 256 KiB body limit).
 pub const MAX_BATCH: usize = 100;
 
+impl Account {
+    /// Queues a system event in the outbox, to be delivered, and logs it for `GET /api/events`.
+    pub(crate) fn queue_event(&mut self, event: SystemEvent) {
+        self.event_log.record(&event);
+        self.outbox.push(event);
+    }
+}
+
 /// Drains the outbox and delivers it.
 pub(crate) async fn deliver_pending(ctx: &Ctx) -> anyhow::Result<Vec<Delivery>> {
     let events = std::mem::take(&mut ctx.lock().outbox);
     deliver(ctx, events).await
 }
 
-/// Builds and sends, to every subscribed, enabled webhook, its events in batches of at most
-/// [`MAX_BATCH`].
+/// Logs the events not logged yet (what a webhook carries, the API shows too), then builds and
+/// sends, to every subscribed, enabled webhook, its events in batches of at most [`MAX_BATCH`].
 pub(crate) async fn deliver(ctx: &Ctx, events: Vec<SystemEvent>) -> anyhow::Result<Vec<Delivery>> {
     let (webhooks, account_id, skew) = {
-        let state = ctx.lock();
+        let mut state = ctx.lock();
+        for event in &events {
+            state.event_log.record(event);
+        }
         (
             state
                 .webhooks
@@ -328,6 +359,20 @@ mod tests {
         assert_eq!(properties["list_id"], "AbC123");
         assert_eq!(payload["relationships"]["profile"]["data"]["id"], "P1");
         assert!(payload["attributes"]["datetime"].is_string());
+    }
+
+    #[test]
+    fn every_topic_has_a_metric_with_its_own_id() {
+        let ids: std::collections::HashSet<String> = topics::ALL
+            .iter()
+            .map(|topic| {
+                assert!(topics::metric_name(topic).is_some(), "{topic}");
+                metric_id(topic)
+            })
+            .collect();
+        assert_eq!(ids.len(), topics::ALL.len());
+        assert!(ids.iter().all(|id| id.len() == 6));
+        assert_eq!(topics::metric_name("event:klaviyo.opened_email"), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Events (202; deduplicated by `unique_id` per profile and metric; the profile named by id or
 //! email, created when only the email is known) and data-privacy deletion jobs (202; exactly
-//! one identifier; the profile is deleted at once — the real job is asynchronous).
+//! one identifier; the profile is deleted at once, with its events and its system events of
+//! [`super::event_log`] — the real job is asynchronous).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -222,6 +223,7 @@ pub(crate) async fn request_deletion(
             list.members.retain(|m| m != id);
         }
         state.events.retain(|e| &e.profile_id != id);
+        state.event_log.forget_profile(id);
     }
     state.deletion_jobs.push(DeletionJob {
         identifier: (*identifier).to_owned(),

@@ -1,6 +1,8 @@
 //! JSON:API as Klaviyo speaks it: the error shape, documents, cursor paging with
-//! `links.next`/`prev`, and the `filter` mini-language (`equals(field,"v")`,
-//! `any(field,["a","b"])`, comma = AND).
+//! `links.next`/`prev` (by position, or by key where items may be added while a reader pages),
+//! and the `filter` mini-language (`equals(field,"v")`, `any(field,["a","b"])` on text fields;
+//! `greater-than(field,2026-11-30T00:00:00Z)`, `greater-or-equal(…)`, `less-than(…)` on datetime
+//! fields, the datetime unquoted as Klaviyo writes it; comma = AND).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -10,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
 /// The JSON:API media type.
@@ -240,10 +242,11 @@ impl Params {
             .is_some_and(|v| v.split(',').any(|f| f.trim() == field))
     }
 
-    /// The parsed `filter` (empty when absent), restricted to `allowed` fields.
-    pub fn filters(&self, allowed: &[&str]) -> Result<Vec<Filter>, ApiError> {
+    /// The parsed `filter` (empty when absent), restricted to the `text` fields (`equals`,
+    /// `any`) and the `datetimes` fields (`greater-than`, `greater-or-equal`, `less-than`).
+    pub fn filters(&self, text: &[&str], datetimes: &[&str]) -> Result<Vec<Filter>, ApiError> {
         self.get("filter")
-            .map_or(Ok(Vec::new()), |f| parse_filter(f, allowed))
+            .map_or(Ok(Vec::new()), |f| parse_filter(f, text, datetimes))
     }
 }
 
@@ -326,22 +329,10 @@ pub fn paginate<T: Clone>(
     default_size: usize,
     max_size: usize,
 ) -> Result<Page<T>, ApiError> {
-    let size = match here.params.get("page[size]") {
-        None => default_size,
-        Some(raw) => match raw.parse::<usize>() {
-            Ok(n) if (1..=max_size).contains(&n) => n,
-            _ => {
-                return Err(ApiError::invalid_parameter(
-                    format!("page[size] must be an integer from 1 to {max_size}."),
-                    "page[size]",
-                ));
-            }
-        },
-    };
+    let size = page_size(here, default_size, max_size)?;
     let offset = match here.params.get("page[cursor]") {
         None => 0,
-        Some(cursor) => decode_cursor(cursor)
-            .ok_or_else(|| ApiError::invalid_parameter("Invalid page cursor.", "page[cursor]"))?,
+        Some(cursor) => decode_cursor(cursor).ok_or_else(bad_cursor)?,
     };
     let start = offset.min(all.len());
     let end = (start + size).min(all.len());
@@ -354,6 +345,84 @@ pub fn paginate<T: Clone>(
         items: all[start..end].to_vec(),
         links: json!({ "self": here.with_cursor(here.params.get("page[cursor]")), "next": next, "prev": prev }),
     })
+}
+
+/// Where a keyed cursor puts a page: just after the item with this key, or ending with it.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum KeyCursor<K> {
+    /// `links.next`: the items after the key.
+    After(K),
+    /// `links.prev`: the items up to and including the key.
+    UpTo(K),
+}
+
+/// Like [`paginate`], for `sorted` (ascending by `key`, one item per key) that may grow while a
+/// reader pages: a cursor names the key of the item a page continues after (`links.next`) or
+/// ends with (`links.prev`), not a position, so items added in between, wherever they sort,
+/// never make a reader following `links.next` see an item twice or skip one it started with.
+pub fn paginate_by_key<T, K>(
+    sorted: &[T],
+    here: &Here,
+    default_size: usize,
+    max_size: usize,
+    key: impl Fn(&T) -> K,
+) -> Result<Page<T>, ApiError>
+where
+    T: Clone,
+    K: Ord + Serialize + DeserializeOwned,
+{
+    let size = page_size(here, default_size, max_size)?;
+    let (start, end) = match here.params.get("page[cursor]") {
+        None => (0, size.min(sorted.len())),
+        Some(raw) => match decode_key_cursor(raw).ok_or_else(bad_cursor)? {
+            KeyCursor::After(after) => {
+                let start = sorted.partition_point(|item| key(item) <= after);
+                (start, (start + size).min(sorted.len()))
+            }
+            KeyCursor::UpTo(last) => {
+                let end = sorted.partition_point(|item| key(item) <= last);
+                (end.saturating_sub(size), end)
+            }
+        },
+    };
+    let cursor = |at: KeyCursor<K>| here.with_cursor(Some(&encode_key_cursor(&at)));
+    let next = (end < sorted.len()).then(|| match end.checked_sub(1) {
+        Some(last) => cursor(KeyCursor::After(key(&sorted[last]))),
+        None => here.with_cursor(None),
+    });
+    let prev = (start > 0).then(|| cursor(KeyCursor::UpTo(key(&sorted[start - 1]))));
+    Ok(Page {
+        items: sorted[start..end].to_vec(),
+        links: json!({ "self": here.with_cursor(here.params.get("page[cursor]")), "next": next, "prev": prev }),
+    })
+}
+
+/// `page[size]`: `default_size` when absent, else an integer from 1 to `max_size`.
+fn page_size(here: &Here, default_size: usize, max_size: usize) -> Result<usize, ApiError> {
+    match here.params.get("page[size]") {
+        None => Ok(default_size),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=max_size).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid_parameter(
+                format!("page[size] must be an integer from 1 to {max_size}."),
+                "page[size]",
+            )),
+        },
+    }
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::invalid_parameter("Invalid page cursor.", "page[cursor]")
+}
+
+fn encode_key_cursor<K: Serialize>(cursor: &KeyCursor<K>) -> String {
+    let json = serde_json::to_vec(cursor).expect("a cursor key serializes");
+    URL_SAFE_NO_PAD.encode(json)
+}
+
+fn decode_key_cursor<K: DeserializeOwned>(cursor: &str) -> Option<KeyCursor<K>> {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(cursor).ok()?).ok()
 }
 
 fn encode_cursor(offset: usize) -> String {
@@ -369,24 +438,66 @@ fn decode_cursor(cursor: &str) -> Option<usize> {
         .ok()
 }
 
-/// One condition of a `filter`: `field` equals one of `values`.
+/// One condition of a `filter`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     /// The field name, e.g. `email`.
     pub field: String,
-    /// One value for `equals`, several for `any`.
-    pub values: Vec<String>,
+    /// What the field must satisfy.
+    pub condition: Condition,
+}
+
+/// What a filtered field must satisfy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// `equals(field,"v")` (one value) or `any(field,["a","b"])`: equal one of these.
+    OneOf(Vec<String>),
+    /// `greater-than(field,t)`.
+    After(jiff::Timestamp),
+    /// `greater-or-equal(field,t)`.
+    NotBefore(jiff::Timestamp),
+    /// `less-than(field,t)`.
+    Before(jiff::Timestamp),
 }
 
 impl Filter {
-    /// Whether `value` satisfies the condition (`None` never does).
+    /// Whether a text field's `value` is one of the values (`None` never is).
     pub fn matches(&self, value: Option<&str>) -> bool {
-        value.is_some_and(|v| self.values.iter().any(|x| x == v))
+        self.matches_by(value, |a, b| a == b)
+    }
+
+    /// Like [`Self::matches`], ignoring ASCII case (emails).
+    pub fn matches_ignoring_case(&self, value: Option<&str>) -> bool {
+        self.matches_by(value, str::eq_ignore_ascii_case)
+    }
+
+    fn matches_by(&self, value: Option<&str>, equal: impl Fn(&str, &str) -> bool) -> bool {
+        match (&self.condition, value) {
+            (Condition::OneOf(values), Some(value)) => values.iter().any(|v| equal(v, value)),
+            _ => false,
+        }
+    }
+
+    /// Whether a datetime field's value `at` satisfies the comparison (a datetime field is
+    /// never parsed with `equals` or `any`).
+    pub fn admits(&self, at: jiff::Timestamp) -> bool {
+        match self.condition {
+            Condition::After(t) => at > t,
+            Condition::NotBefore(t) => at >= t,
+            Condition::Before(t) => at < t,
+            Condition::OneOf(_) => false,
+        }
     }
 }
 
-/// Parses `equals(field,"v")` / `any(field,["a","b"])` conditions joined by top-level commas.
-pub fn parse_filter(filter: &str, allowed: &[&str]) -> Result<Vec<Filter>, ApiError> {
+/// Parses conditions joined by top-level commas: `equals(field,"v")` / `any(field,["a","b"])` on
+/// the `text` fields, `greater-than(field,t)` / `greater-or-equal(field,t)` / `less-than(field,t)`
+/// with an unquoted RFC 3339 `t` on the `datetimes` fields.
+pub fn parse_filter(
+    filter: &str,
+    text: &[&str],
+    datetimes: &[&str],
+) -> Result<Vec<Filter>, ApiError> {
     let bad = |why: &str| ApiError::invalid_parameter(format!("Invalid filter: {why}."), "filter");
     split_top_level(filter)
         .into_iter()
@@ -401,28 +512,52 @@ pub fn parse_filter(filter: &str, allowed: &[&str]) -> Result<Vec<Filter>, ApiEr
             let (field, value) = inner
                 .split_once(',')
                 .ok_or_else(|| bad("expected a field and a value"))?;
-            let field = field.trim();
-            if !allowed.contains(&field) {
-                return Err(bad(&format!("'{field}' cannot be filtered")));
-            }
-            let values = match op.trim() {
-                "equals" => vec![parse_value(value.trim()).ok_or_else(|| bad("bad value"))?],
-                "any" => {
-                    let list = value
-                        .trim()
-                        .strip_prefix('[')
-                        .and_then(|v| v.strip_suffix(']'))
-                        .ok_or_else(|| bad("any() takes a [list]"))?;
-                    split_top_level(list)
-                        .into_iter()
-                        .map(|v| parse_value(v.trim()).ok_or_else(|| bad("bad value")))
-                        .collect::<Result<Vec<_>, _>>()?
+            let (op, field, value) = (op.trim(), field.trim(), value.trim());
+            let condition = if text.contains(&field) {
+                match op {
+                    "equals" => {
+                        Condition::OneOf(vec![parse_value(value).ok_or_else(|| bad("bad value"))?])
+                    }
+                    "any" => {
+                        let list = value
+                            .strip_prefix('[')
+                            .and_then(|v| v.strip_suffix(']'))
+                            .ok_or_else(|| bad("any() takes a [list]"))?;
+                        Condition::OneOf(
+                            split_top_level(list)
+                                .into_iter()
+                                .map(|v| parse_value(v.trim()).ok_or_else(|| bad("bad value")))
+                                .collect::<Result<Vec<_>, _>>()?,
+                        )
+                    }
+                    other => {
+                        return Err(bad(&format!(
+                            "operator '{other}' is not supported on '{field}'"
+                        )));
+                    }
                 }
-                other => return Err(bad(&format!("operator '{other}' is not supported"))),
+            } else if datetimes.contains(&field) {
+                let at = value.parse::<jiff::Timestamp>().map_err(|_| {
+                    bad(&format!(
+                        "'{value}' is not an ISO 8601 datetime such as 2026-11-30T00:00:00Z"
+                    ))
+                })?;
+                match op {
+                    "greater-than" => Condition::After(at),
+                    "greater-or-equal" => Condition::NotBefore(at),
+                    "less-than" => Condition::Before(at),
+                    other => {
+                        return Err(bad(&format!(
+                            "operator '{other}' is not supported on '{field}'"
+                        )));
+                    }
+                }
+            } else {
+                return Err(bad(&format!("'{field}' cannot be filtered")));
             };
             Ok(Filter {
                 field: field.to_owned(),
-                values,
+                condition,
             })
         })
         .collect()
@@ -525,19 +660,101 @@ mod tests {
         let filters = parse_filter(
             r#"equals(email,"a,b@x.com"),any(external_id,["x","y\"z"])"#,
             &["email", "external_id"],
+            &[],
         )
         .unwrap();
         assert_eq!(filters.len(), 2);
-        assert_eq!(filters[0].values, vec!["a,b@x.com"]);
+        assert_eq!(
+            filters[0].condition,
+            Condition::OneOf(vec!["a,b@x.com".into()])
+        );
         assert_eq!(filters[1].field, "external_id");
-        assert_eq!(filters[1].values, vec!["x", "y\"z"]);
-        assert!(parse_filter(r#"equals(first_name,"x")"#, &["email"]).is_err());
-        assert!(parse_filter(r#"greater-than(email,"x")"#, &["email"]).is_err());
+        assert!(filters[1].matches(Some("y\"z")));
+        assert!(!filters[1].matches(Some("X")));
+        assert!(!filters[1].matches(None));
+        assert!(parse_filter(r#"equals(first_name,"x")"#, &["email"], &[]).is_err());
+        assert!(parse_filter(r#"greater-than(email,"x")"#, &["email"], &[]).is_err());
+    }
+
+    #[test]
+    fn filters_compare_unquoted_datetimes() {
+        let filters = parse_filter(
+            r#"equals(metric_id,"AbC123"),greater-than(datetime,2026-11-30T00:00:00Z),less-than(datetime,2026-12-01T00:00:00+00:00)"#,
+            &["metric_id"],
+            &["datetime"],
+        )
+        .unwrap();
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        assert_eq!(
+            filters[1].condition,
+            Condition::After(at("2026-11-30T00:00:00Z"))
+        );
+        assert!(!filters[1].admits(at("2026-11-30T00:00:00Z")));
+        assert!(filters[1].admits(at("2026-11-30T00:00:01Z")));
+        assert!(!filters[2].admits(at("2026-12-01T00:00:00Z")));
+        let at_or_after = parse_filter(
+            "greater-or-equal(datetime,2026-11-30T00:00:00Z)",
+            &[],
+            &["datetime"],
+        )
+        .unwrap();
+        assert!(at_or_after[0].admits(at("2026-11-30T00:00:00Z")));
+        for bad in [
+            r#"greater-than(datetime,"2026-11-30T00:00:00Z")"#,
+            "greater-than(datetime,yesterday)",
+            "equals(datetime,2026-11-30T00:00:00Z)",
+            "less-or-equal(datetime,2026-11-30T00:00:00Z)",
+            "greater-than(metric_id,2026-11-30T00:00:00Z)",
+        ] {
+            let error = parse_filter(bad, &["metric_id"], &["datetime"]).unwrap_err();
+            assert_eq!(
+                error.body()["errors"][0]["source"]["parameter"],
+                "filter",
+                "{bad}"
+            );
+        }
     }
 
     #[test]
     fn cursors_round_trip() {
         assert_eq!(decode_cursor(&encode_cursor(40)), Some(40));
         assert_eq!(decode_cursor("garbage!"), None);
+    }
+
+    /// The request a link names, as the simulator would see it.
+    fn here(link: &str) -> Here {
+        let url = url::Url::parse(link).unwrap();
+        Here {
+            origin: "http://sim".into(),
+            path: url.path().to_owned(),
+            params: Params::parse(url.query().unwrap_or_default()),
+        }
+    }
+
+    #[test]
+    fn keyed_pages_neither_repeat_nor_skip_while_items_are_added() {
+        let mut items = vec![10, 20, 30, 40, 50];
+        let first = paginate_by_key(&items, &here("http://sim/x?page[size]=2"), 9, 9, |i| *i);
+        let first = first.unwrap();
+        assert_eq!(first.items, [10, 20]);
+        assert!(first.links["prev"].is_null());
+        // Added before the reader's position and within the next page.
+        items.splice(0..0, [5]);
+        items.insert(3, 25);
+        let (mut seen, mut next) = (first.items, first.links["next"].as_str().map(str::to_owned));
+        let mut last = None;
+        while let Some(link) = next {
+            let page = paginate_by_key(&items, &here(&link), 9, 9, |i| *i).unwrap();
+            assert!(page.links["prev"].is_string());
+            seen.extend(&page.items);
+            next = page.links["next"].as_str().map(str::to_owned);
+            last = Some(page);
+        }
+        assert_eq!(seen, [10, 20, 25, 30, 40, 50]);
+        let prev = last.unwrap().links["prev"].as_str().unwrap().to_owned();
+        let back = paginate_by_key(&items, &here(&prev), 9, 9, |i| *i).unwrap();
+        assert_eq!(back.items, [25, 30]);
+        let garbage = paginate_by_key(&items, &here("http://sim/x?page[cursor]=x"), 9, 9, |i| *i);
+        assert!(garbage.is_err());
     }
 }

@@ -12,7 +12,8 @@
 //!   per-endpoint rate limits ([`rate_limit`]). Among them the bulk profile import
 //!   ([`bulk`]): jobs that run over time (`queued` → `processing` → `complete`) at the pace of
 //!   [`KlaviyoSimOptions::bulk_pace`] / [`KlaviyoSim::set_bulk_pace`], seen by
-//!   [`KlaviyoSim::bulk_jobs`].
+//!   [`KlaviyoSim::bulk_jobs`]. And what reconciliation reads ([`event_log`]): `GET /api/metrics`
+//!   and `GET /api/events`, the account's system events whether or not a webhook delivered them.
 //! - The `/_sim` control API of [`crate::sim`] (faults, recorded requests), and [`control`]'s
 //!   look at the account (`/_sim/profiles` with consent and lists, `/_sim/events`) and
 //!   Klaviyo-side actions for curl users: `POST /_sim/profiles/{id}/consent` (a customer's
@@ -22,9 +23,15 @@
 //! System webhooks ([`deliveries`]) are pushed by the simulator to the account's webhooks:
 //! consent changes made through the subscription endpoints queue events in an *outbox*
 //! (with `custom_source` as `custom_method_detail`); [`KlaviyoSim::deliver_pending`] sends them,
-//! or [`KlaviyoSimOptions::auto_deliver`] sends them right after each job. Klaviyo-side changes
+//! or [`KlaviyoSimOptions::auto_deliver`] sends them right after each job, and
+//! [`KlaviyoSim::drop_pending`] loses them as an outage would. Klaviyo-side changes
 //! (a customer unsubscribing from an email) are made with [`KlaviyoSim::change_consent`]. Both
-//! are also reachable over HTTP ([`control`]).
+//! are also reachable over HTTP ([`control`]). Every event, delivered or not, stays readable
+//! through `GET /api/events`.
+//!
+//! Tenants installed before the extension asked for more scopes are simulated with
+//! [`KlaviyoSimOptions::withheld_scopes`] / [`KlaviyoSim::withhold_scopes`]: authorizations
+//! grant the scopes asked for minus those, and calls that need one are answered 403.
 //!
 //! Deliberate deviations from the real service, each documented where it is implemented:
 //! webhook `endpoint_url`s may be `http://` for loopback hosts (real Klaviyo requires https);
@@ -37,6 +44,7 @@ pub mod bulk;
 pub mod control;
 pub mod data_sources;
 pub mod deliveries;
+pub mod event_log;
 pub mod events;
 pub mod jsonapi;
 pub mod oauth;
@@ -70,7 +78,9 @@ use state::{Ctx, State};
 /// The API revision the simulator implements (sent back in deliveries' `meta.version`).
 pub const REVISION: &str = "2026-07-15";
 
-/// Every OAuth scope the extension asks for (`klaviyo.md` §OAuth); the simulator grants these.
+/// Every OAuth scope the extension may ask for (`klaviyo.md` §OAuth, reconciliation's
+/// `events:read` and `metrics:read` included); the simulator grants these, bar any
+/// [`KlaviyoSimOptions::withheld_scopes`].
 pub const SCOPES: &[&str] = &[
     "accounts:read",
     "profiles:read",
@@ -79,7 +89,9 @@ pub const SCOPES: &[&str] = &[
     "lists:write",
     "subscriptions:read",
     "subscriptions:write",
+    "events:read",
     "events:write",
+    "metrics:read",
     "custom-objects:read",
     "custom-objects:write",
     "webhooks:read",
@@ -132,6 +144,10 @@ pub struct KlaviyoSimOptions {
     /// How fast bulk profile import jobs run (default: start after 200 ms, then 5,000 profiles
     /// a second).
     pub bulk_pace: BulkPace,
+    /// Scopes an authorization never grants, even when asked for (default: none): the token
+    /// response's `scope` leaves them out, and calls needing one are answered 403 — a tenant
+    /// who installed before the extension asked for them. See [`KlaviyoSim::withhold_scopes`].
+    pub withheld_scopes: Vec<String>,
 }
 
 impl Default for KlaviyoSimOptions {
@@ -147,6 +163,7 @@ impl Default for KlaviyoSimOptions {
             delivery_timestamp_skew: jiff::SignedDuration::ZERO,
             auto_deliver: false,
             bulk_pace: BulkPace::default(),
+            withheld_scopes: Vec::new(),
         }
     }
 }
@@ -274,9 +291,18 @@ impl KlaviyoSim {
         oauth::decide(&self.ctx, authorize_url, false).await
     }
 
-    /// Issues tokens with every scope without the OAuth dance (for tests of API clients).
+    /// Issues tokens with every scope (bar the withheld ones) without the OAuth dance (for
+    /// tests of API clients).
     pub fn grant_tokens(&self) -> TokenSet {
-        self.ctx.lock().oauth.grant_direct()
+        let mut state = self.ctx.lock();
+        let withheld = state.options.withheld_scopes.clone();
+        state.oauth.grant_direct(&withheld)
+    }
+
+    /// From now on, authorizations (codes approved afterwards, [`Self::grant_tokens`]) grant
+    /// the scopes asked for minus `scopes`; grants made before keep theirs, refreshes included.
+    pub fn withhold_scopes(&self, scopes: &[&str]) {
+        self.ctx.lock().options.withheld_scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
     }
 
     /// Revokes every token, as when the customer uninstalls the app in Klaviyo (no
@@ -445,10 +471,17 @@ impl KlaviyoSim {
         deliveries::deliver_pending(&self.ctx).await
     }
 
+    /// Empties the queue without delivering (deliveries lost in an outage); returns what was
+    /// lost. The events stay readable through `GET /api/events`.
+    pub fn drop_pending(&self) -> Vec<SystemEvent> {
+        std::mem::take(&mut self.ctx.lock().outbox)
+    }
+
     /// Delivers `events` to every enabled webhook subscribed to any of their topics: signed,
     /// batched POSTs per webhook holding the events of its topics (at most
     /// [`deliveries::MAX_BATCH`] each). Returns each delivery with the
-    /// receiver's status (or the transport error).
+    /// receiver's status (or the transport error). Events not logged yet are logged, so they
+    /// are readable through `GET /api/events` too.
     pub async fn deliver(&self, events: Vec<SystemEvent>) -> anyhow::Result<Vec<Delivery>> {
         deliveries::deliver(&self.ctx, events).await
     }

@@ -54,6 +54,7 @@ pub struct TokenCounts {
 struct PendingCode {
     redirect_uri: String,
     challenge: String,
+    /// What the code grants: the scopes asked for, bar the withheld ones.
     scope: String,
     expires_at: Instant,
     used: bool,
@@ -120,9 +121,10 @@ impl OAuthState {
         }
     }
 
-    /// Issues a token set with every scope, as if the OAuth dance had happened.
-    pub fn grant_direct(&mut self) -> TokenSet {
-        self.new_grant(SCOPES.join(" "))
+    /// Issues a token set with every scope but the `withheld` ones, as if the OAuth dance had
+    /// happened.
+    pub fn grant_direct(&mut self, withheld: &[String]) -> TokenSet {
+        self.new_grant(granted(&SCOPES.join(" "), withheld))
     }
 
     /// The granted scopes of a live access token.
@@ -161,6 +163,15 @@ impl OAuthState {
             .iter()
             .position(|g| !g.revoked && g.refresh_token == refresh_token)
     }
+}
+
+/// The space-separated scopes of `requested` that are not `withheld`.
+fn granted(requested: &str, withheld: &[String]) -> String {
+    requested
+        .split(' ')
+        .filter(|scope| !withheld.iter().any(|w| w == scope))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The OAuth routes.
@@ -255,12 +266,14 @@ async fn authorize(State(ctx): State<Ctx>, RawQuery(query): RawQuery) -> Respons
     match params.get("approve") {
         Some("true") => {
             let code = random_alphanumeric(40);
-            ctx.lock().oauth.codes.insert(
+            let mut state = ctx.lock();
+            let scope = granted(scope, &state.options.withheld_scopes);
+            state.oauth.codes.insert(
                 code.clone(),
                 PendingCode {
                     redirect_uri: redirect_uri.into(),
                     challenge: challenge.into(),
-                    scope: scope.into(),
+                    scope,
                     expires_at: Instant::now() + CODE_LIFETIME,
                     used: false,
                 },

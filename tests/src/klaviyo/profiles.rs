@@ -401,7 +401,7 @@ pub(crate) async fn get_one(
 pub(crate) async fn search(State(ctx): State<Ctx>, here: Here) -> Result<Response, ApiError> {
     let filters = here
         .params
-        .filters(&["id", "email", "phone_number", "external_id"])?;
+        .filters(&["id", "email", "phone_number", "external_id"], &[])?;
     let with_subscriptions = here.params.wants_field("profile", "subscriptions");
     let matching: Vec<Profile> = ctx
         .lock()
@@ -410,10 +410,7 @@ pub(crate) async fn search(State(ctx): State<Ctx>, here: Here) -> Result<Respons
         .filter(|p| {
             filters.iter().all(|f| match f.field.as_str() {
                 "id" => f.matches(Some(&p.id)),
-                "email" => p
-                    .email
-                    .as_deref()
-                    .is_some_and(|e| f.values.iter().any(|v| v.eq_ignore_ascii_case(e))),
+                "email" => f.matches_ignoring_case(p.email.as_deref()),
                 "phone_number" => f.matches(p.phone_number.as_deref()),
                 _ => f.matches(p.external_id.as_deref()),
             })

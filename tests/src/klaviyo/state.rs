@@ -10,6 +10,7 @@ use super::KlaviyoSimOptions;
 use super::bulk::BulkImportJob;
 use super::data_sources::{DataSource, DataSourceRecord};
 use super::deliveries::SystemEvent;
+use super::event_log::EventLog;
 use super::events::{DeletionJob, Event};
 use super::oauth::OAuthState;
 use super::profiles::Profile;
@@ -35,6 +36,8 @@ pub(crate) struct State {
     pub bulk_jobs: Vec<BulkImportJob>,
     /// System events waiting to be delivered.
     pub outbox: Vec<SystemEvent>,
+    /// Every system event, delivered or not, kept (what `GET /api/events` reads).
+    pub event_log: EventLog,
 }
 
 impl State {
@@ -53,6 +56,7 @@ impl State {
             deletion_jobs: Vec::new(),
             bulk_jobs: Vec::new(),
             outbox: Vec::new(),
+            event_log: EventLog::default(),
         }
     }
 }

@@ -424,7 +424,7 @@ impl Account {
             let event = SystemEvent::new(topic, &profile.id, profile.email.as_deref())
                 .method(method)
                 .custom_method_detail(custom_method_detail);
-            self.outbox.push(event);
+            self.queue_event(event);
         }
     }
 
@@ -455,7 +455,7 @@ impl Account {
             .method("API")
             .custom_method_detail(custom_source)
             .list_id(list_id);
-        self.outbox.push(event);
+        self.queue_event(event);
     }
 
     /// A change made on Klaviyo's side (see [`super::KlaviyoSim::change_consent`]).
@@ -678,7 +678,7 @@ pub(crate) async fn list_profiles(
     Path(id): Path<String>,
     here: Here,
 ) -> Result<Response, ApiError> {
-    let filters = here.params.filters(&["email", "phone_number"])?;
+    let filters = here.params.filters(&["email", "phone_number"], &[])?;
     let list = find_list(&ctx, &id)?;
     let members: Vec<String> = {
         let state = ctx.lock();
@@ -687,10 +687,7 @@ pub(crate) async fn list_profiles(
             .filter_map(|member| state.profile(member))
             .filter(|p| {
                 filters.iter().all(|f| match f.field.as_str() {
-                    "email" => p
-                        .email
-                        .as_deref()
-                        .is_some_and(|e| f.values.iter().any(|v| v.eq_ignore_ascii_case(e))),
+                    "email" => f.matches_ignoring_case(p.email.as_deref()),
                     _ => f.matches(p.phone_number.as_deref()),
                 })
             })
