@@ -136,7 +136,14 @@ pub struct ErrorView {
 }
 
 impl From<RunError> for ErrorView {
-    fn from(RunError { profile, step, message, at }: RunError) -> Self {
+    fn from(
+        RunError {
+            profile,
+            step,
+            message,
+            at,
+        }: RunError,
+    ) -> Self {
         Self {
             profile,
             step,
@@ -190,10 +197,7 @@ async fn start(
     }
 }
 
-async fn show(
-    State(app): State<Arc<App>>,
-    admin: AdminTenant,
-) -> Result<Json<RunView>, ApiError> {
+async fn show(State(app): State<Arc<App>>, admin: AdminTenant) -> Result<Json<RunView>, ApiError> {
     let run = app.store.backfill(&admin.tenant.id).await?.ok_or_else(|| {
         ApiError::not_found(format!("tenant {} never ran a backfill", admin.tenant.id))
     })?;

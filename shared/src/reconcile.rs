@@ -82,9 +82,9 @@ async fn schedule(app: &App, tenant: &TenantId, now: Timestamp) -> Result<bool, 
         .store
         .update_reconciliation_or(tenant, |current| {
             let mut record = current.unwrap_or_else(|| Reconciliation::new(tenant.clone()));
-            let due = record.last_scheduled_at.is_none_or(|last| {
-                last.checked_add(interval).is_ok_and(|next| next <= now)
-            });
+            let due = record
+                .last_scheduled_at
+                .is_none_or(|last| last.checked_add(interval).is_ok_and(|next| next <= now));
             if !due {
                 return Err(());
             }
@@ -111,7 +111,11 @@ async fn schedule(app: &App, tenant: &TenantId, now: Timestamp) -> Result<bool, 
             Direction::Outbound,
             Work::ReconcileOutbound(work.clone()),
         ),
-        task(inbound.clone(), Direction::Inbound, Work::ReconcileInbound(work)),
+        task(
+            inbound.clone(),
+            Direction::Inbound,
+            Work::ReconcileInbound(work),
+        ),
     ];
     for task in &tasks {
         if let Err(error) = app.queue.enqueue(task).await {

@@ -24,11 +24,11 @@ const PATIENCE: Duration = Duration::from_secs(120);
 /// has said no to email marketing, every fourth has no SMS consent.
 fn shopper(n: u32) -> NewProfile {
     let mut profile = customer(n);
-    if n % 10 == 0 {
+    if n.is_multiple_of(10) {
         profile.email = Some(format!("test.{n}@example.com"));
     }
-    profile.comms.email_promo = Some(n % 3 != 0);
-    profile.comms.sms_promo = Some(n % 4 != 0);
+    profile.comms.email_promo = Some(!n.is_multiple_of(3));
+    profile.comms.sms_promo = Some(!n.is_multiple_of(4));
     profile
 }
 
@@ -115,9 +115,8 @@ async fn a_backfill_imports_every_included_profile_in_bulk_and_a_second_run_impo
     let options = KlaviyoSimOptions::default().without_rate_limits();
     let p = Pipeline::start_with(StoreKind::Memory, options, json!({})).await;
     let list = p.t.klaviyo.create_list("Everyone");
-    let response = p
-        .t
-        .request(
+    let response =
+        p.t.request(
             Method::PATCH,
             &format!("/{}/api/v1/settings", p.tenant),
             Some(&p.registered.admin_key),
@@ -138,14 +137,20 @@ async fn a_backfill_imports_every_included_profile_in_bulk_and_a_second_run_impo
     assert_eq!(counts["imported"], included.len());
     assert_eq!(counts["failed"], 0);
     assert_eq!(run["total"], 2_500);
-    assert!(run["chunks"].as_u64().unwrap() >= 8, "spread over chunks: {run}");
+    assert!(
+        run["chunks"].as_u64().unwrap() >= 8,
+        "spread over chunks: {run}"
+    );
     assert_eq!(run["chunks"], run["chunks_done"]);
 
     // Bulk only: no per-profile import, each profile in exactly one import job.
     assert_eq!(p.klaviyo_calls("POST", "/api/profile-import"), 0);
     let imports = p.bulk_imports();
     assert_eq!(imports.len(), included.len());
-    assert!(imports.values().all(|&jobs| jobs == 1), "a profile imported twice");
+    assert!(
+        imports.values().all(|&jobs| jobs == 1),
+        "a profile imported twice"
+    );
 
     let members: HashSet<String> = p.t.klaviyo.list_members(&list).into_iter().collect();
     for profile in &seeded {
@@ -165,7 +170,7 @@ async fn a_backfill_imports_every_included_profile_in_bulk_and_a_second_run_impo
             profile.id
         );
         let consent = p.t.klaviyo.consent(&klaviyo.id).expect("consent");
-        let email_subscribed = profile.comms.email_promo != Some(false);
+        let email_subscribed = profile.attributes.comms.email_promo != Some(false);
         assert_eq!(
             consent.email_marketing.consent == ConsentState::Subscribed,
             email_subscribed,
@@ -193,7 +198,11 @@ async fn a_backfill_imports_every_included_profile_in_bulk_and_a_second_run_impo
     let first = included[0];
     p.edit(&first.id, |_| {});
     p.settle().await;
-    assert_eq!(p.klaviyo_writes(), writes, "the live sync skipped an unchanged profile");
+    assert_eq!(
+        p.klaviyo_writes(),
+        writes,
+        "the live sync skipped an unchanged profile"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -202,17 +211,24 @@ async fn a_chunk_that_dies_after_its_import_resumes_from_the_checkpoint_without_
     p.seed_many(400);
     // Every poll of an import job fails for a while: the chunk's attempts end after Klaviyo
     // accepted their import jobs, and the retries find the job ids on the run.
-    p.t.klaviyo.faults().inject(
-        FaultRule::status("/api/profile-bulk-import-jobs/", 503, 40).method("GET"),
-    );
+    p.t.klaviyo
+        .faults()
+        .inject(FaultRule::status("/api/profile-bulk-import-jobs/", 503, 40).method("GET"));
     let run = p.run_backfill(json!({})).await;
     assert_eq!(run["state"], "completed", "{run}");
     assert_eq!(run["counts"]["imported"], 360, "{run}");
     let imports = p.bulk_imports();
     assert_eq!(imports.len(), 360);
-    assert!(imports.values().all(|&jobs| jobs == 1), "a profile imported twice");
+    assert!(
+        imports.values().all(|&jobs| jobs == 1),
+        "a profile imported twice"
+    );
     let chunks = run["chunks"].as_u64().unwrap() as usize;
-    assert_eq!(p.t.klaviyo.bulk_jobs().len(), chunks, "one import job per chunk");
+    assert_eq!(
+        p.t.klaviyo.bulk_jobs().len(),
+        chunks,
+        "one import job per chunk"
+    );
     assert!(
         p.klaviyo_calls("GET", "/api/profile-bulk-import-jobs/") > chunks,
         "the polls were retried"
@@ -261,7 +277,11 @@ async fn import_errors_become_failure_records_and_bulk_rate_limits_are_waited_ou
         .expect("a failure record names the profile");
     assert_eq!(record.severity, Severity::Failed);
     assert_eq!(record.step.as_deref(), Some("bulk_import"));
-    assert_eq!(record.task_kind, shared::queue::TaskKind::SyncProfile, "replayed as a sync");
+    assert_eq!(
+        record.task_kind,
+        shared::queue::TaskKind::SyncProfile,
+        "replayed as a sync"
+    );
     assert!(
         p.klaviyo_calls("POST", "/api/profile-bulk-import-jobs") >= 3,
         "the 429s were retried"
@@ -273,17 +293,30 @@ async fn the_backfill_api_validates_refuses_a_second_run_and_cancels() {
     let p = Pipeline::start(StoreKind::Memory, json!({})).await;
     let (status, body) = p.backfill(Method::GET, None).await;
     assert_eq!(status, 404, "{body}");
-    let (status, body) = p.backfill(Method::POST, Some(json!({"since": "yesterday"}))).await;
-    assert_eq!((status, &body["error"]["field"]), (400, &json!("since")), "{body}");
-    let (status, body) = p.backfill(Method::POST, Some(json!({"dry_runn": true}))).await;
+    let (status, body) = p
+        .backfill(Method::POST, Some(json!({"since": "yesterday"})))
+        .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (400, &json!("since")),
+        "{body}"
+    );
+    let (status, body) = p
+        .backfill(Method::POST, Some(json!({"dry_runn": true})))
+        .await;
     assert_eq!(status, 400, "{body}");
 
     p.seed_many(300);
-    p.t.klaviyo.set_bulk_pace(harness::klaviyo::BulkPace::stalled());
+    p.t.klaviyo
+        .set_bulk_pace(harness::klaviyo::BulkPace::stalled());
     let (status, started) = p.backfill(Method::POST, Some(json!({}))).await;
     assert_eq!(status, 202, "{started}");
     let (status, body) = p.backfill(Method::POST, Some(json!({}))).await;
-    assert_eq!((status, &body["error"]["code"]), (409, &json!("conflict")), "{body}");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("conflict")),
+        "{body}"
+    );
     let (status, cancelled) = p.backfill(Method::DELETE, None).await;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["state"], "cancelled");
@@ -292,14 +325,19 @@ async fn the_backfill_api_validates_refuses_a_second_run_and_cancels() {
     assert_eq!(status, 404);
 
     // A dry run after the cancel counts and writes nothing.
-    p.t.klaviyo.set_bulk_pace(harness::klaviyo::BulkPace::instant());
+    p.t.klaviyo
+        .set_bulk_pace(harness::klaviyo::BulkPace::instant());
     let jobs = p.t.klaviyo.bulk_jobs().len();
     let dry = p.run_backfill(json!({"dry_run": true})).await;
     assert_eq!(dry["state"], "completed", "{dry}");
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["counts"]["read"], 300);
     assert_eq!(dry["counts"]["imported"], 270);
-    assert_eq!(p.t.klaviyo.bulk_jobs().len(), jobs, "a dry run imports nothing");
+    assert_eq!(
+        p.t.klaviyo.bulk_jobs().len(),
+        jobs,
+        "a dry run imports nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -329,22 +367,41 @@ async fn reconciliation_brings_a_dropped_consent_change_to_omneo_once() {
 
     // The first unsubscribe is delivered by webhook; the second's delivery is lost.
     p.t.klaviyo
-        .change_consent(&one.klaviyo_id, Channel::Email, ConsentState::Unsubscribed, "PREFERENCE_PAGE")
+        .change_consent(
+            &one.klaviyo_id,
+            Channel::Email,
+            ConsentState::Unsubscribed,
+            "PREFERENCE_PAGE",
+        )
         .unwrap();
     p.t.klaviyo.deliver_pending().await.unwrap();
     p.settle().await;
     assert_eq!(p.interactions(&one.omneo.id).len(), 1);
     p.t.klaviyo
-        .change_consent(&two.klaviyo_id, Channel::Email, ConsentState::Unsubscribed, "PREFERENCE_PAGE")
+        .change_consent(
+            &two.klaviyo_id,
+            Channel::Email,
+            ConsentState::Unsubscribed,
+            "PREFERENCE_PAGE",
+        )
         .unwrap();
     assert_eq!(p.t.klaviyo.drop_pending().len(), 1);
     p.settle().await;
-    assert_ne!(p.t.omneo.comms(p.tenant, &two.omneo.id).unwrap().email_promo, Some(false));
+    assert_ne!(
+        p.t.omneo
+            .comms(p.tenant, &two.omneo.id)
+            .unwrap()
+            .email_promo,
+        Some(false)
+    );
 
     let swept = p.reconcile_at(start).await;
     assert_eq!(swept, [TenantId::parse(p.tenant).unwrap()]);
     assert_eq!(
-        p.t.omneo.comms(p.tenant, &two.omneo.id).unwrap().email_promo,
+        p.t.omneo
+            .comms(p.tenant, &two.omneo.id)
+            .unwrap()
+            .email_promo,
         Some(false),
         "the dropped unsubscribe reached Omneo"
     );
@@ -357,13 +414,18 @@ async fn reconciliation_brings_a_dropped_consent_change_to_omneo_once() {
 
     // Not due again within the interval; due after it.
     assert!(p.reconcile_at(start).await.is_empty());
-    let later = start.checked_add(jiff::SignedDuration::from_mins(61)).unwrap();
+    let later = start
+        .checked_add(jiff::SignedDuration::from_mins(61))
+        .unwrap();
     assert_eq!(p.reconcile_at(later).await.len(), 1);
-    assert_eq!(p.interactions(&two.omneo.id).len(), 1, "events are read once");
+    assert_eq!(
+        p.interactions(&two.omneo.id).len(),
+        1,
+        "events are read once"
+    );
 
-    let status = p
-        .t
-        .request(
+    let status =
+        p.t.request(
             Method::GET,
             &format!("/{}/api/v1/install", p.tenant),
             Some(&p.registered.admin_key),
@@ -391,31 +453,44 @@ async fn reconciliation_brings_a_change_missed_while_omneo_webhooks_were_off_to_
     p.finished_run().await;
 
     for webhook in p.t.omneo.webhooks(p.tenant) {
-        let response = p
-            .t
-            .http
-            .put(format!("{}/api/v3/webhooks/{}", p.t.omneo.api_url(p.tenant), webhook.id))
-            .bearer_auth(&p.registered.omneo_token)
-            .json(&json!({"is_active": false}))
-            .send()
-            .await
-            .unwrap();
+        let response =
+            p.t.http
+                .put(format!(
+                    "{}/api/v3/webhooks/{}",
+                    p.t.omneo.api_url(p.tenant),
+                    webhook.id
+                ))
+                .bearer_auth(&p.registered.omneo_token)
+                .json(&json!({"is_active": false}))
+                .send()
+                .await
+                .unwrap();
         assert_eq!(response.status(), 200);
     }
-    p.edit(&linked.omneo.id, |profile| profile.last_name = Some("Missed".into()));
+    p.edit(&linked.omneo.id, |profile| {
+        profile.last_name = Some("Missed".into())
+    });
     p.settle().await;
     assert_ne!(
-        p.klaviyo_profile(&linked.omneo.id).unwrap().last_name.as_deref(),
+        p.klaviyo_profile(&linked.omneo.id)
+            .unwrap()
+            .last_name
+            .as_deref(),
         Some("Missed")
     );
 
-    let later = start.checked_add(jiff::SignedDuration::from_mins(61)).unwrap();
+    let later = start
+        .checked_add(jiff::SignedDuration::from_mins(61))
+        .unwrap();
     p.reconcile_at(later).await;
     let run = p.finished_run().await;
     assert_eq!(run["trigger"], "reconciliation", "{run}");
     assert_eq!(run["state"], "completed", "{run}");
     assert_eq!(
-        p.klaviyo_profile(&linked.omneo.id).unwrap().last_name.as_deref(),
+        p.klaviyo_profile(&linked.omneo.id)
+            .unwrap()
+            .last_name
+            .as_deref(),
         Some("Missed"),
         "the missed change reached Klaviyo"
     );
@@ -429,12 +504,14 @@ async fn a_tenant_without_the_new_scopes_reports_reconciliation_and_keeps_syncin
     };
     let p = Pipeline::start_with(StoreKind::Memory, options, json!({})).await;
     let linked = p.linked(customer(4)).await;
-    assert!(p.klaviyo_profile(&linked.omneo.id).is_some(), "the live sync works");
+    assert!(
+        p.klaviyo_profile(&linked.omneo.id).is_some(),
+        "the live sync works"
+    );
 
     p.reconcile_at(Timestamp::now()).await;
-    let status = p
-        .t
-        .request(
+    let status =
+        p.t.request(
             Method::GET,
             &format!("/{}/api/v1/install", p.tenant),
             Some(&p.registered.admin_key),
@@ -446,7 +523,10 @@ async fn a_tenant_without_the_new_scopes_reports_reconciliation_and_keeps_syncin
         .await
         .unwrap();
     let reconciliation = &status["reconciliation"];
-    assert_eq!(reconciliation["status"], "reauthorization_required", "{status}");
+    assert_eq!(
+        reconciliation["status"], "reauthorization_required",
+        "{status}"
+    );
     assert_eq!(
         reconciliation["missing_scopes"],
         json!(["events:read", "metrics:read"])
@@ -464,12 +544,20 @@ async fn a_tenant_without_the_new_scopes_reports_reconciliation_and_keeps_syncin
 
     // Consent still flows both ways through the webhooks.
     p.t.klaviyo
-        .change_consent(&linked.klaviyo_id, Channel::Email, ConsentState::Unsubscribed, "PREFERENCE_PAGE")
+        .change_consent(
+            &linked.klaviyo_id,
+            Channel::Email,
+            ConsentState::Unsubscribed,
+            "PREFERENCE_PAGE",
+        )
         .unwrap();
     p.t.klaviyo.deliver_pending().await.unwrap();
     p.settle().await;
     assert_eq!(
-        p.t.omneo.comms(p.tenant, &linked.omneo.id).unwrap().email_promo,
+        p.t.omneo
+            .comms(p.tenant, &linked.omneo.id)
+            .unwrap()
+            .email_promo,
         Some(false)
     );
 }

@@ -1,6 +1,6 @@
 //! The local stack of `make dev` (`harness::local_stack`): a simulator starts only for the URLs
 //! left unset, the demo tenant is registered and installs through its printed link, the guide's
-//! sync walk-throughs (Omneo → Klaviyo, then Klaviyo → Omneo) work as printed, and the guide never
+//! sync walk-throughs (Omneo → Klaviyo, then Klaviyo → Omneo) and its backfill section work as printed, and the guide never
 //! echoes a secret that came from the environment. Every stack runs with `PORT=0` (free ports for the app and the simulators), so
 //! these tests run in parallel.
 
@@ -829,4 +829,59 @@ async fn the_guides_klaviyo_commands_carry_an_unsubscribe_and_a_reward_to_omneo(
         DEMO_PROFILES as usize + 1,
         "the seeded ones and this one"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_guides_backfill_commands_import_the_demo_customers_and_show_reconciliation() {
+    let stack = start(&[]).await;
+    let klaviyo = stack.klaviyo.as_ref().unwrap();
+    let authorize = follow_install_link(&stack).await;
+    let callback = klaviyo.approve(&authorize).await.unwrap();
+    let page = http().get(callback.as_str()).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+
+    let commands = guide_commands(&stack.guide, "Backfill and reconciliation");
+    let [start_run, progress, every_minute, status] = commands.as_slice() else {
+        panic!("four commands expected:\n{}", stack.guide);
+    };
+
+    // 1. The backfill starts.
+    let (code, run) = start_run.run().await;
+    assert_eq!(code, 202, "{run}");
+    assert_eq!(run["state"], "running");
+
+    // 2. It completes: every demo customer imported through a bulk job, none per profile.
+    let run = progress
+        .run_until(|run| (run["state"] != "running").then(|| run.clone()))
+        .await;
+    assert_eq!(run["state"], "completed", "{run}");
+    assert_eq!(run["counts"]["read"], DEMO_PROFILES, "{run}");
+    assert_eq!(run["counts"]["imported"], DEMO_PROFILES, "{run}");
+    assert_eq!(klaviyo.profiles().len(), DEMO_PROFILES as usize);
+    assert!(!klaviyo.bulk_jobs().is_empty());
+    assert!(
+        klaviyo
+            .recorder()
+            .matching("POST", "/api/profile-import")
+            .is_empty()
+    );
+
+    // 3. Reconciliation every minute; 4. once the timer swept, the status shows its results.
+    let (code, settings) = every_minute.run().await;
+    assert_eq!(code, 200, "{settings}");
+    assert_eq!(settings["reconcile_interval_minutes"], 1);
+    shared::reconcile::sweep(&stack.app, jiff::Timestamp::now())
+        .await
+        .unwrap();
+    let reconciliation = status
+        .run_until(|install| {
+            let reconciliation = &install["reconciliation"];
+            (!reconciliation["inbound"]["last"].is_null()
+                && !reconciliation["outbound"]["last"].is_null())
+            .then(|| reconciliation.clone())
+        })
+        .await;
+    assert_eq!(reconciliation["interval_minutes"], 1);
+    assert_eq!(reconciliation["status"], "on", "{reconciliation}");
+    assert_eq!(reconciliation["inbound"]["last"]["status"], "succeeded");
 }

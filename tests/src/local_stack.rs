@@ -533,6 +533,7 @@ Sealed secrets:   curl -H 'Authorization: Bearer <operator>' {base}/api/v1/keyri
                 self.write_inbound(&mut text, omneo, customer, email);
             }
         }
+        self.write_backfill(&mut text);
         let _ = write!(
             text,
             "
@@ -604,6 +605,31 @@ Sync Omneo → Klaviyo (after installing) — with the demo customer {name}, {id
             text,
             "  4. The Klaviyo profile id is written back to Omneo as the identity `{handle}`:
      curl {profile_url}
+"
+        );
+    }
+
+    /// The section "Backfill and reconciliation": start a backfill of every customer through
+    /// Klaviyo's bulk jobs, watch its progress, turn reconciliation to every minute and read its
+    /// state in the install status. One one-line curl command per step, which the integration
+    /// test runs as printed.
+    fn write_backfill(&self, text: &mut String) {
+        let base = self.url;
+        let admin = self.admin_key.expose_secret();
+        let api = format!("{base}/{DEMO_TENANT}/api/v1");
+        let _ = write!(
+            text,
+            "
+Backfill and reconciliation (once installed) — every customer through Klaviyo's bulk jobs:
+  1. Start a backfill (202; {{\"since\": \"<RFC 3339>\"}} for the recently updated only, {{\"dry_run\": true}} to count):
+     curl -X POST -H 'Authorization: Bearer {admin}' -H 'content-type: application/json' -d '{{}}' {api}/backfill
+  2. Its progress: state, counts (read, excluded, imported, subscribed, unchanged, failed), rate, ETA, errors:
+     curl -H 'Authorization: Bearer {admin}' {api}/backfill
+  3. Reconcile every minute instead of every hour (this stack's timer sweeps each minute; 0 turns it off):
+     curl -X PATCH -H 'Authorization: Bearer {admin}' -H 'content-type: application/json' -d '{{\"reconcile_interval_minutes\":1}}' {api}/settings
+  4. Within a minute the install status shows it: \"reconciliation\" with its cursors and each direction's last result:
+     curl -H 'Authorization: Bearer {admin}' {api}/install
+  Cancel a running backfill: curl -X DELETE -H 'Authorization: Bearer {admin}' {api}/backfill
 "
         );
     }

@@ -51,7 +51,14 @@ pub async fn run(job: &Job<'_>, work: &Reconcile) -> Result<(), Setback> {
             missing.join(" ")
         );
         tracing::warn!(tenant = %job.tenant.id, %message, "inbound reconciliation skipped");
-        return record(job, ReconcileStatus::ReauthorizationRequired, message, 0, None).await;
+        return record(
+            job,
+            ReconcileStatus::ReauthorizationRequired,
+            message,
+            0,
+            None,
+        )
+        .await;
     }
     let cursor = job
         .app
@@ -69,7 +76,14 @@ pub async fn run(job: &Job<'_>, work: &Reconcile) -> Result<(), Setback> {
         Ok((events, tasks, newest)) => {
             let message = format!("{events} consent events since {after}, {tasks} tasks");
             let newest = newest.max(cursor.unwrap_or(after));
-            record(job, ReconcileStatus::Succeeded, message, events, Some(newest)).await
+            record(
+                job,
+                ReconcileStatus::Succeeded,
+                message,
+                events,
+                Some(newest),
+            )
+            .await
         }
         Err(setback) => {
             let message = format!("{}: {}", setback.step, setback.reason);
@@ -81,7 +95,10 @@ pub async fn run(job: &Job<'_>, work: &Reconcile) -> Result<(), Setback> {
 
 /// Reads every consent metric's events after `after`, enqueues one task per profile: (events
 /// read, tasks enqueued, the newest event time).
-async fn read_and_enqueue(job: &Job<'_>, after: Timestamp) -> Result<(u64, usize, Timestamp), Setback> {
+async fn read_and_enqueue(
+    job: &Job<'_>,
+    after: Timestamp,
+) -> Result<(u64, usize, Timestamp), Setback> {
     let metrics = job
         .klaviyo(|k, t| async move { k.metrics(&t).await })
         .await
@@ -135,7 +152,11 @@ async fn read_and_enqueue(job: &Job<'_>, after: Timestamp) -> Result<(u64, usize
         .map(|(profile, found)| {
             let mut ids: Vec<&str> = found.events.iter().map(|e| e.id.as_str()).collect();
             ids.sort_unstable();
-            let mut parts = vec!["klaviyo-reconcile", job.tenant.id.as_str(), profile.as_str()];
+            let mut parts = vec![
+                "klaviyo-reconcile",
+                job.tenant.id.as_str(),
+                profile.as_str(),
+            ];
             parts.extend(ids);
             Task {
                 queue: queue.clone(),

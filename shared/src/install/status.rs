@@ -28,8 +28,8 @@ use super::admin::AdminTenant;
 use crate::api_error::ApiError;
 use crate::app::App;
 use crate::domain::TenantId;
-use crate::queue::QueueName;
 use crate::klaviyo::oauth::missing_reconciliation_scopes;
+use crate::queue::QueueName;
 use crate::store::{
     Install, InstallStatus, InstallStep, OAuthTokens, ReconcileResult, ReconcileStatus,
     Reconciliation, StepError,

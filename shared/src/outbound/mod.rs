@@ -52,12 +52,9 @@ impl Worker for Outbound {
             Work::DataSourceRecord(work) => targets::data_source_record(job, work).await,
             Work::BackfillChunk(work) => backfill::chunk::run(job, work).await,
             Work::ReconcileOutbound(work) => reconcile::run(job, work).await,
-            Work::KlaviyoEvents(_) | Work::FlowAction(_) | Work::ReconcileInbound(_) => {
-                Err(Setback::give_up(
-                "route",
-                    "inbound work reached the outbound worker",
-                ))
-            }
+            Work::KlaviyoEvents(_) | Work::FlowAction(_) | Work::ReconcileInbound(_) => Err(
+                Setback::give_up("route", "inbound work reached the outbound worker"),
+            ),
         }
     }
 }

@@ -8,9 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 use super::backfill::{self, RunRequest, StartError};
 use crate::job::{Job, store_setback};
 use crate::queue::Reconcile;
-use crate::store::{
-    InstallStatus, ReconcileResult, ReconcileStatus, Reconciliation, RunTrigger,
-};
+use crate::store::{InstallStatus, ReconcileResult, ReconcileStatus, Reconciliation, RunTrigger};
 use crate::worker::Setback;
 
 /// Starts the incremental run, unless a backfill is already running.
@@ -36,7 +34,10 @@ pub async fn run(job: &Job<'_>, work: &Reconcile) -> Result<(), Setback> {
     let (status, message, run_id) = match backfill::start(job.app, tenant, request).await {
         Ok(run) => (
             ReconcileStatus::Succeeded,
-            format!("started backfill run {} of the profiles updated since {since}", run.id),
+            format!(
+                "started backfill run {} of the profiles updated since {since}",
+                run.id
+            ),
             Some(run.id),
         ),
         Err(StartError::Running(run)) => (

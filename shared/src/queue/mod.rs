@@ -22,9 +22,9 @@ pub use self::cloud_tasks::CloudTasksQueue;
 pub use self::local::{LocalQueue, LocalQueueStats};
 pub use self::names::{QueueName, TaskName, TenantQueues};
 pub use self::work::{
-    BackfillChunk, Reconcile, ConsentEvent, DataSourceRecord, DefinitionId, FlowAction, FlowDedupe, FlowRequest,
-    IssueBenefit, IssueReward, KlaviyoEvents, OUR_CUSTOM_SOURCE, ProfileDeleted, RecordInteraction,
-    SendMetric, SyncProfile, TaskKind, Work,
+    BackfillChunk, ConsentEvent, DataSourceRecord, DefinitionId, FlowAction, FlowDedupe,
+    FlowRequest, IssueBenefit, IssueReward, KlaviyoEvents, OUR_CUSTOM_SOURCE, ProfileDeleted,
+    Reconcile, RecordInteraction, SendMetric, SyncProfile, TaskKind, Work,
 };
 use crate::api_error::ApiError;
 use crate::domain::TenantId;

@@ -42,7 +42,9 @@ async fn main() -> anyhow::Result<()> {
 
     let seeded = omneo.insert_profiles(
         DEMO_TENANT,
-        (0..PROFILES).map(|n| NewProfile::demo(100_000 + n)).collect(),
+        (0..PROFILES)
+            .map(|n| NewProfile::demo(100_000 + n))
+            .collect(),
     )?;
     let http = reqwest::Client::new();
     let url = format!("{}/{DEMO_TENANT}/api/v1/backfill", stack.url);
@@ -60,7 +62,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let run = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let run: Value = http.get(&url).bearer_auth(&bearer).send().await?.json().await?;
+        let run: Value = http
+            .get(&url)
+            .bearer_auth(&bearer)
+            .send()
+            .await?
+            .json()
+            .await?;
         if run["state"] != "running" {
             break run;
         }
@@ -89,7 +97,12 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let lost = seeded
         .iter()
-        .filter(|p| !p.email.as_deref().unwrap_or_default().contains("@example.com"))
+        .filter(|p| {
+            !p.email
+                .as_deref()
+                .unwrap_or_default()
+                .contains("@example.com")
+        })
         .filter(|p| !by_external_id.contains_key(&p.id))
         .count();
 
@@ -104,10 +117,7 @@ async fn main() -> anyhow::Result<()> {
         wall.as_secs_f64(),
         rate / per_profile as f64
     );
-    println!(
-        "| counts | {} | — |",
-        run["counts"]
-    );
+    println!("| counts | {} | — |", run["counts"]);
     println!(
         "| bulk import jobs | {} | ≥ {} |",
         klaviyo.bulk_jobs().len(),

@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::klaviyo::models::{
-    BulkImport, ProfileUpsert, SubscribeJob, Subscriber, UnsubscribeJob,
-};
+use crate::klaviyo::models::{BulkImport, ProfileUpsert, SubscribeJob, Subscriber, UnsubscribeJob};
 
 /// The most profiles one bulk import job takes.
 pub const MAX_IMPORT_PROFILES: usize = 10_000;
@@ -128,7 +126,9 @@ mod tests {
             id: None,
             email: Patch::Set(format!("p{n}@shop.test")),
             phone_number: Patch::Keep,
-            external_id: Patch::Set(format!("omneo-{n}")),
+            external_id: Patch::Set(
+                crate::domain::OmneoProfileId::parse(format!("omneo-{n}")).unwrap(),
+            ),
             first_name: Patch::Keep,
             last_name: Patch::Keep,
             title: Patch::Keep,
@@ -147,7 +147,11 @@ mod tests {
         assert_eq!(sizes, [10_000, 10_000, 5_001]);
         assert!(oversized.is_empty());
         let all: Vec<usize> = batches.concat();
-        assert_eq!(all, (0..25_001).collect::<Vec<_>>(), "each profile once, in order");
+        assert_eq!(
+            all,
+            (0..25_001).collect::<Vec<_>>(),
+            "each profile once, in order"
+        );
     }
 
     #[test]
@@ -165,7 +169,10 @@ mod tests {
             let bytes = job.to_document().to_string().len();
             assert!(bytes <= MAX_IMPORT_BYTES, "{bytes} bytes");
             // Packed tight: one more profile would not have fitted.
-            assert!(bytes + 60_100 > MAX_IMPORT_BYTES, "{bytes} bytes leaves room");
+            assert!(
+                bytes + 60_100 > MAX_IMPORT_BYTES,
+                "{bytes} bytes leaves room"
+            );
         }
         assert_eq!(batches.concat().len(), 200);
     }
@@ -224,7 +231,11 @@ mod tests {
             let mut emails: Vec<_> = job.subscribers.iter().map(|s| &s.email).collect();
             emails.sort();
             emails.dedup();
-            assert_eq!(emails.len(), job.subscribers.len(), "no profile twice in a job");
+            assert_eq!(
+                emails.len(),
+                job.subscribers.len(),
+                "no profile twice in a job"
+            );
         }
     }
 
@@ -244,7 +255,11 @@ mod tests {
         let packed = pack_unsubscribes(per_profile);
         let sizes: Vec<usize> = packed.iter().map(|j| j.subscribers.len()).collect();
         assert_eq!(sizes, [100, 100, 50]);
-        assert!(packed.iter().all(|j| j.custom_source.as_deref() == Some("omneo")));
+        assert!(
+            packed
+                .iter()
+                .all(|j| j.custom_source.as_deref() == Some("omneo"))
+        );
         assert!(pack_unsubscribes(Vec::new()).is_empty());
     }
 }

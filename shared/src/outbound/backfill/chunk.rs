@@ -96,8 +96,8 @@ pub async fn run(job: &Job<'_>, work: &BackfillChunk) -> Result<(), Setback> {
         Ok(()) => job.finish(held, CHUNK_RETAIN, "claim_chunk").await,
         Err(setback) => {
             job.let_go(held).await;
-            let max_attempts = QueueSettings::for_direction(crate::queue::Direction::Outbound)
-                .max_attempts;
+            let max_attempts =
+                QueueSettings::for_direction(crate::queue::Direction::Outbound).max_attempts;
             if setback.next == Next::GiveUp || job.request.is_last_attempt(max_attempts) {
                 let why = format!(
                     "chunk at page {} failed at {}: {}",
@@ -194,7 +194,7 @@ async fn size_chunks(job: &Job<'_>, run: &BackfillRun, total: Option<u64>) -> Re
     let pages = total.map_or(u64::from(MAX_PAGES_PER_CHUNK * TARGET_CHUNKS), |total| {
         total.div_ceil(u64::from(PAGE_SIZE))
     });
-    let decided = u32::try_from(pages.div_ceil(u64::from(TARGET_CHUNKS)))
+    let decided = u32::try_from(pages / u64::from(TARGET_CHUNKS))
         .unwrap_or(MAX_PAGES_PER_CHUNK)
         .clamp(1, MAX_PAGES_PER_CHUNK);
     let stored = job
@@ -284,7 +284,11 @@ impl Entry {
         self.profile
             .identity(handle)
             .and_then(|id| KlaviyoProfileId::parse(id).ok())
-            .or_else(|| self.previous.as_ref().and_then(|s| s.klaviyo_profile_id.clone()))
+            .or_else(|| {
+                self.previous
+                    .as_ref()
+                    .and_then(|s| s.klaviyo_profile_id.clone())
+            })
     }
 
     fn email(&self) -> Option<&str> {
@@ -307,11 +311,18 @@ impl Plan {
     fn count_dry(&self, counts: &mut RunCounts) {
         for entry in &self.entries {
             counts.imported += u64::from(entry.import);
-            let sent = entry.previous.as_ref().map(|s| s.consent).unwrap_or_default();
+            let sent = entry
+                .previous
+                .as_ref()
+                .map(|s| s.consent)
+                .unwrap_or_default();
             let changes_to = |state| {
-                [(entry.desired.email, sent.email), (entry.desired.sms, sent.sms)]
-                    .iter()
-                    .any(|&(want, had)| want == Some(state) && had != Some(state))
+                [
+                    (entry.desired.email, sent.email),
+                    (entry.desired.sms, sent.sms),
+                ]
+                .iter()
+                .any(|&(want, had)| want == Some(state) && had != Some(state))
             };
             counts.subscribed += u64::from(changes_to(ConsentState::Subscribed));
             counts.unsubscribed += u64::from(changes_to(ConsentState::NotSubscribed));
@@ -320,7 +331,11 @@ impl Plan {
 }
 
 /// Excludes, maps and compares each profile with its sync state.
-async fn plan(job: &Job<'_>, profiles: Vec<Profile>, outcome: &mut Outcome) -> Result<Plan, Setback> {
+async fn plan(
+    job: &Job<'_>,
+    profiles: Vec<Profile>,
+    outcome: &mut Outcome,
+) -> Result<Plan, Setback> {
     let settings = &job.tenant.settings;
     let mut candidates = Vec::with_capacity(profiles.len());
     for profile in profiles {
@@ -351,12 +366,18 @@ async fn plan(job: &Job<'_>, profiles: Vec<Profile>, outcome: &mut Outcome) -> R
     let mut entries = Vec::new();
     for (profile, mapped) in candidates {
         let hash = mapped.hash();
-        let has_email = profile.email.as_deref().is_some_and(|e| !e.trim().is_empty());
+        let has_email = profile
+            .email
+            .as_deref()
+            .is_some_and(|e| !e.trim().is_empty());
         let desired = consent::desired(profile.comms.as_ref(), has_email, mapped.phone.as_ref());
         let previous = states.remove(&profile.id);
         let import = !previous.as_ref().is_some_and(|state| {
             state.payload_hash == hash
-                && state.klaviyo_profile_id.as_ref().map(KlaviyoProfileId::as_str)
+                && state
+                    .klaviyo_profile_id
+                    .as_ref()
+                    .map(KlaviyoProfileId::as_str)
                     == profile.identity(handle)
         });
         let consent_sent = previous.as_ref().is_some_and(|state| {
@@ -408,7 +429,14 @@ async fn write(
             too_big.bytes,
             bulk::MAX_PROFILE_BYTES
         );
-        profile_failure(job, &entries[entry].profile.id, "bulk_import", message, outcome).await?;
+        profile_failure(
+            job,
+            &entries[entry].profile.id,
+            "bulk_import",
+            message,
+            outcome,
+        )
+        .await?;
     }
     let checkpointed = run
         .chunk(work.first_page)
@@ -449,15 +477,26 @@ async fn write(
             };
             let entry = importing[entry];
             if refused.insert(entry) {
-                let message = format!("Klaviyo refused the profile: {} ({})", error.title, error.detail);
-                profile_failure(job, &entries[entry].profile.id, "bulk_import", message, outcome)
-                    .await?;
+                let message = format!(
+                    "Klaviyo refused the profile: {} ({})",
+                    error.title, error.detail
+                );
+                profile_failure(
+                    job,
+                    &entries[entry].profile.id,
+                    "bulk_import",
+                    message,
+                    outcome,
+                )
+                .await?;
             }
         }
     }
 
     // Match every imported profile, and every profile whose consent may differ, by external id.
-    let matching: Vec<usize> = (0..entries.len()).filter(|i| !refused.contains(i)).collect();
+    let matching: Vec<usize> = (0..entries.len())
+        .filter(|i| !refused.contains(i))
+        .collect();
     let ids: Vec<OmneoProfileId> = matching
         .iter()
         .map(|&i| entries[i].profile.id.clone())
@@ -601,7 +640,10 @@ async fn wait_for(job: &Job<'_>, id: &str) -> Result<BulkImportJob, Setback> {
         if tokio::time::Instant::now() + pause > deadline {
             return Err(Setback::retry(
                 "poll_import",
-                format!("import job {id} is still {:?} after {POLL_BUDGET:?}", state.status),
+                format!(
+                    "import job {id} is still {:?} after {POLL_BUDGET:?}",
+                    state.status
+                ),
             ));
         }
         tokio::time::sleep(pause).await;
@@ -614,11 +656,15 @@ async fn match_profiles(
     job: &Job<'_>,
     ids: &[OmneoProfileId],
 ) -> Result<HashMap<String, KlaviyoProfile>, Setback> {
-    let pages: Vec<Vec<KlaviyoProfile>> = stream::iter(ids.chunks(MATCH_BATCH))
+    let batches: Vec<Vec<OmneoProfileId>> = ids.chunks(MATCH_BATCH).map(<[_]>::to_vec).collect();
+    let pages: Vec<Vec<KlaviyoProfile>> = stream::iter(batches)
         .map(|batch| async move {
-            job.klaviyo(|k, t| async move { k.find_profiles_by_external_ids(&t, batch).await })
-                .await
-                .map_err(klaviyo_setback("match_profile"))
+            job.klaviyo(|k, t| {
+                let batch = batch.clone();
+                async move { k.find_profiles_by_external_ids(&t, &batch).await }
+            })
+            .await
+            .map_err(klaviyo_setback("match_profile"))
         })
         .buffer_unordered(CONCURRENT_CALLS)
         .try_collect()
@@ -659,7 +705,15 @@ async fn write_identities(
         .try_collect()
         .await?;
     for (profile, message) in refused {
-        record(job, &profile, "write_identity", message, Severity::Warning, outcome).await?;
+        record(
+            job,
+            &profile,
+            "write_identity",
+            message,
+            Severity::Warning,
+            outcome,
+        )
+        .await?;
     }
     Ok(())
 }

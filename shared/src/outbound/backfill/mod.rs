@@ -156,7 +156,7 @@ pub(crate) async fn end(
 
 /// The chunk task of `run_id` starting at `first_page`: named from the run and the page, so a
 /// chunk is enqueued once however often its predecessor runs.
-pub(crate) fn chunk_task(
+pub fn chunk_task(
     tenant: &TenantId,
     queue: &QueueName,
     run_id: &str,
@@ -182,7 +182,10 @@ pub(crate) fn chunk_task(
 
 /// After a run completed: reconciliation continues from its start when it covered everything
 /// since the current cursor (a full run always does; a dry run never counts).
-pub(crate) async fn advance_outbound_cursor(app: &App, run: &BackfillRun) -> Result<(), StoreError> {
+pub(crate) async fn advance_outbound_cursor(
+    app: &App,
+    run: &BackfillRun,
+) -> Result<(), StoreError> {
     if run.dry_run || run.state != RunState::Completed {
         return Ok(());
     }
