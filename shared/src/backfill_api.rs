@@ -214,3 +214,53 @@ async fn cancel(
     tracing::info!(tenant = %admin.tenant.id, run = %run.id, "backfill cancelled");
     Ok(Json(RunView::of(run, Timestamp::now())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TenantId;
+
+    fn run(state: RunState, read: u64, total: Option<u64>) -> BackfillRun {
+        let now: Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        BackfillRun {
+            tenant: TenantId::parse("acme").unwrap(),
+            id: "run-1".into(),
+            trigger: RunTrigger::Admin,
+            since: None,
+            dry_run: false,
+            state,
+            started_at: now.checked_sub(SignedDuration::from_mins(2)).unwrap(),
+            finished_at: None,
+            total,
+            pages_per_chunk: 10,
+            listing_done: false,
+            chunks: Default::default(),
+            counts: RunCounts {
+                read,
+                ..RunCounts::default()
+            },
+            errors: Vec::new(),
+            failure: None,
+        }
+    }
+
+    #[test]
+    fn the_rate_is_profiles_read_per_minute_and_the_eta_follows_it() {
+        let now: Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        let view = RunView::of(run(RunState::Running, 1_000, Some(3_000)), now);
+        assert_eq!(view.rate_per_minute, 500.0);
+        assert_eq!(view.eta, Some("2026-12-02T10:04:00Z".parse().unwrap()));
+        assert_eq!(view.state, "running");
+    }
+
+    #[test]
+    fn no_eta_without_a_total_or_once_finished() {
+        let now: Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        assert_eq!(RunView::of(run(RunState::Running, 1_000, None), now).eta, None);
+        let mut finished = run(RunState::Completed, 3_000, Some(3_000));
+        finished.finished_at = Some(now.checked_sub(SignedDuration::from_mins(1)).unwrap());
+        let view = RunView::of(finished, now);
+        assert_eq!(view.eta, None);
+        assert_eq!(view.rate_per_minute, 3_000.0, "measured to the end, not to now");
+    }
+}

@@ -39,7 +39,7 @@ use crate::klaviyo::models::{BulkImport, BulkImportJob, BulkJobStatus, Profile a
 use crate::omneo::models::{Profile, ProfileListing};
 use crate::outbound::consent::{self, ConsentTarget};
 use crate::outbound::mapping::{MappedProfile, event_context, exclusion};
-use crate::queue::{BackfillChunk, QueueSettings, TaskKind};
+use crate::queue::{BackfillChunk, Direction, QueueSettings, TaskKind};
 use crate::store::{
     BackfillRun, ConsentSent, Failure, IdempotencyKey, RunCounts, RunError, RunState, Severity,
     StoreError, SyncState,
