@@ -11,7 +11,8 @@ use axum::http::request::Parts;
 
 use super::activity::{Benefit, Interaction, Reward};
 use super::id_tokens::MintedIdToken;
-use super::profiles::{Profile, ProfileRecord};
+use super::profile_index::Profiles;
+use super::profiles::Profile;
 use super::responses::ApiError;
 use super::webhooks::{Deliveries, Webhook};
 use super::{ApiToken, TenantSpec};
@@ -61,7 +62,8 @@ pub(crate) struct Tenant {
     pub(crate) name: String,
     pub(crate) tokens: Vec<ApiToken>,
     pub(crate) signing_secret: String,
-    pub(crate) profiles: Vec<ProfileRecord>,
+    /// In creation order, indexed by id, email, mobile and identity.
+    pub(crate) profiles: Profiles,
     pub(crate) webhooks: Vec<Webhook>,
     pub(crate) interactions: Vec<Interaction>,
     pub(crate) rewards: Vec<Reward>,
@@ -71,12 +73,12 @@ pub(crate) struct Tenant {
 }
 
 impl Tenant {
-    fn new(spec: TenantSpec) -> Self {
+    pub(super) fn new(spec: TenantSpec) -> Self {
         Self {
             name: spec.name,
             tokens: spec.tokens,
             signing_secret: spec.signing_secret,
-            profiles: Vec::new(),
+            profiles: Profiles::default(),
             webhooks: Vec::new(),
             interactions: Vec::new(),
             rewards: Vec::new(),
