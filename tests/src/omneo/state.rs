@@ -39,11 +39,14 @@ impl Trigger {
     }
 }
 
-/// A profile change to deliver: the trigger and the profile JSON (the event context).
+/// A profile change to deliver: the trigger and the profile as the change left it (the event
+/// context). It is serialised only when a webhook is to receive it: most writes (a backfill's
+/// identity write-back, made in the extension's own namespace) reach none, and serialising a
+/// profile costs far more than copying it.
 #[derive(Debug, Clone)]
 pub(crate) struct ProfileEvent {
     pub(crate) trigger: Trigger,
-    pub(crate) body: String,
+    profile: Profile,
 }
 
 impl ProfileEvent {
@@ -51,8 +54,13 @@ impl ProfileEvent {
     pub(crate) fn new(trigger: Trigger, profile: &Profile) -> Self {
         Self {
             trigger,
-            body: serde_json::to_string(profile).expect("a profile serialises"),
+            profile: profile.clone(),
         }
+    }
+
+    /// The delivered body: the profile's JSON.
+    pub(crate) fn body(&self) -> String {
+        serde_json::to_string(&self.profile).expect("a profile serialises")
     }
 }
 
