@@ -128,7 +128,7 @@ impl Tenant {
         id: &str,
         body: &Map<String, Value>,
     ) -> Result<(Comms, bool), ApiError> {
-        let record = self.record_mut(id)?;
+        let mut record = self.record_mut(id)?;
         let before = record.profile.attributes.comms.clone();
         record.profile.attributes.comms.apply(body)?;
         let after = record.profile.attributes.comms.clone();

@@ -88,7 +88,7 @@ impl Tenant {
 
     /// Changes the identifier of a profile's identity (404 when the profile lacks the handle);
     /// answers the identity and whether it changed.
-    fn set_identity(
+    pub(super) fn set_identity(
         &mut self,
         id: &str,
         handle: &str,
@@ -106,7 +106,7 @@ impl Tenant {
             return Ok((current, false));
         }
         self.check_identity_free(id, handle, identifier)?;
-        let record = self.record_mut(id)?;
+        let mut record = self.record_mut(id)?;
         let identity = record
             .profile
             .identities
@@ -119,8 +119,9 @@ impl Tenant {
     }
 
     /// Removes a profile's identity (404 when it has none with that handle).
-    fn remove_identity(&mut self, id: &str, handle: &str) -> Result<(), ApiError> {
-        let identities = &mut self.record_mut(id)?.profile.identities;
+    pub(super) fn remove_identity(&mut self, id: &str, handle: &str) -> Result<(), ApiError> {
+        let mut record = self.record_mut(id)?;
+        let identities = &mut record.profile.identities;
         let before = identities.len();
         identities.retain(|i| i.handle != handle);
         if identities.len() == before {

@@ -7,8 +7,6 @@
 //! Responses use the list form of `custom_attributes`; requests may use the list or the map
 //! (`{namespace:{handle:value}}`) form.
 
-use std::collections::HashSet;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::Response;
@@ -18,6 +16,7 @@ use serde_json::{Map, Value};
 use super::comms::Comms;
 use super::identities::Identity;
 use super::profile_data::{Connection, DateAttribute, ListMembership, ProfileExtras};
+use super::profile_index::{ProfileMut, Profiles};
 use super::responses::{self, ApiError, Validator, data, json_object};
 use super::state::{Caller, ProfileEvent, Shared, Tenant, Trigger};
 
@@ -425,99 +424,38 @@ fn parse_custom_attributes(value: &Value) -> Option<Vec<CustomAttribute>> {
     }
 }
 
-/// Who already holds an email, a mobile or an identity, for the uniqueness rules.
-trait Holders {
-    /// Whether a profile holds this email (ignoring case).
-    fn email(&self, email: &str) -> bool;
-    /// Whether a profile holds this mobile.
-    fn mobile(&self, mobile: &str) -> bool;
-    /// Whether a profile holds identity (handle, identifier).
-    fn identity(&self, handle: &str, identifier: &str) -> bool;
-}
-
-/// The tenant's profiles other than `except`, scanned: right for one check.
+/// The tenant's profiles other than `except`, for the uniqueness rules; each check is a lookup
+/// in the tenant's indexes.
 struct Others<'a> {
-    tenant: &'a Tenant,
+    profiles: &'a Profiles,
     except: Option<&'a str>,
 }
 
 impl Others<'_> {
-    fn profiles(&self) -> impl Iterator<Item = &Profile> {
-        self.tenant
-            .profiles
-            .iter()
-            .map(|r| &r.profile)
-            .filter(|p| Some(p.id.as_str()) != self.except)
+    /// Whether one of `holders` is another profile than `except`.
+    fn any_other(&self, holders: &[String]) -> bool {
+        holders.iter().any(|id| Some(id.as_str()) != self.except)
     }
-}
 
-impl Holders for Others<'_> {
+    /// Whether another profile holds this email (ignoring case).
     fn email(&self, email: &str) -> bool {
-        self.profiles().any(|p| {
-            p.email
-                .as_deref()
-                .is_some_and(|e| e.eq_ignore_ascii_case(email))
-        })
+        self.any_other(self.profiles.email_holders(email))
     }
 
+    /// Whether another profile holds this mobile.
     fn mobile(&self, mobile: &str) -> bool {
-        self.profiles()
-            .any(|p| p.mobile_phone.as_deref() == Some(mobile))
+        self.any_other(self.profiles.mobile_holders(mobile))
     }
 
+    /// Whether another profile holds identity (handle, identifier).
     fn identity(&self, handle: &str, identifier: &str) -> bool {
-        self.profiles().any(|p| {
-            p.identities
-                .iter()
-                .any(|i| i.handle == handle && i.identifier == identifier)
-        })
-    }
-}
-
-/// What profiles hold, indexed: right for many checks under one lock
-/// ([`Tenant::insert_profiles`] claims each profile it inserts).
-#[derive(Debug, Default)]
-struct Index {
-    /// Lowercased.
-    emails: HashSet<String>,
-    mobiles: HashSet<String>,
-    identities: HashSet<(String, String)>,
-}
-
-impl Index {
-    /// Records what `profile` holds.
-    fn claim(&mut self, profile: &Profile) {
-        if let Some(email) = &profile.email {
-            self.emails.insert(email.to_ascii_lowercase());
-        }
-        if let Some(mobile) = &profile.mobile_phone {
-            self.mobiles.insert(mobile.clone());
-        }
-        for identity in &profile.identities {
-            self.identities
-                .insert((identity.handle.clone(), identity.identifier.clone()));
-        }
-    }
-}
-
-impl Holders for Index {
-    fn email(&self, email: &str) -> bool {
-        self.emails.contains(&email.to_ascii_lowercase())
-    }
-
-    fn mobile(&self, mobile: &str) -> bool {
-        self.mobiles.contains(mobile)
-    }
-
-    fn identity(&self, handle: &str, identifier: &str) -> bool {
-        self.identities
-            .contains(&(handle.to_owned(), identifier.to_owned()))
+        self.any_other(self.profiles.identity_holders(handle, identifier))
     }
 }
 
 /// Checks the format and uniqueness of an email and a mobile.
 fn check_contacts(
-    holders: &impl Holders,
+    others: &Others<'_>,
     email: Option<&str>,
     mobile: Option<&str>,
     v: &mut Validator,
@@ -525,7 +463,7 @@ fn check_contacts(
     if let Some(email) = email {
         if !is_email(email) {
             v.fail("email", "The email field must be a valid email address.");
-        } else if holders.email(email) {
+        } else if others.email(email) {
             v.fail("email", "The email has already been taken.");
         }
     }
@@ -535,23 +473,23 @@ fn check_contacts(
                 "mobile_phone",
                 "The mobile phone field must be a valid E.164 phone number.",
             );
-        } else if holders.mobile(mobile) {
+        } else if others.mobile(mobile) {
             v.fail("mobile_phone", "The mobile phone has already been taken.");
         }
     }
 }
 
 /// Validates seed data like the API would: valid, free contacts and free identities.
-fn check_new(holders: &impl Holders, new: &NewProfile) -> Result<(), ApiError> {
+fn check_new(others: &Others<'_>, new: &NewProfile) -> Result<(), ApiError> {
     let mut v = Validator::default();
     check_contacts(
-        holders,
+        others,
         new.email.as_deref(),
         new.mobile_phone.as_deref(),
         &mut v,
     );
     for (handle, identifier) in &new.identities {
-        if holders.identity(handle, identifier) {
+        if others.identity(handle, identifier) {
             v.fail("identifier", "The identifier has already been taken.");
         }
     }
@@ -562,26 +500,38 @@ impl Tenant {
     /// The profile record with this id (404 when none).
     pub(crate) fn record(&self, id: &str) -> Result<&ProfileRecord, ApiError> {
         self.profiles
-            .iter()
-            .find(|r| r.profile.id == id)
+            .get(id)
             .ok_or_else(|| ApiError::not_found("Profile"))
     }
 
-    /// The mutable profile record with this id (404 when none).
-    pub(crate) fn record_mut(&mut self, id: &str) -> Result<&mut ProfileRecord, ApiError> {
+    /// The profile record with this id, to change (404 when none); the tenant's indexes follow
+    /// the change when the guard is dropped.
+    pub(crate) fn record_mut(&mut self, id: &str) -> Result<ProfileMut<'_>, ApiError> {
         self.profiles
-            .iter_mut()
-            .find(|r| r.profile.id == id)
+            .get_mut(id)
             .ok_or_else(|| ApiError::not_found("Profile"))
     }
 
-    /// The profile holding identity (handle, identifier), if any.
+    /// The profile holding identity (handle, identifier), if any (the first created, should a
+    /// handle edit have given it to two).
     pub(crate) fn profile_by_identity(&self, handle: &str, identifier: &str) -> Option<&Profile> {
-        self.profiles.iter().map(|r| &r.profile).find(|p| {
-            p.identities
-                .iter()
-                .any(|i| i.handle == handle && i.identifier == identifier)
-        })
+        let holders = self.profiles.identity_holders(handle, identifier);
+        self.profiles.first_of(holders).map(|r| &r.profile)
+    }
+
+    /// The profile holding this email, ignoring case, if any (the first created, should a
+    /// handle edit have given it to two).
+    pub(crate) fn profile_by_email(&self, email: &str) -> Option<&Profile> {
+        let holders = self.profiles.email_holders(email);
+        self.profiles.first_of(holders).map(|r| &r.profile)
+    }
+
+    /// The tenant's profiles other than `except`, for the uniqueness rules.
+    fn others<'a>(&'a self, except: Option<&'a str>) -> Others<'a> {
+        Others {
+            profiles: &self.profiles,
+            except,
+        }
     }
 
     /// Checks format and uniqueness of an email and a mobile for profile `except`.
@@ -592,20 +542,12 @@ impl Tenant {
         mobile: Option<&str>,
         v: &mut Validator,
     ) {
-        let others = Others {
-            tenant: self,
-            except,
-        };
-        check_contacts(&others, email, mobile, v);
+        check_contacts(&self.others(except), email, mobile, v);
     }
 
     /// Creates a profile from seed data (validated like the API would).
     pub(crate) fn insert_profile(&mut self, new: NewProfile) -> Result<Profile, ApiError> {
-        let others = Others {
-            tenant: self,
-            except: None,
-        };
-        check_new(&others, &new)?;
+        check_new(&self.others(None), &new)?;
         let record = new.into_record(&responses::now());
         let profile = record.profile.clone();
         self.profiles.push(record);
@@ -614,36 +556,48 @@ impl Tenant {
 
     /// Creates many profiles from seed data at once, all or none: each is validated like the
     /// API would, against the tenant and the ones before it (422 fields are prefixed with its
-    /// position: `3.email`). Uniqueness is looked up in an [`Index`], so this is linear.
+    /// position: `3.email`). Uniqueness is looked up in the tenant's indexes, so this is linear.
     pub(crate) fn insert_profiles(
         &mut self,
         news: Vec<NewProfile>,
     ) -> Result<Vec<Profile>, ApiError> {
-        let mut index = Index::default();
-        for record in &self.profiles {
-            index.claim(&record.profile);
-        }
+        let before = self.profiles.len();
         let now = responses::now();
         let mut v = Validator::default();
-        let mut records = Vec::with_capacity(news.len());
         for (position, new) in news.into_iter().enumerate() {
-            match check_new(&index, &new) {
-                Ok(()) => {
-                    let record = new.into_record(&now);
-                    index.claim(&record.profile);
-                    records.push(record);
-                }
+            match check_new(&self.others(None), &new) {
+                Ok(()) => self.profiles.push(new.into_record(&now)),
                 Err(error) => v.nest(&position.to_string(), error),
             }
         }
-        v.finish()?;
-        let profiles = records.iter().map(|r| r.profile.clone()).collect();
-        self.profiles.extend(records);
-        Ok(profiles)
+        if let Err(error) = v.finish() {
+            self.profiles.truncate(before);
+            return Err(error);
+        }
+        Ok(self
+            .profiles
+            .iter()
+            .skip(before)
+            .map(|r| r.profile.clone())
+            .collect())
+    }
+
+    /// Deletes a profile as CX Manager would: answers its last state, with
+    /// `profile_type: deleted` and `updated_at` bumped, and the `profile.deleted` event.
+    pub(crate) fn delete_profile(&mut self, id: &str) -> Result<(Profile, ProfileEvent), ApiError> {
+        let mut profile = self
+            .profiles
+            .remove(id)
+            .ok_or_else(|| ApiError::not_found("Profile"))?
+            .profile;
+        profile.profile_type = ProfileType::Deleted;
+        profile.updated_at = responses::now();
+        let event = ProfileEvent::new(Trigger::Deleted, &profile);
+        Ok((profile, event))
     }
 
     /// Applies a `PUT /profiles/{id}` body; answers the profile and whether anything changed.
-    fn update_profile(
+    pub(super) fn update_profile(
         &mut self,
         id: &str,
         body: &Map<String, Value>,
@@ -735,7 +689,7 @@ impl Tenant {
         id: &str,
         edit: impl FnOnce(&mut Profile),
     ) -> Result<(Profile, Option<ProfileEvent>), ApiError> {
-        let record = self.record_mut(id)?;
+        let mut record = self.record_mut(id)?;
         let before = record.profile.clone();
         edit(&mut record.profile);
         record.profile.id = before.id.clone();
@@ -750,7 +704,7 @@ impl Tenant {
     /// Touches `updated_at` of a profile after a change to one of its parts and answers the
     /// `profile.updated` event.
     pub(crate) fn touch(&mut self, id: &str) -> Result<ProfileEvent, ApiError> {
-        let record = self.record_mut(id)?;
+        let mut record = self.record_mut(id)?;
         record.profile.updated_at = responses::now();
         Ok(ProfileEvent::new(Trigger::Updated, &record.profile))
     }
@@ -810,6 +764,8 @@ pub(crate) async fn update(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     #[test]

@@ -11,7 +11,8 @@ use axum::http::request::Parts;
 
 use super::activity::{Benefit, Interaction, Reward};
 use super::id_tokens::MintedIdToken;
-use super::profiles::{Profile, ProfileRecord};
+use super::profile_index::Profiles;
+use super::profiles::Profile;
 use super::responses::ApiError;
 use super::webhooks::{Deliveries, Webhook};
 use super::{ApiToken, TenantSpec};
@@ -38,11 +39,14 @@ impl Trigger {
     }
 }
 
-/// A profile change to deliver: the trigger and the profile JSON (the event context).
+/// A profile change to deliver: the trigger and the profile as the change left it (the event
+/// context). It is serialised only when a webhook is to receive it: most writes (a backfill's
+/// identity write-back, made in the extension's own namespace) reach none, and serialising a
+/// profile costs far more than copying it.
 #[derive(Debug, Clone)]
 pub(crate) struct ProfileEvent {
     pub(crate) trigger: Trigger,
-    pub(crate) body: String,
+    profile: Profile,
 }
 
 impl ProfileEvent {
@@ -50,8 +54,13 @@ impl ProfileEvent {
     pub(crate) fn new(trigger: Trigger, profile: &Profile) -> Self {
         Self {
             trigger,
-            body: serde_json::to_string(profile).expect("a profile serialises"),
+            profile: profile.clone(),
         }
+    }
+
+    /// The delivered body: the profile's JSON.
+    pub(crate) fn body(&self) -> String {
+        serde_json::to_string(&self.profile).expect("a profile serialises")
     }
 }
 
@@ -61,7 +70,8 @@ pub(crate) struct Tenant {
     pub(crate) name: String,
     pub(crate) tokens: Vec<ApiToken>,
     pub(crate) signing_secret: String,
-    pub(crate) profiles: Vec<ProfileRecord>,
+    /// In creation order, indexed by id, email, mobile and identity.
+    pub(crate) profiles: Profiles,
     pub(crate) webhooks: Vec<Webhook>,
     pub(crate) interactions: Vec<Interaction>,
     pub(crate) rewards: Vec<Reward>,
@@ -71,12 +81,12 @@ pub(crate) struct Tenant {
 }
 
 impl Tenant {
-    fn new(spec: TenantSpec) -> Self {
+    pub(super) fn new(spec: TenantSpec) -> Self {
         Self {
             name: spec.name,
             tokens: spec.tokens,
             signing_secret: spec.signing_secret,
-            profiles: Vec::new(),
+            profiles: Profiles::default(),
             webhooks: Vec::new(),
             interactions: Vec::new(),
             rewards: Vec::new(),

@@ -208,23 +208,32 @@ impl Tenant {
     }
 
     /// The signed deliveries of `event`: every active webhook of its trigger whose namespace is
-    /// not `origin` (Omneo's loop guard).
+    /// not `origin` (Omneo's loop guard). The body is serialised and signed once, and only when
+    /// some webhook receives it.
     pub(crate) fn webhook_requests(
         &self,
         event: &ProfileEvent,
         origin: Option<&str>,
     ) -> Vec<SignedRequest> {
-        self.webhooks
+        let mut recipients = self
+            .webhooks
             .iter()
             .filter(|w| w.is_active && w.trigger == event.trigger.as_str())
             .filter(|w| origin != Some(w.namespace.as_str()))
+            .peekable();
+        if recipients.peek().is_none() {
+            return Vec::new();
+        }
+        let body = event.body();
+        let signature = sign(&self.signing_secret, body.as_bytes());
+        recipients
             .map(|w| SignedRequest {
                 tenant: self.name.clone(),
                 webhook_id: Some(w.id),
                 event: Some(event.trigger.as_str().to_owned()),
                 url: w.url.clone(),
-                signature: sign(&self.signing_secret, event.body.as_bytes()),
-                body: event.body.clone(),
+                signature: signature.clone(),
+                body: body.clone(),
             })
             .collect()
     }
