@@ -256,11 +256,17 @@ mod tests {
     #[test]
     fn no_eta_without_a_total_or_once_finished() {
         let now: Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
-        assert_eq!(RunView::of(run(RunState::Running, 1_000, None), now).eta, None);
+        assert_eq!(
+            RunView::of(run(RunState::Running, 1_000, None), now).eta,
+            None
+        );
         let mut finished = run(RunState::Completed, 3_000, Some(3_000));
         finished.finished_at = Some(now.checked_sub(SignedDuration::from_mins(1)).unwrap());
         let view = RunView::of(finished, now);
         assert_eq!(view.eta, None);
-        assert_eq!(view.rate_per_minute, 3_000.0, "measured to the end, not to now");
+        assert_eq!(
+            view.rate_per_minute, 3_000.0,
+            "measured to the end, not to now"
+        );
     }
 }

@@ -37,6 +37,20 @@ async fn main() -> anyhow::Result<()> {
     let klaviyo = stack.klaviyo.as_ref().context("the Klaviyo simulator")?;
     let omneo = stack.omneo.as_ref().context("the Omneo simulator")?;
     klaviyo.set_rate_limits(RateLimits::default());
+    let http = reqwest::Client::new();
+    let api = format!("{}/{DEMO_TENANT}/api/v1", stack.url);
+    let operator = stack.app.config.operator_token.clone();
+    let bearer = secrecy::ExposeSecret::expose_secret(&operator).to_owned();
+    // No scheduled reconciliation run competes with the measured one.
+    let settings = http
+        .patch(format!("{api}/settings"))
+        .bearer_auth(&bearer)
+        .json(&serde_json::json!({"reconcile_interval_minutes": 0}))
+        .send()
+        .await?;
+    if !settings.status().is_success() {
+        bail!("reconciliation could not be turned off: {}", settings.text().await?);
+    }
 
     let per_profile = per_profile_ceiling(klaviyo, omneo).await?;
 
@@ -46,10 +60,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|n| NewProfile::demo(100_000 + n))
             .collect(),
     )?;
-    let http = reqwest::Client::new();
-    let url = format!("{}/{DEMO_TENANT}/api/v1/backfill", stack.url);
-    let operator = stack.app.config.operator_token.clone();
-    let bearer = secrecy::ExposeSecret::expose_secret(&operator).to_owned();
+    let url = format!("{api}/backfill");
     let started = Instant::now();
     let answer = http
         .post(&url)

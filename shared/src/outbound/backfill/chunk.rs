@@ -96,8 +96,7 @@ pub async fn run(job: &Job<'_>, work: &BackfillChunk) -> Result<(), Setback> {
         Ok(()) => job.finish(held, CHUNK_RETAIN, "claim_chunk").await,
         Err(setback) => {
             job.let_go(held).await;
-            let max_attempts =
-                QueueSettings::for_direction(crate::queue::Direction::Outbound).max_attempts;
+            let max_attempts = QueueSettings::for_direction(Direction::Outbound).max_attempts;
             if setback.next == Next::GiveUp || job.request.is_last_attempt(max_attempts) {
                 let why = format!(
                     "chunk at page {} failed at {}: {}",
