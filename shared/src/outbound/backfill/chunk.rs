@@ -133,8 +133,9 @@ async fn chunk(job: &Job<'_>, run: &BackfillRun, work: &BackfillChunk) -> Result
 
 /// A chunk's pages of the listing.
 struct Listing {
-    /// Its profiles, each once, in listing order.
-    profiles: Vec<Profile>,
+    /// Its profiles, each once, in listing order, reduced as each page arrived (the profiles'
+    /// JSON is not kept: a chunk holds up to 10,000 of them).
+    profiles: Vec<Listed>,
     /// Pages read.
     pages: u32,
     /// The first page of the next chunk; `None` when this chunk read the last page.
@@ -175,7 +176,13 @@ async fn list(job: &Job<'_>, run: &BackfillRun, work: &BackfillChunk) -> Result<
         pages += 1;
         last_page_ids = page.data.iter().map(|p| p.id.clone()).collect();
         ended = page.is_last() || page.data.is_empty();
-        profiles.extend(page.data.into_iter().filter(|p| skip.insert(p.id.clone())));
+        let settings = &job.tenant.settings;
+        profiles.extend(
+            page.data
+                .into_iter()
+                .filter(|p| skip.insert(p.id.clone()))
+                .map(|p| Listed::of(p, settings)),
+        );
         if ended {
             break;
         }
@@ -266,10 +273,66 @@ struct Outcome {
     errors: Vec<RunError>,
 }
 
+/// A listed profile as the chunk keeps it.
+enum Listed {
+    /// The exclusions keep it out.
+    Excluded,
+    /// The tenant's `exclude_logic` could not be evaluated for it.
+    Unjudged {
+        /// The profile.
+        id: OmneoProfileId,
+        /// The evaluation error.
+        problem: String,
+    },
+    /// To compare with its sync state.
+    Mapped(Box<Candidate>),
+}
+
+impl Listed {
+    /// Excludes and maps `profile` as the live sync does, keeping only what the chunk writes.
+    fn of(profile: Profile, settings: &crate::settings::Settings) -> Self {
+        let context = event_context(&profile);
+        match exclusion(&profile, &context, settings) {
+            Ok(Some(_)) => Self::Excluded,
+            Err(problem) => Self::Unjudged {
+                id: profile.id,
+                problem,
+            },
+            Ok(None) => {
+                let mapped = MappedProfile::of(&profile, &context, settings);
+                let identity = profile
+                    .identity(&settings.identity_handle)
+                    .map(str::to_owned);
+                Self::Mapped(Box::new(Candidate {
+                    email: profile
+                        .email
+                        .as_deref()
+                        .map(str::trim)
+                        .filter(|email| !email.is_empty())
+                        .map(str::to_owned),
+                    id: profile.id,
+                    identity,
+                    comms: profile.comms,
+                    mapped,
+                }))
+            }
+        }
+    }
+}
+
+/// What the chunk needs of a profile it may write.
+struct Candidate {
+    id: OmneoProfileId,
+    email: Option<String>,
+    /// Its Klaviyo identity in Omneo (under the tenant's handle).
+    identity: Option<String>,
+    comms: Option<crate::omneo::models::Comms>,
+    mapped: MappedProfile,
+}
+
 /// One profile to write.
 struct Entry {
-    profile: Profile,
-    mapped: MappedProfile,
+    profile: Candidate,
     hash: String,
     desired: ConsentSent,
     previous: Option<SyncState>,
@@ -279,23 +342,16 @@ struct Entry {
 
 impl Entry {
     /// The Klaviyo id the profile is known by (its Omneo identity, else its sync state).
-    fn known_klaviyo_id(&self, handle: &str) -> Option<KlaviyoProfileId> {
+    fn known_klaviyo_id(&self) -> Option<KlaviyoProfileId> {
         self.profile
-            .identity(handle)
+            .identity
+            .as_deref()
             .and_then(|id| KlaviyoProfileId::parse(id).ok())
             .or_else(|| {
                 self.previous
                     .as_ref()
                     .and_then(|s| s.klaviyo_profile_id.clone())
             })
-    }
-
-    fn email(&self) -> Option<&str> {
-        self.profile
-            .email
-            .as_deref()
-            .map(str::trim)
-            .filter(|email| !email.is_empty())
     }
 }
 
@@ -329,29 +385,20 @@ impl Plan {
     }
 }
 
-/// Excludes, maps and compares each profile with its sync state.
-async fn plan(
-    job: &Job<'_>,
-    profiles: Vec<Profile>,
-    outcome: &mut Outcome,
-) -> Result<Plan, Setback> {
-    let settings = &job.tenant.settings;
-    let mut candidates = Vec::with_capacity(profiles.len());
-    for profile in profiles {
-        let context = event_context(&profile);
-        match exclusion(&profile, &context, settings) {
-            Ok(Some(_)) => outcome.counts.excluded += 1,
-            Ok(None) => {
-                let mapped = MappedProfile::of(&profile, &context, settings);
-                candidates.push((profile, mapped));
-            }
-            Err(problem) => {
+/// Counts the excluded, records the unjudged, and compares the rest with their sync states.
+async fn plan(job: &Job<'_>, listed: Vec<Listed>, outcome: &mut Outcome) -> Result<Plan, Setback> {
+    let mut candidates = Vec::with_capacity(listed.len());
+    for profile in listed {
+        match profile {
+            Listed::Excluded => outcome.counts.excluded += 1,
+            Listed::Unjudged { id, problem } => {
                 let message = format!("the tenant's exclude_logic failed: {problem}");
-                profile_failure(job, &profile.id, "exclusion", message, outcome).await?;
+                profile_failure(job, &id, "exclusion", message, outcome).await?;
             }
+            Listed::Mapped(candidate) => candidates.push(*candidate),
         }
     }
-    let ids: Vec<OmneoProfileId> = candidates.iter().map(|(p, _)| p.id.clone()).collect();
+    let ids: Vec<OmneoProfileId> = candidates.iter().map(|c| c.id.clone()).collect();
     let mut states: HashMap<OmneoProfileId, SyncState> = job
         .app
         .store
@@ -361,15 +408,14 @@ async fn plan(
         .into_iter()
         .map(|state| (state.omneo_profile_id.clone(), state))
         .collect();
-    let handle = &settings.identity_handle;
     let mut entries = Vec::new();
-    for (profile, mapped) in candidates {
-        let hash = mapped.hash();
-        let has_email = profile
-            .email
-            .as_deref()
-            .is_some_and(|e| !e.trim().is_empty());
-        let desired = consent::desired(profile.comms.as_ref(), has_email, mapped.phone.as_ref());
+    for profile in candidates {
+        let hash = profile.mapped.hash();
+        let desired = consent::desired(
+            profile.comms.as_ref(),
+            profile.email.is_some(),
+            profile.mapped.phone.as_ref(),
+        );
         let previous = states.remove(&profile.id);
         let import = !previous.as_ref().is_some_and(|state| {
             state.payload_hash == hash
@@ -377,7 +423,7 @@ async fn plan(
                     .klaviyo_profile_id
                     .as_ref()
                     .map(KlaviyoProfileId::as_str)
-                    == profile.identity(handle)
+                    == profile.identity.as_deref()
         });
         let consent_sent = previous.as_ref().is_some_and(|state| {
             let sent = |want: Option<ConsentState>, had| want.is_none() || want == had;
@@ -389,7 +435,6 @@ async fn plan(
         }
         entries.push(Entry {
             profile,
-            mapped,
             hash,
             desired,
             previous,
@@ -407,14 +452,13 @@ async fn write(
     plan: Plan,
     outcome: &mut Outcome,
 ) -> Result<(), Setback> {
-    let handle = job.tenant.settings.identity_handle.clone();
     let mut entries = plan.entries;
     let importing: Vec<usize> = (0..entries.len()).filter(|&i| entries[i].import).collect();
     let upserts: Vec<_> = importing
         .iter()
         .map(|&i| {
-            let mut upsert = entries[i].mapped.upsert.clone();
-            upsert.id = entries[i].known_klaviyo_id(&handle);
+            let mut upsert = entries[i].profile.mapped.upsert.clone();
+            upsert.id = entries[i].known_klaviyo_id();
             upsert
         })
         .collect();
@@ -512,7 +556,7 @@ async fn write(
             profile_failure(job, &entry.profile.id, "match_profile", message, outcome).await?;
             continue;
         };
-        if entry.profile.identity(&handle) != Some(klaviyo.id.as_str()) {
+        if entry.profile.identity.as_deref() != Some(klaviyo.id.as_str()) {
             identities.push((entry.profile.id.clone(), klaviyo.id.clone()));
         }
         let current = consent::current(klaviyo.attributes.subscriptions.as_ref());
@@ -521,8 +565,8 @@ async fn write(
             current,
             entry.profile.comms.as_ref(),
             ConsentTarget {
-                email: entry.email(),
-                phone: entry.mapped.phone.as_ref(),
+                email: entry.profile.email.as_deref(),
+                phone: entry.profile.mapped.phone.as_ref(),
                 master_list: job.tenant.settings.master_list_id.as_deref(),
                 resync: true,
             },
