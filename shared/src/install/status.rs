@@ -9,7 +9,7 @@
 //! part of the answer.
 //!
 //! `reconciliation` (ours, product.md §10): `{"interval_minutes", "status": "on" | "off" |
-//! "reauthorization_required", "missing_scopes": [...], "last_scheduled_at", "next_due_at",
+//! "reauthorization_required" | "not_installed", "missing_scopes": [...], "last_scheduled_at", "next_due_at",
 //! "outbound": {"since", "last"}, "inbound": {"events_after", "last"}}`, each `last` the latest
 //! result `{"at", "status", "message", "run_id", "events"}` or `null`. A tenant whose grant lacks
 //! `events:read metrics:read` shows `reauthorization_required` here while everything else syncs.
@@ -81,6 +81,8 @@ pub struct InstallView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReconciliationState {
+    /// The tenant holds no Klaviyo grant (never installed, or uninstalled).
+    NotInstalled,
     /// It runs every `interval_minutes`.
     On,
     /// `reconcile_interval_minutes` is 0.
@@ -161,13 +163,21 @@ impl From<ReconcileResult> for ReconcileResultView {
 }
 
 impl ReconciliationView {
-    /// The view from the tenant's interval, its grant's scopes and its record.
-    pub fn of(interval_minutes: u32, granted: &[String], record: Option<Reconciliation>) -> Self {
-        let missing_scopes = missing_reconciliation_scopes(granted);
-        let status = match (interval_minutes, missing_scopes.is_empty()) {
-            (0, _) => ReconciliationState::Off,
-            (_, false) => ReconciliationState::ReauthorizationRequired,
-            (_, true) => ReconciliationState::On,
+    /// The view from the tenant's interval, its grant's scopes (`None` without a grant) and its
+    /// record.
+    pub fn of(
+        interval_minutes: u32,
+        granted: Option<&[String]>,
+        record: Option<Reconciliation>,
+    ) -> Self {
+        let missing_scopes = granted
+            .map(missing_reconciliation_scopes)
+            .unwrap_or_default();
+        let status = match (granted, interval_minutes, missing_scopes.is_empty()) {
+            (None, _, _) => ReconciliationState::NotInstalled,
+            (Some(_), 0, _) => ReconciliationState::Off,
+            (Some(_), _, false) => ReconciliationState::ReauthorizationRequired,
+            (Some(_), _, true) => ReconciliationState::On,
         };
         let record = record.as_ref();
         let last_scheduled_at = record.and_then(|r| r.last_scheduled_at);
@@ -286,15 +296,11 @@ async fn show(
     );
     let install =
         install?.unwrap_or_else(|| Install::pending(tenant.id.clone(), tenant.created_at));
-    let granted = install
-        .tokens
-        .as_ref()
-        .map(|tokens| tokens.scopes.clone())
-        .unwrap_or_default();
+    let granted = install.tokens.as_ref().map(|tokens| tokens.scopes.clone());
     let mut view = InstallView::of(install);
     view.reconciliation = Some(ReconciliationView::of(
         tenant.settings.reconcile_interval_minutes,
-        &granted,
+        granted.as_deref(),
         record?,
     ));
     Ok(Json(view))

@@ -170,6 +170,18 @@ async fn install_status_shows_resources_and_token_health_but_never_a_token() {
     let key = t.register("acme").await.admin_key;
     let tenant = TenantId::parse("acme").unwrap();
     let ts = |at: jiff::Timestamp| serde_json::to_value(at).unwrap();
+    // Reconciliation before its first schedule (product.md §10).
+    let reconciliation = |status: &str| {
+        json!({
+            "interval_minutes": 60,
+            "status": status,
+            "missing_scopes": [],
+            "last_scheduled_at": null,
+            "next_due_at": null,
+            "outbound": {"since": null, "last": null},
+            "inbound": {"events_after": null, "last": null},
+        })
+    };
 
     // Registered, never installed: pending.
     let registered_at = t
@@ -192,6 +204,7 @@ async fn install_status_shows_resources_and_token_health_but_never_a_token() {
             "token": null,
             "last_error": null,
             "updated_at": ts(registered_at),
+            "reconciliation": reconciliation("not_installed"),
         })
     );
 
@@ -245,6 +258,7 @@ async fn install_status_shows_resources_and_token_health_but_never_a_token() {
             "token": {"expires_at": ts(tokens.expires_at), "last_refreshed_at": null, "scopes": tokens.scopes},
             "last_error": {"step": "omneo_webhooks", "message": "Omneo answered 503", "at": ts(at)},
             "updated_at": ts(install.updated_at),
+            "reconciliation": reconciliation("on"),
         })
     );
     let text = body.to_string();
