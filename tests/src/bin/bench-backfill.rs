@@ -49,7 +49,10 @@ async fn main() -> anyhow::Result<()> {
         .send()
         .await?;
     if !settings.status().is_success() {
-        bail!("reconciliation could not be turned off: {}", settings.text().await?);
+        bail!(
+            "reconciliation could not be turned off: {}",
+            settings.text().await?
+        );
     }
 
     let per_profile = per_profile_ceiling(klaviyo, omneo).await?;
