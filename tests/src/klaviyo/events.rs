@@ -213,7 +213,7 @@ pub(crate) async fn request_deletion(
     };
     let mut state = ctx.lock();
     let index = match *identifier {
-        "id" => state.profiles.iter().position(|p| &p.id == value),
+        "id" => state.profile_by_id(value),
         "email" => state.profile_by_email(value),
         _ => state.profile_by_phone(value),
     };

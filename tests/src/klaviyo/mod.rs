@@ -48,6 +48,7 @@ pub mod event_log;
 pub mod events;
 pub mod jsonapi;
 pub mod oauth;
+mod profile_index;
 pub mod profiles;
 pub mod rate_limit;
 pub mod subscriptions;
@@ -337,7 +338,7 @@ impl KlaviyoSim {
 
     /// Every profile, oldest first.
     pub fn profiles(&self) -> Vec<Profile> {
-        self.ctx.lock().profiles.clone()
+        self.ctx.lock().profiles.to_vec()
     }
 
     /// One profile by id.

@@ -4,13 +4,18 @@
 //! `additional-fields[profile]=subscriptions`) and search by `email`, `external_id`,
 //! `phone_number` or `id`.
 
+use std::collections::BTreeSet;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::jsonapi::{ApiError, Doc, Here, document, expect_type, paginate, present};
+use super::jsonapi::{
+    ApiError, Condition, Doc, Filter, Here, document, expect_type, paginate, present,
+};
+use super::profile_index::Field;
 use super::state::{Ctx, State as Account, ulid};
 use super::subscriptions::Subscriptions;
 
@@ -230,22 +235,51 @@ fn merge(target: &mut Map<String, Value>, value: &Option<Option<Map<String, Valu
 impl Account {
     /// One profile by id.
     pub fn profile(&self, id: &str) -> Option<&Profile> {
-        self.profiles.iter().find(|p| p.id == id)
+        self.profile_by_id(id).map(|at| &self.profiles[at])
+    }
+
+    /// The index of the profile with this id.
+    pub fn profile_by_id(&self, id: &str) -> Option<usize> {
+        self.profiles.position(Field::Id, id)
     }
 
     /// The index of the profile with this email (case-insensitive).
     pub fn profile_by_email(&self, email: &str) -> Option<usize> {
-        let email = email.trim().to_lowercase();
         self.profiles
-            .iter()
-            .position(|p| p.email.as_deref() == Some(email.as_str()))
+            .position(Field::Email, &email.trim().to_lowercase())
     }
 
     /// The index of the profile with this phone number.
     pub fn profile_by_phone(&self, phone: &str) -> Option<usize> {
-        self.profiles
-            .iter()
-            .position(|p| p.phone_number.as_deref() == Some(phone))
+        self.profiles.position(Field::PhoneNumber, phone)
+    }
+
+    /// The profiles matching every filter (on `id`, `email` — ignoring case —, `phone_number`
+    /// or `external_id`), in creation order. The candidates come from the index through the
+    /// first `equals`/`any` condition on one of those fields; only a search without one scans.
+    pub fn search_profiles(&self, filters: &[Filter]) -> Vec<&Profile> {
+        let matches = |p: &Profile| {
+            filters.iter().all(|f| match Field::named(&f.field) {
+                Some(Field::Email) => f.matches_ignoring_case(p.email.as_deref()),
+                Some(field) => f.matches(field.of(p)),
+                None => false,
+            })
+        };
+        let lookup = filters.iter().find_map(|f| match &f.condition {
+            Condition::OneOf(values) => Field::named(&f.field).map(|field| (field, values)),
+            _ => None,
+        });
+        match lookup {
+            Some((field, values)) => values
+                .iter()
+                .flat_map(|value| self.profiles.candidates(field, value))
+                .collect::<BTreeSet<usize>>()
+                .into_iter()
+                .map(|at| &self.profiles[at])
+                .filter(|p| matches(p))
+                .collect(),
+            None => self.profiles.iter().filter(|p| matches(p)).collect(),
+        }
     }
 
     /// Creates a bare profile with these identifiers; returns its index.
@@ -253,8 +287,7 @@ impl Account {
         let mut profile = Profile::new(jiff::Timestamp::now());
         profile.email = email.map(|e| e.trim().to_lowercase());
         profile.phone_number = phone.map(str::to_owned);
-        self.profiles.push(profile);
-        self.profiles.len() - 1
+        self.profiles.push(profile)
     }
 
     /// The profile-import upsert; returns the profile and whether it was created.
@@ -295,27 +328,24 @@ impl Account {
             ));
         }
         // Which profiles each identifier names, in Klaviyo's order of precedence.
-        let by = |field: fn(&Profile) -> Option<&String>, value: &Option<Option<String>>| {
-            value.as_ref().and_then(Option::as_ref).and_then(|v| {
-                self.profiles
-                    .iter()
-                    .position(|p| field(p).is_some_and(|f| f == v))
-            })
+        let by = |field: Field, value: &Option<Option<String>>| {
+            value
+                .as_ref()
+                .and_then(Option::as_deref)
+                .and_then(|v| self.profiles.position(field, v))
         };
         let by_id = match id {
             Some(id) => Some(
-                self.profiles
-                    .iter()
-                    .position(|p| p.id == id)
+                self.profile_by_id(id)
                     .ok_or_else(|| ApiError::not_found(format!("Profile {id} not found.")))?,
             ),
             None => None,
         };
         let matches = [
             by_id,
-            by(|p| p.email.as_ref(), &attributes.email),
-            by(|p| p.external_id.as_ref(), &attributes.external_id),
-            by(|p| p.phone_number.as_ref(), &attributes.phone_number),
+            by(Field::Email, &attributes.email),
+            by(Field::ExternalId, &attributes.external_id),
+            by(Field::PhoneNumber, &attributes.phone_number),
         ];
         let mut found = matches.into_iter().flatten();
         let target = found.next();
@@ -341,11 +371,10 @@ impl Account {
                         "/data/attributes",
                     ));
                 }
-                self.profiles.push(Profile::new(now));
-                (self.profiles.len() - 1, true)
+                (self.profiles.push(Profile::new(now)), true)
             }
         };
-        let profile = &mut self.profiles[index];
+        let mut profile = self.profiles.get_mut(index);
         apply(&mut profile.email, &attributes.email);
         apply(&mut profile.phone_number, &attributes.phone_number);
         apply(&mut profile.external_id, &attributes.external_id);
@@ -354,7 +383,7 @@ impl Account {
         merge(&mut profile.location, &attributes.location);
         merge(&mut profile.properties, &attributes.properties);
         profile.updated = now;
-        Ok((profile.clone(), created))
+        Ok(((*profile).clone(), created))
     }
 }
 
@@ -405,16 +434,8 @@ pub(crate) async fn search(State(ctx): State<Ctx>, here: Here) -> Result<Respons
     let with_subscriptions = here.params.wants_field("profile", "subscriptions");
     let matching: Vec<Profile> = ctx
         .lock()
-        .profiles
-        .iter()
-        .filter(|p| {
-            filters.iter().all(|f| match f.field.as_str() {
-                "id" => f.matches(Some(&p.id)),
-                "email" => f.matches_ignoring_case(p.email.as_deref()),
-                "phone_number" => f.matches(p.phone_number.as_deref()),
-                _ => f.matches(p.external_id.as_deref()),
-            })
-        })
+        .search_profiles(&filters)
+        .into_iter()
         .cloned()
         .collect();
     let page = paginate(&matching, &here, 20, 100)?;

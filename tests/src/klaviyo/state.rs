@@ -13,7 +13,7 @@ use super::deliveries::SystemEvent;
 use super::event_log::EventLog;
 use super::events::{DeletionJob, Event};
 use super::oauth::OAuthState;
-use super::profiles::Profile;
+use super::profile_index::Profiles;
 use super::rate_limit::{RateLimiter, RateVerdict};
 use super::subscriptions::List;
 use super::webhooks::Webhook;
@@ -25,7 +25,8 @@ pub(crate) struct State {
     pub limiter: RateLimiter,
     /// Every rate-limit verdict, in order (what the quota benchmark reads).
     pub verdicts: Vec<RateVerdict>,
-    pub profiles: Vec<Profile>,
+    /// The profiles, indexed by their identifiers.
+    pub profiles: Profiles,
     pub lists: Vec<List>,
     pub events: Vec<Event>,
     pub data_sources: Vec<DataSource>,
@@ -47,7 +48,7 @@ impl State {
             options,
             limiter: RateLimiter::default(),
             verdicts: Vec::new(),
-            profiles: Vec::new(),
+            profiles: Profiles::default(),
             lists: Vec::new(),
             events: Vec::new(),
             data_sources: Vec::new(),

@@ -383,7 +383,7 @@ impl Account {
         profile
             .id
             .as_deref()
-            .and_then(|id| self.profiles.iter().position(|p| p.id == id))
+            .and_then(|id| self.profile_by_id(id))
             .or_else(|| {
                 attributes
                     .email
@@ -408,7 +408,7 @@ impl Account {
         custom_method_detail: Option<&str>,
         at: jiff::Timestamp,
     ) {
-        let profile = &mut self.profiles[index];
+        let mut profile = self.profiles.get_mut(index);
         let current = profile.subscriptions.channel_mut(channel);
         let changed = current.consent != consent;
         *current = ChannelConsent {
@@ -420,10 +420,13 @@ impl Account {
             suppression: current.suppression.clone(),
         };
         profile.updated = jiff::Timestamp::now();
-        if changed && let Some(topic) = channel.topic(consent) {
-            let event = SystemEvent::new(topic, &profile.id, profile.email.as_deref())
+        let event = channel.topic(consent).filter(|_| changed).map(|topic| {
+            SystemEvent::new(topic, &profile.id, profile.email.as_deref())
                 .method(method)
-                .custom_method_detail(custom_method_detail);
+                .custom_method_detail(custom_method_detail)
+        });
+        drop(profile);
+        if let Some(event) = event {
             self.queue_event(event);
         }
     }
@@ -467,9 +470,7 @@ impl Account {
         method: &str,
     ) -> Result<(), ApiError> {
         let index = self
-            .profiles
-            .iter()
-            .position(|p| p.id == profile_id)
+            .profile_by_id(profile_id)
             .ok_or_else(|| ApiError::not_found(format!("Profile {profile_id} not found.")))?;
         self.set_consent(
             index,
@@ -539,7 +540,7 @@ pub(crate) async fn subscribe(
             if let Some(phone) = &attributes.phone_number
                 && state.profiles[index].phone_number.is_none()
             {
-                state.profiles[index].phone_number = Some(phone.clone());
+                state.profiles.get_mut(index).phone_number = Some(phone.clone());
             }
             for (requested, _) in profile.requested() {
                 let at = requested
@@ -558,7 +559,11 @@ pub(crate) async fn subscribe(
                         );
                     }
                     Requested::SmsTransactional(_) => {
-                        state.profiles[index].subscriptions.sms_transactional = ChannelConsent {
+                        state
+                            .profiles
+                            .get_mut(index)
+                            .subscriptions
+                            .sms_transactional = ChannelConsent {
                             consent: ConsentState::Subscribed,
                             consent_timestamp: Some(at),
                             method: Some("API".into()),
@@ -628,7 +633,8 @@ pub(crate) async fn unsubscribe(
                         );
                     }
                     Requested::SmsTransactional(_) => {
-                        let consent = &mut state.profiles[index].subscriptions.sms_transactional;
+                        let mut profile = state.profiles.get_mut(index);
+                        let consent = &mut profile.subscriptions.sms_transactional;
                         consent.consent = ConsentState::Unsubscribed;
                         consent.consent_timestamp = Some(jiff::Timestamp::now());
                     }
