@@ -1,27 +1,37 @@
-//! `make bench`: a whole-tenant backfill through Klaviyo's bulk jobs beside the per-profile path,
-//! on the local stack, the simulated Klaviyo enforcing its real per-endpoint limits (time not
-//! scaled: tier L 75/s and 750/min for profile import, search and subscriptions, tier M 10/s and
-//! 150/min for the bulk import jobs).
+//! `make bench`: a whole-tenant backfill through Klaviyo's bulk jobs beside the per-profile path.
+//! The simulators run in this process, with Klaviyo's real per-endpoint limits (not time-scaled:
+//! tier L 75/s and 750/min for profile import, search and subscriptions, tier M 10/s and 150/min
+//! for the bulk import jobs); the extension runs as the `local` binary in a process of its own,
+//! pointed at them, so its memory is measured alone.
 //!
-//! 1. **The per-profile ceiling, measured**: [`LIVE_PROFILES`] customers are created in Omneo with
-//!    the demo tenant's webhooks on; each becomes a live sync and one `profile-import` call.
-//!    Reported: the profiles synced in the first 60 s of imports.
-//! 2. **The backfill**: [`PROFILES`] more customers are seeded straight into Omneo (no webhook: they
-//!    existed before the install) and `POST /demo/api/v1/backfill` runs. Reported: profiles per
-//!    minute from the start to the run's end, beside the per-profile figure; profiles lost (an
-//!    included profile not in Klaviyo) and imported twice (named by two import jobs); the peak
-//!    RSS of this process — which also holds both simulators and every profile on each side, so
-//!    it bounds the extension's from above.
+//! 1. A tenant is registered and installed through the extension's API and the simulated OAuth
+//!    consent, its Omneo webhooks on.
+//! 2. **The per-profile ceiling, measured**: [`LIVE_PROFILES`] customers are created in Omneo;
+//!    each becomes a live sync and one `profile-import` call. Reported: the profiles synced in the
+//!    first 60 s of imports (all of them are synced before the backfill starts).
+//! 3. **The backfill**: [`PROFILES`] more customers are seeded straight into Omneo (no webhook:
+//!    they existed before the install) and `POST /{tenant}/api/v1/backfill` runs. Reported:
+//!    profiles per minute from the start to the run's end, beside the per-profile figure;
+//!    profiles lost (an included profile not in Klaviyo) and imported twice (named by two import
+//!    jobs); the extension process's peak RSS.
 
 use std::collections::HashMap;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use harness::klaviyo::{KlaviyoSim, RateLimits};
-use harness::local_stack::{DEMO_TENANT, LocalStack};
-use harness::omneo::NewProfile;
-use serde_json::Value;
+use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions};
+use harness::local_stack::{SimulatorOptions, loopback, start_simulators};
+use harness::omneo::{NewProfile, OmneoSim, OmneoSimOptions, TenantSpec};
+use serde_json::{Value, json};
 
+/// The tenant of the run.
+const TENANT: &str = "bench";
+/// Its Omneo API token and signing secret, as the simulated Omneo knows them.
+const OMNEO_TOKEN: &str = "bench-omneo-api-token-0123456789";
+const OMNEO_SIGNING_SECRET: &str = "bench-omneo-signing-secret-0123456789";
+/// The extension's operator token.
+const OPERATOR_TOKEN: &str = "bench-operator-token-0123456789";
 /// Customers synced one at a time, to measure the per-profile path.
 const LIVE_PROFILES: u32 = 1_500;
 /// Customers backfilled.
@@ -33,32 +43,59 @@ const TARGET_FACTOR: f64 = 20.0;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let stack = LocalStack::start_installed().await?;
-    let klaviyo = stack.klaviyo.as_ref().context("the Klaviyo simulator")?;
-    let omneo = stack.omneo.as_ref().context("the Omneo simulator")?;
-    klaviyo.set_rate_limits(RateLimits::default());
-    let http = reqwest::Client::new();
-    let api = format!("{}/{DEMO_TENANT}/api/v1", stack.url);
-    let operator = stack.app.config.operator_token.clone();
-    let bearer = secrecy::ExposeSecret::expose_secret(&operator).to_owned();
-    // No scheduled reconciliation run competes with the measured one.
-    let settings = http
-        .patch(format!("{api}/settings"))
-        .bearer_auth(&bearer)
-        .json(&serde_json::json!({"reconcile_interval_minutes": 0}))
-        .send()
-        .await?;
-    if !settings.status().is_success() {
-        bail!(
-            "reconciliation could not be turned off: {}",
-            settings.text().await?
-        );
+    let sims = start_simulators(
+        &|_: &str| None::<String>,
+        SimulatorOptions {
+            klaviyo: KlaviyoSimOptions::default(),
+            klaviyo_addr: loopback(0),
+            omneo: OmneoSimOptions::default().tenant(TenantSpec::new(
+                TENANT,
+                OMNEO_TOKEN,
+                "klaviyo",
+                OMNEO_SIGNING_SECRET,
+            )),
+        },
+    )
+    .await?;
+    let klaviyo = sims.klaviyo.context("the Klaviyo simulator")?;
+    let omneo = sims.omneo.context("the Omneo simulator")?;
+    let port = std::net::TcpListener::bind(loopback(0))?
+        .local_addr()?
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let local = std::env::current_exe()?
+        .parent()
+        .context("the binaries' directory")?
+        .join("local");
+    let mut extension = tokio::process::Command::new(&local)
+        .envs(sims.vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("PORT", port.to_string())
+        .env("PUBLIC_URL", &base)
+        .env("OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} (cargo build --release first)", local.display()))?;
+    let pid = extension.id().context("the extension's pid")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !harness::bench::health_ok(port) {
+        if Instant::now() > deadline {
+            bail!("the extension did not answer /health");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let api = format!("{base}/{TENANT}/api/v1");
+    install(&http, &api, &klaviyo, &omneo).await?;
 
-    let per_profile = per_profile_ceiling(klaviyo, omneo).await?;
+    let per_profile = per_profile_ceiling(&klaviyo, &omneo).await?;
 
     let seeded = omneo.insert_profiles(
-        DEMO_TENANT,
+        TENANT,
         (0..PROFILES)
             .map(|n| NewProfile::demo(100_000 + n))
             .collect(),
@@ -67,8 +104,8 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let answer = http
         .post(&url)
-        .bearer_auth(&bearer)
-        .json(&serde_json::json!({}))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({}))
         .send()
         .await?;
     if answer.status() != 202 {
@@ -78,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let run: Value = http
             .get(&url)
-            .bearer_auth(&bearer)
+            .bearer_auth(OPERATOR_TOKEN)
             .send()
             .await?
             .json()
@@ -91,6 +128,8 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let wall = started.elapsed();
+    let peak = peak_rss_mib(pid)?;
+    extension.kill().await.ok();
     if run["state"] != "completed" {
         bail!("the backfill ended {}: {run}", run["state"]);
     }
@@ -139,22 +178,73 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| profiles lost | {lost} | 0 |");
     println!("| profiles imported twice | {twice} | 0 |");
-    println!(
-        "| peak RSS of the bench process (extension + both simulators) | {:.0} MiB | < 256 MiB (extension) |",
-        peak_rss_mib()?
-    );
+    println!("| peak RSS of the extension process | {peak:.0} MiB | < 256 MiB |");
+    Ok(())
+}
+
+/// Registers the tenant, installs it through the install link and the simulated consent page,
+/// and turns its Omneo webhooks on (reconciliation off, so no scheduled run competes).
+async fn install(
+    http: &reqwest::Client,
+    api: &str,
+    klaviyo: &KlaviyoSim,
+    omneo: &OmneoSim,
+) -> anyhow::Result<()> {
+    let registered = http
+        .put(format!("{api}/tenant"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({
+            "omneo_api_token": OMNEO_TOKEN,
+            "omneo_signing_secret": OMNEO_SIGNING_SECRET,
+            "omneo_api_url": omneo.api_url(TENANT),
+            "settings": {"reconcile_interval_minutes": 0},
+        }))
+        .send()
+        .await?;
+    if !registered.status().is_success() {
+        bail!("registration failed: {}", registered.text().await?);
+    }
+    let link: Value = http
+        .post(format!("{api}/install/link"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let link = link["url"].as_str().context("an install link")?;
+    let authorize = http.get(link).send().await?;
+    let authorize = authorize
+        .headers()
+        .get("location")
+        .context("the install link redirects")?
+        .to_str()?
+        .to_owned();
+    let callback = klaviyo.approve(&authorize).await?;
+    let page = http.get(callback.as_str()).send().await?;
+    if !page.status().is_success() {
+        bail!("the OAuth callback answered {}", page.status());
+    }
+    for webhook in omneo.webhooks(TENANT) {
+        http.put(format!(
+            "{}/api/v3/webhooks/{}",
+            omneo.api_url(TENANT),
+            webhook.id
+        ))
+        .bearer_auth(OMNEO_TOKEN)
+        .json(&json!({"is_active": true}))
+        .send()
+        .await?
+        .error_for_status()?;
+    }
     Ok(())
 }
 
 /// Creates [`LIVE_PROFILES`] customers with webhooks on and counts the live syncs' imports in
-/// the first 60 s after the first one.
-async fn per_profile_ceiling(
-    klaviyo: &KlaviyoSim,
-    omneo: &harness::omneo::OmneoSim,
-) -> anyhow::Result<usize> {
+/// the first 60 s after the first one, once every live sync is done.
+async fn per_profile_ceiling(klaviyo: &KlaviyoSim, omneo: &OmneoSim) -> anyhow::Result<usize> {
     let verdicts_before = klaviyo.rate_verdicts().len();
     for n in 0..LIVE_PROFILES {
-        omneo.seed_profile(DEMO_TENANT, NewProfile::demo(10_000 + n))?;
+        omneo.seed_profile(TENANT, NewProfile::demo(10_000 + n))?;
     }
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -164,7 +254,6 @@ async fn per_profile_ceiling(
             .filter(|v| v.endpoint == IMPORT && !v.throttled)
             .map(|v| v.at)
             .collect();
-        // Every live sync done (so none competes with the backfill), and a minute measured.
         if let Some(first) = imports.first()
             && first.elapsed() > Duration::from_secs(61)
             && imports.len() >= LIVE_PROFILES as usize
@@ -178,9 +267,9 @@ async fn per_profile_ceiling(
     }
 }
 
-/// This process's peak resident set (`VmHWM`), in MiB.
-fn peak_rss_mib() -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
+/// A process's peak resident set (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
