@@ -5,7 +5,7 @@
 //! 2. **List** its pages of Omneo's profiles (sorted by `created_at`, which the run's own
 //!    identity writes do not move; `updated_at` ≥ the run's `since`). The first chunk decides the
 //!    chunk length from the total: [`TARGET_CHUNKS`] chunks or more, at most
-//!    [`MAX_PAGES_PER_CHUNK`] pages (10,000 profiles, one import job).
+//!    [`MAX_PAGES_PER_CHUNK`] pages (2,000 profiles, one import job).
 //! 3. **Continue the chain**: register the next chunk on the run and enqueue it (or record that
 //!    the listing ended) before working, so the next chunk runs meanwhile on another instance.
 //!    It skips the profiles of this chunk's last page, in case the listing shifted.
@@ -48,8 +48,11 @@ use crate::worker::{Next, Setback};
 
 /// Profiles per Omneo page (Omneo's largest).
 pub const PAGE_SIZE: u32 = 100;
-/// The most pages one chunk reads: 10,000 profiles, one full import job.
-pub const MAX_PAGES_PER_CHUNK: u32 = 100;
+/// The most pages one chunk reads: 2,000 profiles. What a chunk holds while it works (its
+/// profiles mapped, the import request, the matched Klaviyo profiles) grows with it, and an
+/// instance runs up to ten chunks at once; at 100 pages a 100,000-profile run peaked at 649 MiB
+/// (`bench-backfill`).
+pub const MAX_PAGES_PER_CHUNK: u32 = 20;
 /// A run is cut into at least this many chunks (when it has that many pages), so it spreads
 /// over instances.
 pub const TARGET_CHUNKS: u32 = 8;
