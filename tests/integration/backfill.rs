@@ -100,6 +100,22 @@ impl Pipeline {
         imports
     }
 
+    /// The tenant's install status.
+    async fn install_status(&self) -> Value {
+        self.t
+            .request(
+                Method::GET,
+                &format!("/{}/api/v1/install", self.tenant),
+                Some(&self.registered.admin_key),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Runs the reconciliation sweep as Cloud Scheduler would, at `now`, and waits for its tasks.
     async fn reconcile_at(&self, now: Timestamp) -> Vec<TenantId> {
         let swept = shared::reconcile::sweep(&self.t.app, now)
@@ -424,18 +440,7 @@ async fn reconciliation_brings_a_dropped_consent_change_to_omneo_once() {
         "events are read once"
     );
 
-    let status =
-        p.t.request(
-            Method::GET,
-            &format!("/{}/api/v1/install", p.tenant),
-            Some(&p.registered.admin_key),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let status = p.install_status().await;
     let reconciliation = &status["reconciliation"];
     assert_eq!(reconciliation["status"], "on", "{status}");
     assert_eq!(reconciliation["inbound"]["last"]["status"], "succeeded");
@@ -510,18 +515,7 @@ async fn a_tenant_without_the_new_scopes_reports_reconciliation_and_keeps_syncin
     );
 
     p.reconcile_at(Timestamp::now()).await;
-    let status =
-        p.t.request(
-            Method::GET,
-            &format!("/{}/api/v1/install", p.tenant),
-            Some(&p.registered.admin_key),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let status = p.install_status().await;
     let reconciliation = &status["reconciliation"];
     assert_eq!(
         reconciliation["status"], "reauthorization_required",

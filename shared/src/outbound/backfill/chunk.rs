@@ -35,7 +35,10 @@ use super::bulk::{self, pack_subscribes, pack_unsubscribes};
 use super::{advance_outbound_cursor, chunk_task, end};
 use crate::domain::{ConsentState, KlaviyoProfileId, OmneoProfileId};
 use crate::job::{Hold, Job, klaviyo_setback, omneo_setback, store_setback};
-use crate::klaviyo::models::{BulkImport, BulkImportJob, BulkJobStatus, Profile as KlaviyoProfile};
+use crate::klaviyo::models::{
+    BulkImport, BulkImportJob, BulkJobStatus, Profile as KlaviyoProfile, SubscribeJob,
+    UnsubscribeJob,
+};
 use crate::omneo::models::{Profile, ProfileListing};
 use crate::outbound::consent::{self, ConsentTarget};
 use crate::outbound::mapping::{MappedProfile, event_context, exclusion};
@@ -584,30 +587,9 @@ async fn write(
     write_identities(job, identities, outcome).await?;
     let subscribes = pack_subscribes(subscribes);
     let unsubscribes = pack_unsubscribes(unsubscribes);
-    stream::iter(subscribes)
-        .map(|request| async move {
-            job.klaviyo(|k, t| {
-                let request = &request;
-                async move { k.subscribe(&t, request).await }
-            })
-            .await
-            .map_err(klaviyo_setback("subscribe"))
-        })
-        .buffer_unordered(CONCURRENT_CALLS)
-        .try_collect::<Vec<()>>()
-        .await?;
-    stream::iter(unsubscribes)
-        .map(|request| async move {
-            job.klaviyo(|k, t| {
-                let request = &request;
-                async move { k.unsubscribe(&t, request).await }
-            })
-            .await
-            .map_err(klaviyo_setback("unsubscribe"))
-        })
-        .buffer_unordered(CONCURRENT_CALLS)
-        .try_collect::<Vec<()>>()
-        .await?;
+    // Subscriptions first, then unsubscriptions, as the live sync orders them.
+    send_consent(job, subscribes.into_iter().map(ConsentJob::Subscribe)).await?;
+    send_consent(job, unsubscribes.into_iter().map(ConsentJob::Unsubscribe)).await?;
 
     let now = Timestamp::now();
     let states: Vec<SyncState> = written
@@ -633,6 +615,41 @@ async fn write(
         .put_sync_states(&states)
         .await
         .map_err(store_setback("write_sync_state"))
+}
+
+/// One bulk consent change.
+enum ConsentJob {
+    Subscribe(SubscribeJob),
+    Unsubscribe(UnsubscribeJob),
+}
+
+/// Sends consent jobs, [`CONCURRENT_CALLS`] at a time.
+async fn send_consent(
+    job: &Job<'_>,
+    jobs: impl Iterator<Item = ConsentJob>,
+) -> Result<(), Setback> {
+    stream::iter(jobs)
+        .map(|request| async move {
+            let step = match &request {
+                ConsentJob::Subscribe(_) => "subscribe",
+                ConsentJob::Unsubscribe(_) => "unsubscribe",
+            };
+            job.klaviyo(|k, t| {
+                let request = &request;
+                async move {
+                    match request {
+                        ConsentJob::Subscribe(r) => k.subscribe(&t, r).await,
+                        ConsentJob::Unsubscribe(r) => k.unsubscribe(&t, r).await,
+                    }
+                }
+            })
+            .await
+            .map_err(klaviyo_setback(step))
+        })
+        .buffer_unordered(CONCURRENT_CALLS)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(drop)
 }
 
 /// Records an import job's id on the run as soon as Klaviyo accepted it.
