@@ -88,6 +88,15 @@ async fn push<W: Worker>(
         )
         .into_response();
     }
+    // On the request span, whose last line the queue-delay alert reads (infra/alerts.tf).
+    let request_span = tracing::Span::current();
+    request_span.record("queue", request.queue.as_str());
+    if let Some(delay) = request.queue_delay(Timestamp::now()) {
+        request_span.record(
+            "queue_delay_ms",
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        );
+    }
     let span = tracing::info_span!(
         "task",
         direction = direction.as_str(),

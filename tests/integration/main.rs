@@ -4,6 +4,7 @@ mod backfill;
 mod clients;
 mod failures;
 mod inbound;
+mod infra;
 mod install;
 mod klaviyo_sdk;
 mod klaviyo_sim;

@@ -52,7 +52,8 @@ pub fn wrap(name: &'static str, routes: Router) -> Router {
 }
 
 /// Runs the request inside a `request` span (method, matched route, trace) and logs its end with
-/// the status and latency.
+/// the status and latency. A pushed task's handler records its `queue` and `queue_delay_ms` on
+/// the span ([`crate::job`]): the log-based queue-delay alert reads them from that last line.
 async fn request_span(request: Request, next: Next) -> Response {
     let path = request
         .extensions()
@@ -68,6 +69,8 @@ async fn request_span(request: Request, next: Next) -> Response {
         span_id = field::Empty,
         status = field::Empty,
         latency_ms = field::Empty,
+        queue = field::Empty,
+        queue_delay_ms = field::Empty,
     );
     if let Some(trace) = trace {
         span.record("trace_id", trace.trace_id);

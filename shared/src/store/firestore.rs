@@ -22,11 +22,12 @@ use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::{
-    BACKFILLS, BackfillRun, Binding, Change, Claim, FAILURES, Failure, FailurePage, FailureQuery,
-    INSTALLS, IdempotencyKey, Install, KLAVIYO_ACCOUNTS, Marker, Mutation, OAUTH_STATES,
-    OAuthState, PROCESSED, QUEUE_NAMES, RECONCILIATIONS, Reconciliation, SYNC_STATE, Step, Store,
-    StoreError, StoreResult, SyncState, TENANTS, Tenant, WRITE_BATCH, decode, mark_retried_step,
-    plain_update_step, resealed, sync_state_id, take_state_step, update_step,
+    BACKFILLS, BackfillRun, Binding, Change, Claim, FAILURE_LISTING_ORDER, FAILURES, Failure,
+    FailurePage, FailureQuery, INSTALLS, IdempotencyKey, Install, KLAVIYO_ACCOUNTS, Marker,
+    Mutation, OAUTH_STATES, OAuthState, PROCESSED, QUEUE_NAMES, RECONCILIATIONS, Reconciliation,
+    SYNC_STATE, Step, Store, StoreError, StoreResult, SyncState, TENANTS, Tenant, WRITE_BATCH,
+    decode, mark_retried_step, plain_update_step, resealed, sync_state_id, take_state_step,
+    update_step,
 };
 use crate::crypto::Keyring;
 use crate::domain::{OmneoProfileId, TenantId};
@@ -395,9 +396,9 @@ impl Store for FirestoreStore {
         self.put(FAILURES, &failure.id, failure, None).await
     }
 
-    /// One structured query: `tenant ==` (and `task_kind ==`, `severity ==` when asked), ordered
-    /// by `at desc, __name__ desc`, starting after the cursor's `(at, document)`. Production
-    /// needs a composite index per filter combination (docs/operations.md names them).
+    /// One structured query: [`FailureQuery::equalities`], ordered by [`FAILURE_LISTING_ORDER`]
+    /// (`at desc, __name__ desc`), starting after the cursor's `(at, document)`. Production needs
+    /// the composite index [`FailureQuery::index`] of each filter combination (`infra/firestore.tf`).
     async fn failures(&self, tenant: &TenantId, query: &FailureQuery) -> StoreResult<FailurePage> {
         if query.limit == 0 {
             // A zero limit would mean "no limit" to Firestore.
@@ -411,17 +412,23 @@ impl Store for FirestoreStore {
             .select()
             .from(FAILURES)
             .filter(|q| {
-                q.for_all([
-                    q.field("tenant").eq(tenant.as_str()),
+                q.for_all(
                     query
-                        .kind
-                        .and_then(|kind| q.field("task_kind").eq(kind.as_str())),
-                    query
-                        .severity
-                        .and_then(|severity| q.field("severity").eq(severity)),
-                ])
+                        .equalities(tenant)
+                        .into_iter()
+                        .map(|(field, value)| q.field(field).eq(value)),
+                )
             })
-            .order(|o| o.fields([o.field("at").desc(), o.field("__name__").desc()]))
+            .order(|o| {
+                o.fields(FAILURE_LISTING_ORDER.map(|order| {
+                    let field = o.field(order.field);
+                    if order.descending {
+                        field.desc()
+                    } else {
+                        field.asc()
+                    }
+                }))
+            })
             .limit(fetch);
         let select = match &query.after {
             Some(after) => select.start_at(FirestoreQueryCursor::AfterValue(vec![

@@ -129,6 +129,61 @@ impl FailureQuery {
         }
     }
 
+    /// The equality filters of the listing's Firestore query, in index order: `tenant`, then
+    /// `task_kind` and `severity` when asked for. The query orders by [`FAILURE_LISTING_ORDER`].
+    pub fn equalities(&self, tenant: &TenantId) -> Vec<(&'static str, String)> {
+        let mut equal = vec![("tenant", tenant.to_string())];
+        if let Some(kind) = self.kind {
+            equal.push(("task_kind", kind.as_str().to_owned()));
+        }
+        if let Some(severity) = self.severity {
+            equal.push(("severity", severity.as_str().to_owned()));
+        }
+        equal
+    }
+
+    /// The composite index Firestore needs for this query's filters: its equality fields
+    /// ascending, then [`FAILURE_LISTING_ORDER`].
+    pub fn index(&self) -> CompositeIndex {
+        let tenant = TenantId::parse("any").expect("a valid tenant id");
+        let fields = self
+            .equalities(&tenant)
+            .into_iter()
+            .map(|(field, _)| IndexField {
+                field,
+                descending: false,
+            })
+            .chain(FAILURE_LISTING_ORDER)
+            .collect();
+        CompositeIndex {
+            collection: FAILURES,
+            fields,
+        }
+    }
+
+    /// The composite indexes every filter combination of the listing needs: what production's
+    /// Firestore must declare (`infra/firestore.tf`, checked by the infra tests).
+    pub fn indexes() -> Vec<CompositeIndex> {
+        let kind = Some(TaskKind::SyncProfile);
+        let severity = Some(Severity::Failed);
+        [
+            (None, None),
+            (kind, None),
+            (None, severity),
+            (kind, severity),
+        ]
+        .into_iter()
+        .map(|(kind, severity)| {
+            Self {
+                kind,
+                severity,
+                ..Self::newest(1)
+            }
+            .index()
+        })
+        .collect()
+    }
+
     /// Whether `failure` belongs to the page set of `tenant` this query walks: the tenant's, of
     /// the kind and severity asked for, and older than the cursor.
     fn admits(&self, tenant: &TenantId, failure: &Failure) -> bool {
@@ -143,6 +198,59 @@ impl FailureQuery {
                 .is_none_or(|after| &FailureCursor::of(failure) < after)
     }
 }
+
+/// The order of the failures listing: newest first, ties broken by document name.
+pub const FAILURE_LISTING_ORDER: [IndexField; 2] = [
+    IndexField {
+        field: "at",
+        descending: true,
+    },
+    IndexField {
+        field: "__name__",
+        descending: true,
+    },
+];
+
+/// A Firestore composite index (query scope: collection) a query of the store needs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CompositeIndex {
+    /// The collection queried.
+    pub collection: &'static str,
+    /// The fields, in order.
+    pub fields: Vec<IndexField>,
+}
+
+/// One field of a Firestore composite index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IndexField {
+    /// The field path (`__name__`: the document name).
+    pub field: &'static str,
+    /// Descending, else ascending.
+    pub descending: bool,
+}
+
+/// A field a Firestore TTL policy deletes documents by: a real Timestamp in every record of the
+/// collection. Firestore deletes expired documents only eventually, so readers check it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TtlField {
+    /// The collection.
+    pub collection: &'static str,
+    /// The Timestamp field.
+    pub field: &'static str,
+}
+
+/// The TTL policies production's Firestore must declare (`infra/firestore.tf`, checked by the
+/// infra tests): pending OAuth states and idempotency markers expire.
+pub const TTL_FIELDS: [TtlField; 2] = [
+    TtlField {
+        collection: OAUTH_STATES,
+        field: "expires_at",
+    },
+    TtlField {
+        collection: PROCESSED,
+        field: "expires_at",
+    },
+];
 
 /// Where a page of failures ended: the `(at, id)` of its last record. Ordered like the records
 /// it points at (a later `at` is greater; equal times compare by id).

@@ -632,6 +632,16 @@ pub enum Severity {
     Warning,
 }
 
+impl Severity {
+    /// The name as stored and as the failures API filters by it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Failed => "failed",
+            Self::Warning => "warning",
+        }
+    }
+}
+
 /// `sync_state/{tenant}:{omneo profile id}`: what was last written to Klaviyo for a profile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncState {

@@ -65,6 +65,13 @@ pub struct TaskRequest {
 }
 
 impl TaskRequest {
+    /// How long after its scheduled time (`X-CloudTasks-TaskETA`) this attempt started: how
+    /// long the task waited in its queue. `None` without the header; zero when it came early.
+    pub fn queue_delay(&self, now: Timestamp) -> Option<Duration> {
+        let eta = self.eta?;
+        Some(Duration::try_from(now.duration_since(eta)).unwrap_or(Duration::ZERO))
+    }
+
     /// Reads the headers; a missing or malformed queue name, task name or retry count is a 400
     /// naming the header. The informational headers are read leniently.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, ApiError> {
@@ -427,6 +434,23 @@ mod tests {
             (header::EXECUTION_COUNT, "0"),
             (header::ETA, "1700000000.250000"),
         ]
+    }
+
+    #[test]
+    fn the_queue_delay_is_the_time_since_the_scheduled_time() {
+        let request = TaskRequest::from_headers(&headers(&first_attempt_headers())).unwrap();
+        let eta = request.eta.unwrap();
+        let later = eta + SignedDuration::from_millis(1_500);
+        assert_eq!(
+            request.queue_delay(later),
+            Some(Duration::from_millis(1_500))
+        );
+        let earlier = eta - SignedDuration::from_secs(2);
+        assert_eq!(request.queue_delay(earlier), Some(Duration::ZERO));
+        let mut pairs = first_attempt_headers();
+        pairs.retain(|(name, _)| *name != header::ETA);
+        let without = TaskRequest::from_headers(&headers(&pairs)).unwrap();
+        assert_eq!(without.queue_delay(later), None);
     }
 
     #[test]
