@@ -3,18 +3,21 @@ SHELL := /bin/bash
 VENV ?= .venv
 CARGO ?= cargo
 TASKS_EMULATOR_VERSION := 0.6.2
+# checkov, the static analyser of the Terraform in infra/ (its own venv: its pins clash with the tests')
+CHECKOV_VERSION := 3.3.30
+INFRA_VENV ?= .venv-infra
 KLAVIYO_SDK := tests/klaviyo-sdk/requirements.txt
 # Where `cargo build --release` puts the binaries (the benchmarks run them from there, unrebuilt).
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop
+.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop infra-check deploy
 
 ## dev: run all five functions, both simulators and a demo tenant on http://localhost:$${PORT:-8080}
 dev:
 	$(CARGO) run -p local
 
-## test: start the Firestore and Cloud Tasks emulators, then run every test of the workspace
-test: venv oauth-interop
+## test: the infra checks, then start the Firestore and Cloud Tasks emulators and run every test of the workspace
+test: venv oauth-interop infra-check
 	$(CARGO) build --workspace --bins
 	tests/emulators.sh $(CARGO) nextest run --workspace --no-fail-fast
 
@@ -32,6 +35,20 @@ bench:
 	$(RELEASE_DIR)/bench-outbound
 	$(RELEASE_DIR)/bench-inbound
 	$(RELEASE_DIR)/bench-backfill
+
+## infra-check: terraform fmt -check, terraform validate (skipped with a notice where the provider registry is
+## unreachable) and checkov on infra/ (the Rust test `infra` checks it against the code, inside `make test`)
+infra-check: $(INFRA_VENV)/.installed-checkov-$(CHECKOV_VERSION)
+	CHECKOV=$(CURDIR)/$(INFRA_VENV)/bin/checkov infra/check.sh
+
+$(INFRA_VENV)/.installed-checkov-$(CHECKOV_VERSION):
+	python3 -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	touch $@
+
+## deploy: build and push the image, then terraform apply (PROJECT=… required; docs/operations.md, "Deploying")
+deploy:
+	infra/deploy.sh
 
 ## lint: formatting and clippy (warnings are errors)
 lint:
@@ -62,4 +79,4 @@ tests/oauth-interop/node_modules/.package-lock.json: tests/oauth-interop/package
 	touch $@
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(INFRA_VENV)
