@@ -730,3 +730,61 @@ async fn on_lambda_the_same_router_answers_through_the_runtime_api() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["function"], CHILD_FUNCTION);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The queue delay of pushed tasks (what infra/alerts.tf's task_queue_delay metric reads)
+
+#[tokio::test]
+async fn a_pushed_tasks_request_line_names_its_queue_and_how_late_it_started() {
+    use secrecy::ExposeSecret as _;
+    let (logs, _guard) = capture_logs(LogFormat::Json, "info");
+    let key = shared::crypto::new_keyring_spec("k1");
+    let vars: HashMap<&str, String> = [
+        ("PUBLIC_URL", "http://127.0.0.1:9".to_owned()),
+        ("KLAVIYO_CLIENT_ID", "client".to_owned()),
+        ("KLAVIYO_CLIENT_SECRET", "client-secret".to_owned()),
+        ("ENCRYPTION_KEY", key.expose_secret().to_owned()),
+        ("OPERATOR_TOKEN", "operator-token-of-some-length".to_owned()),
+        ("STORE", "memory".to_owned()),
+        ("QUEUE", "local".to_owned()),
+    ]
+    .into();
+    let config = shared::config::Config::from_env(&|name: &str| vars.get(name).cloned()).unwrap();
+    let app = shared::app::App::from_config(config).await.unwrap();
+    let base = spawn(shared::functions::outbound_task::router(app)).await;
+    let scheduled = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(3);
+    let eta = format!("{}.000000", scheduled.as_second());
+    let response = reqwest::Client::new()
+        .post(format!("{base}/tasks/outbound"))
+        .header("x-cloudtasks-queuename", "acme-klaviyo-outbound")
+        .header("x-cloudtasks-taskname", "late-task-1")
+        .header("x-cloudtasks-taskretrycount", "0")
+        .header("x-cloudtasks-tasketa", eta)
+        .json(&shared::queue::TaskEnvelope {
+            tenant: shared::domain::TenantId::parse("acme").unwrap(),
+            work: shared::queue::Work::SyncProfile(shared::queue::SyncProfile {
+                profile_id: shared::domain::OmneoProfileId::parse("p-1").unwrap(),
+            }),
+        })
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        response.text().await.unwrap()
+    );
+
+    let lines = logs.json_lines();
+    let finished = lines
+        .iter()
+        .find(|l| l["message"] == "request finished" && l["path"] == "/tasks/outbound")
+        .unwrap_or_else(|| panic!("no request line for the task in {lines:#?}"));
+    assert_eq!(finished["queue"], "acme-klaviyo-outbound");
+    let delay = finished["queue_delay_ms"].as_u64().expect("queue_delay_ms");
+    assert!(
+        (2_000..120_000).contains(&delay),
+        "scheduled 3 s (to the second) before it was pushed, waited {delay} ms"
+    );
+}
