@@ -56,13 +56,13 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `infra/*.tf`, by file name.
+/// `infra/*.tf` and `infra/deploy.sh`, by file name.
 fn real_files() -> BTreeMap<String, String> {
     let dir = repo_root().join("infra");
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).expect("infra/ exists") {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "tf") {
+        if path.extension().is_some_and(|e| e == "tf") || path.ends_with(DEPLOY_SCRIPT) {
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             files.insert(name, std::fs::read_to_string(&path).unwrap());
         }
@@ -106,7 +106,7 @@ struct Infra {
 impl Infra {
     fn parse(files: &BTreeMap<String, String>) -> Result<Self, String> {
         let mut blocks = Vec::new();
-        for (name, text) in files {
+        for (name, text) in files.iter().filter(|(name, _)| name.ends_with(".tf")) {
             let body: Body = hcl::parse(text).map_err(|e| format!("{name}: {e}"))?;
             blocks.extend(body.into_blocks());
         }
@@ -287,7 +287,45 @@ fn problems(files: &BTreeMap<String, String>) -> Vec<String> {
     scheduler(&infra, &mut problems);
     alerts(&infra, &mut problems);
     variables(&infra, &mut problems);
+    if let Some(script) = files.get(DEPLOY_SCRIPT) {
+        deploy_script(&infra, script, &mut problems);
+    }
     problems
+}
+
+/// `make deploy`'s script, kept beside the configuration it applies.
+const DEPLOY_SCRIPT: &str = "deploy.sh";
+
+/// The resources `deploy.sh` applies first exist, and it fills exactly the services' secrets.
+fn deploy_script(infra: &Infra, script: &str, problems: &mut Vec<String>) {
+    for target in script.split("-target=").skip(1) {
+        let address = target.split_whitespace().next().unwrap_or_default();
+        let (kind, name) = address.split_once('.').unwrap_or((address, ""));
+        if infra.resource(kind, name).is_none() {
+            problems.push(format!(
+                "deploy.sh targets {address}, which infra/ does not declare"
+            ));
+        }
+    }
+    let filled: BTreeSet<String> = script
+        .split("for pair in ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|pair| pair.replace(':', "="))
+        .collect();
+    let secrets: BTreeSet<String> = get(&infra.locals(), "secret_env")
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(variable, secret)| format!("{}={variable}", plain(secret)))
+        .collect();
+    if filled != secrets {
+        problems.push(format!(
+            "deploy.sh fills the secrets {filled:?}, the services read {secrets:?}"
+        ));
+    }
 }
 
 /// Files by concern, the provider pinned.
@@ -1059,6 +1097,18 @@ fn other_drift_is_reported() {
             "task failed for ever",
         ),
         "which shared/src never writes",
+    );
+    assert_reported(
+        &mutated(
+            "deploy.sh",
+            "-target=google_artifact_registry_repository.images",
+            "-target=google_artifact_registry_repository.image",
+        ),
+        "deploy.sh targets google_artifact_registry_repository.image,",
+    );
+    assert_reported(
+        &mutated("deploy.sh", " operator-token:OPERATOR_TOKEN", ""),
+        "deploy.sh fills the secrets",
     );
     assert_reported(
         &mutated(
