@@ -1,8 +1,9 @@
 //! The local stack of `make dev` (`harness::local_stack`): a simulator starts only for the URLs
 //! left unset, the demo tenant is registered and installs through its printed link, the guide's
 //! sync walk-throughs (Omneo → Klaviyo, then Klaviyo → Omneo) and its backfill section work as printed, and the guide never
-//! echoes a secret that came from the environment. Every stack runs with `PORT=0` (free ports for the app and the simulators), so
-//! these tests run in parallel.
+//! echoes a secret that came from the environment; the stack serves `docs/openapi.json` at
+//! `GET /openapi.json`, as the guide says. Every stack runs with `PORT=0` (free ports for the app
+//! and the simulators), so these tests run in parallel.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -884,4 +885,18 @@ async fn the_guides_backfill_commands_import_the_demo_customers_and_show_reconci
     assert_eq!(reconciliation["interval_minutes"], 1);
     assert_eq!(reconciliation["status"], "on", "{reconciliation}");
     assert_eq!(reconciliation["inbound"]["last"]["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn the_stack_serves_the_openapi_document_the_guide_points_at() {
+    let stack = start(&[]).await;
+    let url = format!("{}/openapi.json", stack.url);
+    assert!(stack.guide.contains(&url), "{}", stack.guide);
+    let response = http().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let text = response.text().await.unwrap();
+    assert_eq!(text, include_str!("../../docs/openapi.json"));
+    let document: Value = serde_json::from_str(&text).expect("the document is JSON");
+    assert_eq!(document["openapi"], "3.1.0");
 }

@@ -10,6 +10,7 @@ mod klaviyo_sdk;
 mod klaviyo_sim;
 mod local_stack;
 mod omneo_sim;
+mod openapi;
 mod outbound;
 mod pipeline;
 mod queue;

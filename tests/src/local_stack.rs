@@ -19,6 +19,9 @@
 //! delivers its system events, and Omneo's comms and interactions show it; then a Klaviyo Flow
 //! webhook (with the demo tenant's `webhook_secret`, printed) issues a reward that Omneo lists.
 //! `tests/integration/local_stack.rs` runs those commands as printed.
+//!
+//! Besides the five functions' routes, the stack serves `GET /openapi.json`: `docs/openapi.json`,
+//! the OpenAPI 3.1 reference of every route (the guide points at it).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -27,6 +30,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
 use secrecy::{ExposeSecret, SecretString};
 use shared::app::App;
 use shared::config::{Config, Env};
@@ -73,6 +78,10 @@ const KLAVIYO_URL_VARS: [&str; 4] = [
 ];
 /// The variable that points the app at Omneo; setting it means "no Omneo simulator".
 const OMNEO_URL_VAR: &str = "OMNEO_API_URL_TEMPLATE";
+/// Where the stack serves [`OPENAPI_DOCUMENT`].
+const OPENAPI_PATH: &str = "/openapi.json";
+/// `docs/openapi.json`: the OpenAPI 3.1 document of every route the five functions serve.
+const OPENAPI_DOCUMENT: &str = include_str!("../../docs/openapi.json");
 
 /// How to start the simulators [`start_simulators`] finds needed.
 pub struct SimulatorOptions {
@@ -319,7 +328,11 @@ impl LocalStack {
         .text();
 
         let (shutdown, signal) = oneshot::channel::<()>();
-        let router = http::wrap("local", shared::functions::all(app.clone()));
+        let routes = shared::functions::all(app.clone()).route(
+            OPENAPI_PATH,
+            get(|| async { ([(CONTENT_TYPE, "application/json")], OPENAPI_DOCUMENT) }),
+        );
+        let router = http::wrap("local", routes);
         tracing::info!(function = "local", address = %listener.local_addr()?, "listening");
         let server = tokio::spawn(http::serve(
             listener,
@@ -503,6 +516,7 @@ impl Guide<'_> {
             "
 Omneo ⇄ Klaviyo extension — local stack
   functions    {base}  (oauth-callback, klaviyo-webhook, omneo-webhook, inbound-task, outbound-task)
+  API          {base}{OPENAPI_PATH}  (OpenAPI 3.1 reference of every route: docs/openapi.json)
   Klaviyo      {klaviyo}
   Omneo        {omneo}
   demo tenant  `{DEMO_TENANT}` with {DEMO_PROFILES} Omneo customers, registered, not installed yet
