@@ -1,6 +1,10 @@
 # Log-based alerts (docs/operations.md, "Alerts" says what each means and what to do). Each
 # metric counts or measures a log line the code writes; the infra tests check every message
 # quoted here still occurs in shared/src.
+#
+# Cloud Monitoring refuses an alert policy on a log-based metric for up to ~10 minutes after the
+# metric is created (hashicorp/terraform-provider-google#11102), so `make deploy` creates the
+# metrics in its first step, before building the image, and the policies in its last.
 
 locals {
   # Log entries of the five services.
@@ -36,6 +40,8 @@ resource "google_logging_metric" "permanent_failures" {
     tenant    = "EXTRACT(jsonPayload.tenant)"
     task_kind = "EXTRACT(jsonPayload.task_kind)"
   }
+
+  depends_on = [google_project_service.apis]
 }
 
 # Klaviyo refused a tenant's refresh token: the tenant's sync is parked until CX Manager
@@ -60,6 +66,8 @@ resource "google_logging_metric" "reauthorization_required" {
   label_extractors = {
     tenant = "EXTRACT(jsonPayload.tenant)"
   }
+
+  depends_on = [google_project_service.apis]
 }
 
 # How late each task starts: its dispatch time minus the time it was scheduled for
@@ -93,6 +101,8 @@ resource "google_logging_metric" "task_queue_delay" {
       scale              = 1
     }
   }
+
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_monitoring_alert_policy" "permanent_failures" {

@@ -40,12 +40,17 @@ case "$TAG" in *-dirty)
   exit 1
 esac
 
-echo "== 1/4 the project's APIs, the image repository and the (empty) secrets"
+echo "== 1/4 the project's APIs, the image repository, the (empty) secrets and the log-based metrics"
+# The metrics come first: Cloud Monitoring accepts an alert policy on a new log-based metric only
+# minutes after it was created (step 4 creates the policies).
 run "${TF[@]}" init -input=false
 run "${TF[@]}" apply -input=false "${VARS[@]}" \
   -target=google_project_service.apis \
   -target=google_artifact_registry_repository.images \
-  -target=google_secret_manager_secret.secret
+  -target=google_secret_manager_secret.secret \
+  -target=google_logging_metric.permanent_failures \
+  -target=google_logging_metric.reauthorization_required \
+  -target=google_logging_metric.task_queue_delay
 
 echo "== 2/4 the secrets' values"
 for pair in klaviyo-client-secret:KLAVIYO_CLIENT_SECRET encryption-key:ENCRYPTION_KEY operator-token:OPERATOR_TOKEN; do
@@ -66,7 +71,13 @@ for pair in klaviyo-client-secret:KLAVIYO_CLIENT_SECRET encryption-key:ENCRYPTIO
 done
 
 echo "== 3/4 the image $IMAGE"
+# Tags are immutable: a tag already pushed (an earlier run of this commit) is used as it is.
+if [ "${DRY_RUN:-0}" != 1 ] && gcloud artifacts docker images describe "$IMAGE" --project "$PROJECT" >/dev/null 2>&1; then
+  BUILDER=already-pushed
+  echo "$IMAGE: already in the repository"
+fi
 case "$BUILDER" in
+  already-pushed) ;;
   docker)
     run gcloud auth configure-docker "$REGION-docker.pkg.dev" --quiet
     run docker build -t "$IMAGE" .

@@ -1,11 +1,19 @@
 # Two Cloud Tasks queues per tenant of var.tenants, named and configured exactly as install
 # creates them at run time (shared/src/queue: TenantQueues::of, QueueSettings::for_direction),
 # so Terraform and the install never fight over a setting.
+#
+# A tenant that installed before it was added to var.tenants already has its queues: import them
+# (`terraform import 'google_cloud_tasks_queue.tenant["acme-klaviyo-inbound"]'
+# projects/P/locations/R/queues/acme-klaviyo-inbound`). Queues are never destroyed by Terraform:
+# deleting one drops its pending tasks and locks its name for 7 days. To stop managing a tenant's
+# queues, `terraform state rm` them before removing the tenant (docs/operations.md).
 
 locals {
   # QueueSettings::for_direction. Outbound dispatches at 96 % of Klaviyo's steady
-  # profile-import limit (750/min → 12/s); both back off 5 s → 300 s over 5 doublings, for at
-  # most 20 attempts or 24 h. The infra tests fail when these drift from the code.
+  # profile-import limit (750/min → 12/s); both back off 5 s → 300 s over 5 doublings. Cloud Tasks
+  # stops only once both 20 attempts and 24 h are spent, but the worker records the 20th failed
+  # attempt as a failure and answers 2xx, so a task ends after its 20th attempt. The infra tests
+  # fail when these drift from the code.
   queue_settings = {
     inbound = {
       max_dispatches_per_second = 20
@@ -55,6 +63,10 @@ resource "google_cloud_tasks_queue" "tenant" {
     min_backoff        = local.queue_settings[each.value.direction].min_backoff
     max_backoff        = local.queue_settings[each.value.direction].max_backoff
     max_doublings      = local.queue_settings[each.value.direction].max_doublings
+  }
+
+  lifecycle {
+    prevent_destroy = true
   }
 
   depends_on = [google_project_service.apis]

@@ -46,7 +46,15 @@ const FILES: [&str; 10] = [
 const RUNTIME_ROLES: [&str; 3] = [
     "roles/datastore.user",
     "roles/cloudtasks.enqueuer",
-    "roles/cloudtasks.queueAdmin",
+    "${google_project_iam_custom_role.queue_provisioner.name}",
+];
+
+/// The custom role install provisions queues with: `UpdateQueue` creates or updates a queue
+/// (`shared/src/queue/cloud_tasks.rs`); nothing may delete, pause or purge one.
+const QUEUE_PROVISIONER_PERMISSIONS: [&str; 3] = [
+    "cloudtasks.queues.create",
+    "cloudtasks.queues.get",
+    "cloudtasks.queues.update",
 ];
 
 fn repo_root() -> PathBuf {
@@ -216,20 +224,6 @@ fn context(infra: &Infra, each: Option<(&str, &Value)>, vars: Value) -> Context<
                     .find(|v| !v.is_null())
                     .cloned()
                     .unwrap_or(Value::Null))
-            }),
-    );
-    ctx.declare_func(
-        "toset",
-        FuncDef::builder()
-            .param(ParamType::array_of(ParamType::Any))
-            .build(|args: FuncArgs| {
-                let mut set: Vec<Value> = Vec::new();
-                for item in args[0].as_array().into_iter().flatten() {
-                    if !set.contains(item) {
-                        set.push(item.clone());
-                    }
-                }
-                Ok(Value::Array(set))
             }),
     );
     ctx.declare_func(
@@ -605,10 +599,22 @@ fn environment(infra: &Infra, problems: &mut Vec<String>) {
     }
 }
 
-/// The runtime account's project roles are exactly [`RUNTIME_ROLES`], and it may act as the
-/// invoker (to give tasks its OIDC token); nothing else is granted at project level.
+/// The items of a `toset([…])` or `[…]` expression, as written.
+fn listed(expr: &Expression) -> Option<Vec<String>> {
+    let list = match expr {
+        Expression::FuncCall(call) if call.name.name.as_str() == "toset" => call.args.first()?,
+        other => other,
+    };
+    match list {
+        Expression::Array(items) => Some(items.iter().map(text).collect()),
+        _ => None,
+    }
+}
+
+/// The runtime account's project roles are exactly [`RUNTIME_ROLES`] (the custom one holding
+/// exactly [`QUEUE_PROVISIONER_PERMISSIONS`]), and it may act as the invoker (to give tasks its
+/// OIDC token); nothing else is granted at project level.
 fn runtime_roles(infra: &Infra, problems: &mut Vec<String>) {
-    let ctx = context(infra, None, Value::Null);
     let mut granted = BTreeSet::new();
     for grant in infra.blocks("resource", "google_project_iam_member") {
         let member = attribute(&grant.body, "member")
@@ -617,10 +623,21 @@ fn runtime_roles(infra: &Infra, problems: &mut Vec<String>) {
         if member != "serviceAccount:${google_service_account.runtime.email}" {
             problems.push(format!("a project role is granted to {member}"));
         }
-        match attribute(&grant.body, "for_each").map(|f| evaluate(f, &ctx)) {
-            Some(Ok(Value::Array(roles))) => granted.extend(roles.iter().map(plain)),
-            other => problems.push(format!("project roles do not evaluate: {other:?}")),
+        match attribute(&grant.body, "for_each").and_then(listed) {
+            Some(roles) => granted.extend(roles),
+            None => problems.push("project roles are not a literal list".into()),
         }
+    }
+    let permissions = infra
+        .resource("google_project_iam_custom_role", "queue_provisioner")
+        .and_then(|role| attribute(&role.body, "permissions"))
+        .and_then(listed)
+        .map(BTreeSet::from_iter);
+    let provisioner: BTreeSet<String> = QUEUE_PROVISIONER_PERMISSIONS.map(String::from).into();
+    if permissions.as_ref() != Some(&provisioner) {
+        problems.push(format!(
+            "the queue provisioner role holds {permissions:?}, not {provisioner:?}"
+        ));
     }
     let expected: BTreeSet<String> = RUNTIME_ROLES.map(String::from).into();
     if granted != expected {
@@ -1113,10 +1130,18 @@ fn other_drift_is_reported() {
     assert_reported(
         &mutated(
             "iam.tf",
-            "\"roles/cloudtasks.queueAdmin\",",
+            "\"roles/cloudtasks.enqueuer\",",
             "\"roles/editor\",",
         ),
         "project roles",
+    );
+    assert_reported(
+        &mutated(
+            "iam.tf",
+            "\"cloudtasks.queues.get\",",
+            "\"cloudtasks.queues.delete\",",
+        ),
+        "the queue provisioner role holds",
     );
     assert_reported(
         &mutated(
