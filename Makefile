@@ -10,7 +10,7 @@ KLAVIYO_SDK := tests/klaviyo-sdk/requirements.txt
 # Where `cargo build --release` puts the binaries (the benchmarks run them from there, unrebuilt).
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop infra-check deploy
+.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop infra-check deploy image-check
 
 ## dev: run all five functions, both simulators and a demo tenant on http://localhost:$${PORT:-8080}
 dev:
@@ -62,6 +62,14 @@ fmt:
 ## build: release build of every binary
 build:
 	$(CARGO) build --release --workspace --bins
+
+## image-check: the container image without a Docker engine: the Dockerfile checked against the workspace's function crates,
+## then the release binaries it copies, built by the Dockerfile's own command, run as Cloud Run would (GET /health, SIGTERM → exit 0,
+## a missing variable named; STORE=memory QUEUE=local: no cloud here)
+image-check:
+	$(CARGO) build --release --locked -p oauth-callback -p klaviyo-webhook -p omneo-webhook -p inbound-task -p outbound-task
+	$(CARGO) build --release --locked -p harness --bin image-check
+	$(RELEASE_DIR)/image-check
 
 ## venv: the Python environment of the tests: the Cloud Tasks emulator (PyPI gcloud-tasks-emulator) and Klaviyo's Python SDK (pinned in $(KLAVIYO_SDK))
 venv: $(VENV)/.installed-$(TASKS_EMULATOR_VERSION)-klaviyo-sdk

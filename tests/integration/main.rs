@@ -2,6 +2,7 @@
 
 mod backfill;
 mod clients;
+mod container;
 mod failures;
 mod inbound;
 mod infra;

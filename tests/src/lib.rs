@@ -4,11 +4,14 @@
 //! The simulators (`klaviyo`, `omneo`, `sim`) are independent implementations of the wire formats
 //! in `klaviyo.md` and `omneo.md`: they do not use the `shared` crate, so a bug in our clients
 //! cannot hide behind the same bug in the fake. `local_stack` runs the real app (`shared`) against
-//! them, and holds the simulator wiring the integration tests' `TestApp` uses too.
+//! them, and holds the simulator wiring the integration tests' `TestApp` uses too. `process` runs a
+//! function's release binary as Cloud Run would (the benchmarks, `image-check`); `image` checks the
+//! `Dockerfile` against the workspace's function crates.
 
-pub mod bench;
 pub mod emulators;
+pub mod image;
 pub mod klaviyo;
 pub mod local_stack;
 pub mod omneo;
+pub mod process;
 pub mod sim;

@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("starting {} (cargo build --release first)", local.display()))?;
     let pid = extension.id().context("the extension's pid")?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !harness::bench::health_ok(port) {
+    while !harness::process::health_ok(port) {
         if Instant::now() > deadline {
             bail!("the extension did not answer /health");
         }

@@ -952,7 +952,7 @@ impl Server {
             .with_context(|| format!("starting {name}"))?;
         let mut server = Self { name, child, port };
         let began = Instant::now();
-        while !harness::bench::health_ok(port) {
+        while !harness::process::health_ok(port) {
             if let Some(status) = server.child.try_wait()? {
                 anyhow::bail!("{name} exited with {status}: {}", server.stderr());
             }

@@ -4,10 +4,12 @@
 //! Rounds interleave the binaries so machine noise spreads evenly over them. Run from a release
 //! build: the binaries are looked up next to this executable.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use harness::process;
 
 const BINARIES: [&str; 6] = [
     "hello-baseline",
@@ -60,52 +62,24 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Starts one binary, polls `/health` until it answers 200, reads its RSS, stops it.
-fn measure(binary: &PathBuf) -> anyhow::Result<(Duration, u64)> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+fn measure(binary: &Path) -> anyhow::Result<(Duration, u64)> {
+    let port = process::free_port()?;
     let began = Instant::now();
-    let mut child = spawn(binary, port)?;
-    let started = loop {
-        if harness::bench::health_ok(port) {
-            break began.elapsed();
-        }
-        if began.elapsed() > START_TIMEOUT {
-            child.kill()?;
-            anyhow::bail!(
-                "{} did not answer /health within {START_TIMEOUT:?}",
-                binary.display()
-            );
-        }
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("{} exited with {status} before answering", binary.display());
-        }
-        std::thread::sleep(Duration::from_micros(500));
-    };
+    let mut child = process::function_command(binary, port)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    process::wait_for(&mut child, began + START_TIMEOUT, || {
+        process::health_ok(port).then_some(())
+    })
+    .with_context(|| format!("{} on GET /health", binary.display()))?;
+    let started = began.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     let kib = rss_kib(child.id())?;
     child.kill()?;
     child.wait()?;
     Ok((started, kib))
-}
-
-fn spawn(binary: &PathBuf, port: u16) -> anyhow::Result<Child> {
-    let child = Command::new(binary)
-        .env_clear()
-        .env("PORT", port.to_string())
-        .env("PUBLIC_URL", format!("http://127.0.0.1:{port}"))
-        .env("KLAVIYO_CLIENT_ID", "bench")
-        .env("KLAVIYO_CLIENT_SECRET", "bench-secret")
-        .env("STORE", "memory")
-        .env("QUEUE", "local")
-        .env(
-            "ENCRYPTION_KEY",
-            "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-        )
-        .env("OPERATOR_TOKEN", "bench-operator-token")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    Ok(child)
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
