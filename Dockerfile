@@ -1,7 +1,7 @@
 # One image carries all five functions: oauth-callback, klaviyo-webhook, omneo-webhook,
 # inbound-task and outbound-task, each at /usr/local/bin/<name>.
 #
-#   docker build -t REGION-docker.pkg.dev/PROJECT/REPO/omneo-klaviyo:TAG .
+#   docker build -t REGION-docker.pkg.dev/PROJECT/omneo-klaviyo/extension:TAG .   # what `make deploy` does
 #
 # Each Cloud Run service runs the same image with its own command (Terraform:
 # `command = ["/usr/local/bin/<name>"]`); the ENTRYPOINT below is only the default. The binaries

@@ -7,9 +7,10 @@
 //! show theirs — so a drift between code and infra fails the build.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use harness::image::{BIN_DIR, function_crates, workspace_root};
 use hcl::eval::{Context, Evaluate, FuncArgs, FuncDef, ParamType};
 use hcl::{Attribute, Block, Body, Expression, Value};
 use secrecy::ExposeSecret as _;
@@ -20,9 +21,6 @@ use shared::queue::{Direction, QueueSettings, TenantQueues};
 use shared::reconcile::SWEEP_PATH;
 use shared::settings::Settings;
 use shared::store::{FailureQuery, TTL_FIELDS};
-
-/// Where the Dockerfile puts the five binaries; each service runs `{IMAGE_BIN_DIR}/{function}`.
-const IMAGE_BIN_DIR: &str = "/usr/local/bin";
 
 /// The functions anyone on the internet may call (product.md §1: they authenticate callers
 /// themselves); the others take only Cloud Tasks' and Cloud Scheduler's OIDC-authenticated pushes.
@@ -57,16 +55,9 @@ const QUEUE_PROVISIONER_PERMISSIONS: [&str; 3] = [
     "cloudtasks.queues.update",
 ];
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
 /// `infra/*.tf` and `infra/deploy.sh`, by file name.
 fn real_files() -> BTreeMap<String, String> {
-    let dir = repo_root().join("infra");
+    let dir = workspace_root().join("infra");
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).expect("infra/ exists") {
         let path = entry.unwrap().path();
@@ -78,17 +69,13 @@ fn real_files() -> BTreeMap<String, String> {
     files
 }
 
-/// The function binaries: every crate under `functions/` but `local` (the dev stack).
+/// The function binaries (each crate's binary has its package's name), as the Dockerfile ships them.
 fn function_binaries() -> BTreeSet<String> {
-    std::fs::read_dir(repo_root().join("functions"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name != "local")
-        .collect()
+    function_crates(workspace_root()).expect("the function crates")
 }
 
-/// Every string literal in `shared/src` (roughly: the text between quotes on each line), to
-/// find the log messages the alerts match.
+/// The text of every source file of `shared/src`, to find the log messages and fields the alerts
+/// match.
 fn shared_source() -> String {
     fn walk(dir: &Path, out: &mut String) {
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -101,7 +88,7 @@ fn shared_source() -> String {
         }
     }
     let mut out = String::new();
-    walk(&repo_root().join("shared/src"), &mut out);
+    walk(&workspace_root().join("shared/src"), &mut out);
     out
 }
 
@@ -382,7 +369,7 @@ fn services(infra: &Infra, problems: &mut Vec<String>) {
             Value::Null,
         );
         let command = attribute(container, "command").map(|c| evaluate(c, &ctx));
-        let expected = Value::Array(vec![Value::from(format!("{IMAGE_BIN_DIR}/{name}"))]);
+        let expected = Value::Array(vec![Value::from(format!("{BIN_DIR}/{name}"))]);
         if command != Some(Ok(expected.clone())) {
             problems.push(format!(
                 "the {name} service's command is {command:?}, not {expected}"
