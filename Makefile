@@ -10,14 +10,14 @@ KLAVIYO_SDK := tests/klaviyo-sdk/requirements.txt
 # Where `cargo build --release` puts the binaries (the benchmarks run them from there, unrebuilt).
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop infra-check deploy image-check
+.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop browser infra-check deploy image-check
 
 ## dev: run all five functions, both simulators and a demo tenant on http://localhost:$${PORT:-8080}
 dev:
 	$(CARGO) run -p local
 
 ## test: the infra checks, then start the Firestore and Cloud Tasks emulators and run every test of the workspace
-test: venv oauth-interop infra-check
+test: venv oauth-interop browser infra-check
 	$(CARGO) build --workspace --bins
 	tests/emulators.sh $(CARGO) nextest run --workspace --no-fail-fast
 
@@ -84,6 +84,14 @@ oauth-interop: tests/oauth-interop/node_modules/.package-lock.json
 
 tests/oauth-interop/node_modules/.package-lock.json: tests/oauth-interop/package-lock.json
 	cd tests/oauth-interop && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## browser: playwright-core (npm, pinned by its lock file; no browser download) for the install-in-Chromium test;
+## the browser is Debian's chromium package (.ci/run installs it)
+browser: tests/browser/node_modules/.package-lock.json
+
+tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 clean-venv:

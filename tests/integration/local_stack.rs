@@ -20,7 +20,7 @@ use shared::domain::TenantId;
 use shared::store::TenantSecret;
 
 /// Starts a stack from `vars` (plus `PORT=0`), as `make dev` starts it from the environment.
-async fn start(vars: &[(&str, &str)]) -> LocalStack {
+pub(crate) async fn start(vars: &[(&str, &str)]) -> LocalStack {
     let vars: HashMap<String, String> = [("PORT", "0")]
         .iter()
         .chain(vars)

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
 mod backfill;
+mod browser;
 mod clients;
 mod container;
 mod failures;
