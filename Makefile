@@ -10,7 +10,7 @@ KLAVIYO_SDK := tests/klaviyo-sdk/requirements.txt
 # Where `cargo build --release` puts the binaries (the benchmarks run them from there, unrebuilt).
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop browser infra-check deploy image-check
+.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop browser infra-check deploy image-check load
 
 ## dev: run all five functions, both simulators and a demo tenant on http://localhost:$${PORT:-8080}
 dev:
@@ -49,6 +49,12 @@ $(INFRA_VENV)/.installed-checkov-$(CHECKOV_VERSION):
 ## deploy: build and push the image, then terraform apply (PROJECT=… required; docs/operations.md, "Deploying")
 deploy:
 	infra/deploy.sh
+
+## load: sustained ingest at 12.5x the assumed peak (250 requests/s) on both receivers for 2 minutes each, on the Firestore and
+## Cloud Tasks emulators, beside an empty handler on the same server; fails when a request failed or a 202 is missing from the queue
+load: venv oauth-interop
+	$(CARGO) build --release -p harness --bin bench-load --bin bench-ingest-server
+	tests/emulators.sh taskset -c 1 $(RELEASE_DIR)/bench-load
 
 ## lint: formatting and clippy (warnings are errors)
 lint:

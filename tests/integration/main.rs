@@ -10,6 +10,7 @@ mod infra;
 mod install;
 mod klaviyo_sdk;
 mod klaviyo_sim;
+mod load;
 mod local_stack;
 mod omneo_sim;
 mod openapi;

@@ -117,3 +117,18 @@ fn request_health(port: u16) -> Option<TcpStream> {
     stream.write_all(request).ok()?;
     Some(stream)
 }
+
+/// A process's peak resident set (`VmHWM`), in MiB.
+pub fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))?;
+    let kib: f64 = line
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM value"))?
+        .parse()?;
+    Ok(kib / 1024.0)
+}

@@ -23,6 +23,7 @@ use anyhow::{Context as _, bail};
 use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions};
 use harness::local_stack::{SimulatorOptions, loopback, start_simulators};
 use harness::omneo::{NewProfile, OmneoSim, OmneoSimOptions, TenantSpec};
+use harness::process::peak_rss_mib;
 use serde_json::{Value, json};
 
 /// The tenant of the run.
@@ -265,19 +266,4 @@ async fn per_profile_ceiling(klaviyo: &KlaviyoSim, omneo: &OmneoSim) -> anyhow::
             bail!("the live syncs did not finish in five minutes");
         }
     }
-}
-
-/// A process's peak resident set (`VmHWM`), in MiB.
-fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM")?;
-    let kib: f64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("a VmHWM value")?
-        .parse()?;
-    Ok(kib / 1024.0)
 }

@@ -4,7 +4,11 @@
 //! serves every function with (`/health`, request spans and their log lines, the body limit,
 //! graceful shutdown).
 //!
-//! The app runs on the memory store and the local queue, with one tenant registered and installed:
+//! By default the app runs on the memory store and the local queue. With `$BENCH_BACKEND=emulators`
+//! (`make load`'s `bench-load`) it runs on the Firestore emulator (`$FIRESTORE_EMULATOR_HOST`,
+//! project `$BENCH_PROJECT`) and the Cloud Tasks emulator (`$CLOUD_TASKS_EMULATOR_HOST`), whose
+//! queues are not paused: they push every task to `$BENCH_TASK_TARGET`. Either way one tenant is
+//! registered and installed:
 //! `$BENCH_TENANT`, whose Omneo signing secret is `$BENCH_OMNEO_SIGNING_SECRET` and whose shared
 //! `webhook_secret` (the key of Klaviyo's system-webhook signatures) is
 //! `$BENCH_KLAVIYO_WEBHOOK_SECRET`. Its install record holds what provisioning would have stored:
@@ -24,11 +28,11 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use secrecy::{ExposeSecret, SecretString};
 use shared::app::{App, http_client, task_targets};
-use shared::config::Config;
+use shared::config::{Config, QueueConfig};
 use shared::crypto::{new_keyring_spec, random_secret};
 use shared::domain::TenantId;
 use shared::install::registration::{self, Registration};
-use shared::queue::{LocalQueue, Queue, QueueSettings, TenantQueues};
+use shared::queue::{LocalQueue, QueueSettings, TenantQueues};
 use shared::runtime::{serve_function, telemetry};
 use shared::store::{Abort, Install, InstallStatus, MemoryStore, TenantSecret};
 
@@ -71,7 +75,15 @@ fn main() -> anyhow::Result<()> {
         klaviyo_account_id: required("BENCH_KLAVIYO_ACCOUNT_ID")?,
         klaviyo_webhook_id: required("BENCH_KLAVIYO_WEBHOOK_ID")?,
     };
-    let config = config(port)?;
+    let backend = match std::env::var("BENCH_BACKEND").as_deref() {
+        Ok("emulators") => Backend::Emulators {
+            project: required("BENCH_PROJECT")?,
+            task_target: required("BENCH_TASK_TARGET")?,
+        },
+        Ok("memory") | Err(_) => Backend::Memory,
+        Ok(other) => anyhow::bail!("BENCH_BACKEND is memory or emulators, not {other:?}"),
+    };
+    let config = config(port, &backend)?;
     telemetry::init(config.log_format, None)?;
     // The runtime production's `run_function` builds: one worker per core this process may use.
     tokio::runtime::Builder::new_multi_thread()
@@ -81,14 +93,29 @@ fn main() -> anyhow::Result<()> {
         .block_on(serve(config, function, tenant))
 }
 
+/// Where the app keeps its state and its tasks.
+enum Backend {
+    /// The memory store and the local queue, paused.
+    Memory,
+    /// The Firestore and Cloud Tasks emulators (their hosts from the environment); tasks are
+    /// pushed to `task_target`.
+    Emulators {
+        /// The Firestore project (one per server, so servers do not share a tenant).
+        project: String,
+        /// The base URL both task paths are pushed to.
+        task_target: String,
+    },
+}
+
 fn required(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| format!("{name} must be set"))
 }
 
 /// A local configuration built the way the tests build theirs: memory store, local queue, fresh
-/// keys, the app's own address as every function's URL.
-fn config(port: u16) -> anyhow::Result<Config> {
-    let vars: HashMap<&str, String> = HashMap::from([
+/// keys, the app's own address as every function's URL — or, on the emulators, their store and
+/// queue with the tasks pushed to the task target.
+fn config(port: u16, backend: &Backend) -> anyhow::Result<Config> {
+    let mut vars: HashMap<&str, String> = HashMap::from([
         ("PORT", port.to_string()),
         ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
         ("KLAVIYO_CLIENT_ID", "bench".to_owned()),
@@ -104,16 +131,45 @@ fn config(port: u16) -> anyhow::Result<Config> {
             random_secret(24).expose_secret().to_owned(),
         ),
     ]);
+    if let Backend::Emulators {
+        project,
+        task_target,
+    } = backend
+    {
+        vars.extend([
+            ("STORE", "firestore".to_owned()),
+            ("GOOGLE_CLOUD_PROJECT", project.clone()),
+            (
+                "FIRESTORE_EMULATOR_HOST",
+                required("FIRESTORE_EMULATOR_HOST")?,
+            ),
+            ("QUEUE", "cloud-tasks".to_owned()),
+            ("CLOUD_TASKS_LOCATION", "local".to_owned()),
+            (
+                "CLOUD_TASKS_EMULATOR_HOST",
+                required("CLOUD_TASKS_EMULATOR_HOST")?,
+            ),
+            ("INBOUND_TASK_URL", task_target.clone()),
+            ("OUTBOUND_TASK_URL", task_target.clone()),
+        ]);
+    }
     Ok(Config::from_env(&|name: &str| vars.get(name).cloned())?)
 }
 
 async fn serve(config: Config, function: Function, tenant: BenchTenant) -> anyhow::Result<()> {
-    let http = http_client()?;
-    let queue = LocalQueue::new(task_targets(&config), http.clone());
-    let store = Arc::new(MemoryStore::new(config.keyring.clone()));
     let addr = SocketAddr::from(([127, 0, 0, 1], config.listen_addr().port()));
-    let app = App::new(config, store, Arc::new(queue.clone()), http);
-    install_tenant(&app, &queue, tenant).await?;
+    let local = match config.queue {
+        QueueConfig::Local => Some(LocalQueue::new(task_targets(&config), http_client()?)),
+        QueueConfig::CloudTasks { .. } => None,
+    };
+    let app = match &local {
+        Some(queue) => {
+            let store = Arc::new(MemoryStore::new(config.keyring.clone()));
+            App::new(config, store, Arc::new(queue.clone()), http_client()?)
+        }
+        None => App::from_config(config).await?,
+    };
+    install_tenant(&app, local.as_ref(), tenant).await?;
 
     let (name, routes) = match function {
         Function::OmneoWebhook => (
@@ -128,15 +184,22 @@ async fn serve(config: Config, function: Function, tenant: BenchTenant) -> anyho
     let routes = routes.route("/baseline", post(|| async { StatusCode::ACCEPTED }));
     serve_function(name, routes, addr).await?;
 
-    let stats = queue.stats();
-    eprintln!("pending={} attempts={}", stats.pending, stats.attempts);
+    if let Some(queue) = local {
+        let stats = queue.stats();
+        eprintln!("pending={} attempts={}", stats.pending, stats.attempts);
+    }
     Ok(())
 }
 
 /// Registers the tenant (through the same code as `PUT /{tenant}/api/v1/tenant`), gives it the
 /// bench's `webhook_secret` (registration generates one), and records it installed with its
-/// Klaviyo account, its system webhook and its two queues, which are ensured and paused.
-async fn install_tenant(app: &App, queue: &LocalQueue, bench: BenchTenant) -> anyhow::Result<()> {
+/// Klaviyo account, its system webhook and its two queues, which are ensured (and, on the local
+/// queue `paused`, paused).
+async fn install_tenant(
+    app: &App,
+    paused: Option<&LocalQueue>,
+    bench: BenchTenant,
+) -> anyhow::Result<()> {
     let tenant = &bench.id;
     let registration = Registration {
         omneo_api_token: Some(random_secret(24)),
@@ -165,10 +228,12 @@ async fn install_tenant(app: &App, queue: &LocalQueue, bench: BenchTenant) -> an
         let direction = name
             .direction()
             .context("tenant queue names end with their direction")?;
-        queue
+        app.queue
             .ensure_queue(name, &QueueSettings::for_direction(direction))
             .await?;
-        queue.pause(name)?;
+        if let Some(queue) = paused {
+            queue.pause(name)?;
+        }
     }
     let names: Vec<_> = queues.both().into_iter().cloned().collect();
     let now = jiff::Timestamp::now();
