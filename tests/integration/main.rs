@@ -4,6 +4,7 @@ mod backfill;
 mod clients;
 mod container;
 mod failures;
+mod hostile;
 mod inbound;
 mod infra;
 mod install;
