@@ -64,7 +64,7 @@ fn now() -> Timestamp {
 
 /// A failure record of a `sync_profile` task of `tenant` about `profile`, from a queue the
 /// tenant no longer uses.
-fn sync_failure(id: &str, tenant_name: &str, profile: &str, at: Timestamp) -> Failure {
+pub(crate) fn sync_failure(id: &str, tenant_name: &str, profile: &str, at: Timestamp) -> Failure {
     Failure {
         id: id.to_owned(),
         tenant: tenant(tenant_name),
@@ -107,7 +107,7 @@ fn events_failure(id: &str, tenant_name: &str, at: Timestamp) -> Failure {
     }
 }
 
-async fn record(t: &TestApp, failures: &[Failure]) {
+pub(crate) async fn record(t: &TestApp, failures: &[Failure]) {
     for failure in failures {
         t.app.store.record_failure(failure).await.unwrap();
     }

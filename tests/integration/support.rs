@@ -18,7 +18,8 @@ use axum::routing::post;
 use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions};
 use harness::local_stack::{SimulatorOptions, loopback, start_simulators};
 use harness::omneo::{OmneoSim, OmneoSimOptions, TenantSpec};
-use secrecy::ExposeSecret;
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use shared::app::App;
 use shared::config::Config;
@@ -26,12 +27,13 @@ use shared::crypto::{new_keyring_spec, random_secret};
 use shared::queue::{
     Enqueued, LocalQueue, Queue, QueueError, QueueName, QueueSettings, Task, TaskTargets, header,
 };
-use shared::store::TokenSecret;
+use shared::store::{OAuthState, TenantSecret, TokenSecret};
 use shared::worker::TaskRequest;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing_subscriber::fmt::MakeWriter;
+use url::Url;
 
 /// How long any expected delivery may take on a loaded machine.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -207,6 +209,18 @@ impl TestApp {
         )
     }
 
+    /// One of the tenant's stored secrets (e.g. its `webhook_secret`), opened.
+    pub async fn tenant_secret(&self, tenant: &str, which: TenantSecret) -> String {
+        let tenant = shared::domain::TenantId::parse(tenant).expect("tenant id");
+        let record = self.app.store.tenant(&tenant).await.unwrap();
+        record
+            .expect("a registered tenant")
+            .open(&self.app.config.keyring, which)
+            .expect("a secret of this keyring")
+            .expose_secret()
+            .to_owned()
+    }
+
     /// Another instance of the extension over the same store (Firestore: the same project) and
     /// simulators, configured alike but with `ENCRYPTION_KEY` = `key` — what a redeploy with a
     /// rotated keyring starts.
@@ -275,7 +289,7 @@ impl TestApp {
     /// A request to `path` on the app with `bearer` (none when `None`).
     pub fn request(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
         bearer: Option<&str>,
     ) -> reqwest::RequestBuilder {
@@ -296,7 +310,7 @@ impl TestApp {
         let now = jiff::Timestamp::now();
         let tenant_id = shared::domain::TenantId::parse(tenant).expect("tenant id");
         let seal = |which: TokenSecret, token: &str| {
-            which.seal(keyring, &tenant_id, &secrecy::SecretString::from(token))
+            which.seal(keyring, &tenant_id, &SecretString::from(token))
         };
         let tokens = shared::store::OAuthTokens {
             access_token: seal(TokenSecret::AccessToken, &granted.access_token),
@@ -394,7 +408,7 @@ struct Recorder {
 /// A task handler on 127.0.0.1:0 (`POST /tasks/{direction}`) recording what it receives.
 pub struct TaskReceiver {
     /// Its base URL.
-    pub base: url::Url,
+    pub base: Url,
     recorder: Arc<Recorder>,
 }
 
@@ -421,7 +435,7 @@ impl TaskReceiver {
         let base = format!("http://{}/", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self {
-            base: url::Url::parse(&base).unwrap(),
+            base: Url::parse(&base).unwrap(),
             recorder,
         }
     }
@@ -552,4 +566,45 @@ impl Queue for DownQueue {
     async fn ensure_queue(&self, _: &QueueName, _: &QueueSettings) -> Result<(), QueueError> {
         panic!("no test creates queues through a queue that is down")
     }
+}
+
+/// The store's id of an OAuth `state` value: its SHA-256.
+pub fn hash(state: &str) -> String {
+    OAuthState::hash(&SecretString::from(state))
+}
+
+/// `POST /{tenant}/api/v1/install/link` with `bearer`.
+pub async fn post_link(t: &TestApp, tenant: &str, bearer: Option<&str>) -> reqwest::Response {
+    t.request(
+        Method::POST,
+        &format!("/{tenant}/api/v1/install/link"),
+        bearer,
+    )
+    .send()
+    .await
+    .unwrap()
+}
+
+/// A fresh install link URL for a registered tenant.
+pub async fn link_url(t: &TestApp, tenant: &str, admin_key: &str) -> String {
+    let response = post_link(t, tenant, Some(admin_key)).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["url"].as_str().unwrap().to_owned()
+}
+
+/// Visits an install link and returns the authorize URL it redirects to (asserting the 302).
+pub async fn authorize_url(t: &TestApp, link: &str) -> String {
+    let response = t.http.get(link).send().await.unwrap();
+    assert_eq!(response.status(), 302, "install link → 302");
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// The `state` parameter of an authorize or callback URL.
+pub fn param(url: &str, name: &str) -> Option<String> {
+    Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }

@@ -5,7 +5,6 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::{SignedDuration, Timestamp};
-use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -20,12 +19,9 @@ use shared::config::LogFormat;
 use shared::runtime::telemetry;
 use tracing_subscriber::EnvFilter;
 
-use crate::support::{LogBuffer, StoreKind, TestApp, TestAppOptions};
-
-/// The store's id of an OAuth `state` value: its SHA-256.
-fn hash(state: &str) -> String {
-    OAuthState::hash(&SecretString::from(state))
-}
+use crate::support::{
+    LogBuffer, StoreKind, TestApp, TestAppOptions, authorize_url, hash, link_url, param, post_link,
+};
 
 /// Consumes the stored OAuth state of a `state` value (it must be there).
 async fn take_state(t: &TestApp, state: &str) -> OAuthState {
@@ -63,42 +59,6 @@ async fn store_state(
 
 fn id(tenant: &str) -> TenantId {
     TenantId::parse(tenant).unwrap()
-}
-
-/// `POST /{tenant}/api/v1/install/link` with `bearer`.
-async fn post_link(t: &TestApp, tenant: &str, bearer: Option<&str>) -> reqwest::Response {
-    t.request(
-        Method::POST,
-        &format!("/{tenant}/api/v1/install/link"),
-        bearer,
-    )
-    .send()
-    .await
-    .unwrap()
-}
-
-/// A fresh install link URL for a registered tenant.
-async fn link_url(t: &TestApp, tenant: &str, admin_key: &str) -> String {
-    let response = post_link(t, tenant, Some(admin_key)).await;
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    body["url"].as_str().unwrap().to_owned()
-}
-
-/// Visits an install link and returns the authorize URL it redirects to (asserting the 302).
-async fn authorize_url(t: &TestApp, link: &str) -> String {
-    let response = t.http.get(link).send().await.unwrap();
-    assert_eq!(response.status(), 302, "install link → 302");
-    response.headers()["location"].to_str().unwrap().to_owned()
-}
-
-/// The `state` parameter of an authorize or callback URL.
-fn param(url: &str, name: &str) -> Option<String> {
-    Url::parse(url)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 /// GETs a URL on the app (e.g. the callback) and returns (status, HTML body), asserting HTML.
