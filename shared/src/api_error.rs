@@ -299,11 +299,100 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// Parses a request body that must be a JSON object into `T`: not UTF-8, not JSON or not an
+/// object → 400 `invalid_json`; the wrong shape → 400 `invalid_field` naming the path
+/// (`record.id`, `id`). Bytes serde would skip unread (an ignored field's string) are checked
+/// too, and a JSON array is not taken for a struct's fields in order.
+pub fn parse_json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
+    let not_an_object = |why: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidJson,
+            format!("the body is not a JSON object: {why}"),
+        )
+    };
+    let text = std::str::from_utf8(body).map_err(|error| not_an_object(&error.to_string()))?;
+    if !text.trim_start().starts_with('{') {
+        return Err(not_an_object("it must start with `{`"));
+    }
+    // The fast path; only a body that fails is parsed again, tracking the path to name the field.
+    serde_json::from_slice(body).or_else(|_| parse_json_naming_the_field(body))
+}
+
+/// [`parse_json`]'s slow path: the same parse with the path tracked, for the error.
+fn parse_json_naming_the_field<'de, T: serde::Deserialize<'de>>(
+    body: &'de [u8],
+) -> Result<T, ApiError> {
+    let not_json = |error: &serde_json::Error| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidJson,
+            format!("the body is not JSON: {error}"),
+        )
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return not_json(&inner);
+        }
+        let message = inner.to_string();
+        let field = match field_of(&path, &message) {
+            root if root == "." => "body".to_owned(),
+            field => field,
+        };
+        ApiError::invalid_field(field, message)
+    })?;
+    deserializer.end().map_err(|error| not_json(&error))?;
+    Ok(parsed)
+}
+
 #[cfg(test)]
 mod tests {
     use axum::body::to_bytes;
 
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Body {
+        #[serde(default)]
+        since: Option<String>,
+        #[serde(default)]
+        dry_run: bool,
+    }
+
+    fn code_of(result: Result<Body, ApiError>) -> (StatusCode, ErrorCode, Option<String>) {
+        let error = result.expect_err("refused");
+        (error.status, error.code, error.field)
+    }
+
+    #[test]
+    fn a_body_must_be_a_json_object_of_text() {
+        let parsed: Body = parse_json(br#" {"since": null, "dry_run": true}"#).unwrap();
+        assert!(parsed.dry_run && parsed.since.is_none());
+        for body in [
+            &b"[null, true]"[..],
+            b"\"a string\"",
+            b"42",
+            b"[[[[]]]]",
+            b"{\"since\": null, \"note\": \"\xff\xfe\"}",
+            b"\xff{}",
+        ] {
+            let (status, code, _) = code_of(parse_json(body));
+            assert_eq!(
+                (status, code),
+                (StatusCode::BAD_REQUEST, ErrorCode::InvalidJson),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let (_, code, field) = code_of(parse_json(br#"{"dry_run": "yes"}"#));
+        assert_eq!(
+            (code, field.as_deref()),
+            (ErrorCode::InvalidField, Some("dry_run"))
+        );
+    }
 
     async fn json_of(error: ApiError) -> (StatusCode, serde_json::Value) {
         let response = error.into_response();

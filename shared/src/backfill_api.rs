@@ -25,7 +25,7 @@ use axum::{Json, Router};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::api_error::{ApiError, ErrorCode, field_of};
+use crate::api_error::{ApiError, ErrorCode, parse_json};
 use crate::app::App;
 use crate::install::admin::AdminTenant;
 use crate::outbound::backfill::{self, RunRequest, StartError};
@@ -161,11 +161,7 @@ async fn start(
     let body: StartBody = if body.iter().all(u8::is_ascii_whitespace) {
         StartBody::default()
     } else {
-        let mut reader = serde_json::Deserializer::from_slice(&body);
-        serde_path_to_error::deserialize(&mut reader).map_err(|e| {
-            let message = e.inner().to_string();
-            ApiError::invalid_field(field_of(&e.path().to_string(), &message), message)
-        })?
+        parse_json(&body)?
     };
     let request = RunRequest {
         since: body.since,

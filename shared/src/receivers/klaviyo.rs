@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
 use jiff::{SignedDuration, Timestamp};
@@ -34,11 +34,11 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Accepted, Delivery, HmacKey, Receiver, ReceiverTenant, SHARED_SECRET_HEADER, enqueue_all,
-    enqueue_carrying, fits_a_task, invalid_signature, parse_json, task_now, verify_hex_hmac,
+    Accepted, Delivery, HmacKey, Receiver, ReceiverTenant, SHARED_SECRET_HEADER, TenantSegment,
+    enqueue_all, enqueue_carrying, fits_a_task, invalid_signature, task_now, verify_hex_hmac,
     verify_shared_secret,
 };
-use crate::api_error::ApiError;
+use crate::api_error::{ApiError, parse_json};
 use crate::app::App;
 use crate::domain::{KlaviyoProfileId, KlaviyoTopic};
 use crate::klaviyo::models::KlaviyoEvent;
@@ -127,7 +127,7 @@ const TASK_ENVELOPE_SLACK: usize = 4 * 1024;
 /// `POST /{tenant}/api/v1/webhooks/klaviyo/system`.
 async fn system(
     State(receiver): State<Arc<Receiver>>,
-    Path(tenant): Path<String>,
+    TenantSegment(tenant): TenantSegment,
     Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
     let tenant = receiver.tenants.find(&tenant).await?;
@@ -289,7 +289,7 @@ fn present(text: Option<String>) -> Option<String> {
 /// `POST /{tenant}/api/v1/webhooks/klaviyo/{rewards,benefits,interactions}`.
 async fn flow<T: FlowData>(
     State(receiver): State<Arc<Receiver>>,
-    Path(tenant): Path<String>,
+    TenantSegment(tenant): TenantSegment,
     Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
     let tenant = receiver.tenants.find(&tenant).await?;

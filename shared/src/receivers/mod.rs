@@ -19,14 +19,15 @@ pub mod tenant_cache;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, KeyInit as _, Mac as _};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
-use crate::api_error::{ApiError, BODY_LIMIT_BYTES, ErrorCode, field_of};
+use crate::api_error::{ApiError, BODY_LIMIT_BYTES, ErrorCode};
 use crate::app::App;
 use crate::crypto::constant_time_eq;
 use crate::domain::TenantId;
@@ -109,6 +110,24 @@ pub fn verify_hex_hmac(
     }
     mac.verify_slice(&signature)
         .map_err(|_| invalid_signature(header, format!("{header} does not match the body")))
+}
+
+/// The `{tenant}` segment of a receiver's path, as sent. A segment that does not decode to text
+/// (`acme%FF`) names no tenant: 404 in the JSON error format, like any unknown tenant, rather
+/// than axum's plain-text 400.
+pub struct TenantSegment(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantSegment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(tenant)) => Ok(Self(tenant)),
+            Err(rejection) => Err(ApiError::not_found(format!(
+                "no tenant: the path's tenant does not decode ({rejection})"
+            ))),
+        }
+    }
 }
 
 /// A delivery's headers and raw body, moved out of the request (the headers are not copied, as
@@ -292,42 +311,6 @@ pub fn fits_a_task(task: &Task, field: &str) -> Result<(), ApiError> {
         .with_field(field));
     }
     Ok(())
-}
-
-/// Parses a JSON body into `T`: not JSON → 400 `invalid_json`; the wrong shape → 400
-/// `invalid_field` naming the path (`record.id`, `id`).
-pub fn parse_json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T, ApiError> {
-    // The fast path; only a body that fails is parsed again, tracking the path to name the field.
-    serde_json::from_slice(body).or_else(|_| parse_json_naming_the_field(body))
-}
-
-/// [`parse_json`]'s slow path: the same parse with the path tracked, for the error.
-fn parse_json_naming_the_field<'de, T: serde::Deserialize<'de>>(
-    body: &'de [u8],
-) -> Result<T, ApiError> {
-    let not_json = |error: &serde_json::Error| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidJson,
-            format!("the body is not JSON: {error}"),
-        )
-    };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return not_json(&inner);
-        }
-        let message = inner.to_string();
-        let field = match field_of(&path, &message) {
-            root if root == "." => "body".to_owned(),
-            field => field,
-        };
-        ApiError::invalid_field(field, message)
-    })?;
-    deserializer.end().map_err(|error| not_json(&error))?;
-    Ok(parsed)
 }
 
 #[cfg(test)]

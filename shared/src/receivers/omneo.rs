@@ -25,7 +25,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use jiff::Timestamp;
@@ -34,10 +34,10 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Accepted, Delivery, Receiver, ReceiverTenant, SHARED_SECRET_HEADER, enqueue, enqueue_carrying,
-    invalid_signature, parse_json, task_now, verify_hex_hmac, verify_shared_secret,
+    Accepted, Delivery, Receiver, ReceiverTenant, SHARED_SECRET_HEADER, TenantSegment, enqueue,
+    enqueue_carrying, invalid_signature, task_now, verify_hex_hmac, verify_shared_secret,
 };
-use crate::api_error::ApiError;
+use crate::api_error::{ApiError, parse_json};
 use crate::app::App;
 use crate::domain::{DataSourceKind, KlaviyoProfileId, OmneoProfileId};
 use crate::omneo::models::{Identity, profile_id};
@@ -110,7 +110,7 @@ struct DeletedProfile {
 /// `POST /{tenant}/api/v1/webhooks/omneo`.
 async fn webhook(
     State(receiver): State<Arc<Receiver>>,
-    Path(tenant): Path<String>,
+    TenantSegment(tenant): TenantSegment,
     Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
     let tenant = receiver.tenants.find(&tenant).await?;
@@ -217,7 +217,7 @@ fn with_token(query: Option<&str>) -> Result<bool, ApiError> {
 /// `POST /{tenant}/api/v1/targets/klaviyo/metric[?withToken=true]`.
 async fn metric(
     State(receiver): State<Arc<Receiver>>,
-    Path(tenant): Path<String>,
+    TenantSegment(tenant): TenantSegment,
     RawQuery(query): RawQuery,
     Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
@@ -315,7 +315,7 @@ fn optional_profile_id<'de, D: serde::Deserializer<'de>>(
 /// `POST /{tenant}/api/v1/targets/klaviyo/upsert-profile-data`.
 async fn upsert_profile_data(
     State(receiver): State<Arc<Receiver>>,
-    Path(tenant): Path<String>,
+    TenantSegment(tenant): TenantSegment,
     Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
     let (tenant, queue) = receiver.target(&tenant, &headers, &body).await?;
@@ -349,7 +349,7 @@ struct RecordCall {
 /// `POST /{tenant}/api/v1/targets/klaviyo/data-source-record`.
 async fn data_source_record(
     State(receiver): State<Arc<Receiver>>,
-    Path(tenant): Path<String>,
+    TenantSegment(tenant): TenantSegment,
     Delivery { headers, body }: Delivery,
 ) -> Result<Accepted, ApiError> {
     let (tenant, queue) = receiver.target(&tenant, &headers, &body).await?;
