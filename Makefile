@@ -10,7 +10,7 @@ KLAVIYO_SDK := tests/klaviyo-sdk/requirements.txt
 # Where `cargo build --release` puts the binaries (the benchmarks run them from there, unrebuilt).
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop infra-check deploy image-check
+.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop infra-check deploy image-check fuzz
 
 ## dev: run all five functions, both simulators and a demo tenant on http://localhost:$${PORT:-8080}
 dev:
@@ -49,6 +49,15 @@ $(INFRA_VENV)/.installed-checkov-$(CHECKOV_VERSION):
 ## deploy: build and push the image, then terraform apply (PROJECT=… required; docs/operations.md, "Deploying")
 deploy:
 	infra/deploy.sh
+
+## fuzz: each cargo-fuzz target of tests/fuzz for 60 s (cargo-fuzz installed if missing; stable Rust through RUSTC_BOOTSTRAP,
+## no sanitizer), from its seeds in tests/fuzz/corpus/<target>; new inputs go to tests/fuzz/scratch (ignored), crashes to tests/fuzz/artifacts
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd tests/fuzz && for target in klaviyo_webhook omneo_webhook omneo_event_context settings exclude_logic; do \
+		mkdir -p scratch/$$target && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none $$target scratch/$$target corpus/$$target -- -max_total_time=60 || exit 1; \
+	done
 
 ## lint: formatting and clippy (warnings are errors)
 lint:

@@ -4,6 +4,7 @@ mod backfill;
 mod clients;
 mod container;
 mod failures;
+mod fuzz_corpus;
 mod inbound;
 mod infra;
 mod install;
