@@ -10,7 +10,7 @@ KLAVIYO_SDK := tests/klaviyo-sdk/requirements.txt
 # Where `cargo build --release` puts the binaries (the benchmarks run them from there, unrebuilt).
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop browser infra-check deploy image-check load
+.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop browser infra-check deploy image-check load fuzz
 
 ## dev: run all five functions, both simulators and a demo tenant on http://localhost:$${PORT:-8080}
 dev:
@@ -55,6 +55,15 @@ deploy:
 load: venv oauth-interop
 	$(CARGO) build --release -p harness --bin bench-load --bin bench-ingest-server
 	tests/emulators.sh taskset -c 1 $(RELEASE_DIR)/bench-load
+
+## fuzz: each cargo-fuzz target of tests/fuzz for 60 s (cargo-fuzz installed if missing; stable Rust through RUSTC_BOOTSTRAP,
+## no sanitizer), from its seeds in tests/fuzz/corpus/<target>; new inputs go to tests/fuzz/scratch (ignored), crashes to tests/fuzz/artifacts
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd tests/fuzz && for target in klaviyo_webhook omneo_webhook omneo_event_context settings exclude_logic; do \
+		mkdir -p scratch/$$target && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none $$target scratch/$$target corpus/$$target -- -max_total_time=60 || exit 1; \
+	done
 
 ## lint: formatting and clippy (warnings are errors)
 lint:

@@ -5,6 +5,7 @@ mod browser;
 mod clients;
 mod container;
 mod failures;
+mod fuzz_corpus;
 mod hostile;
 mod inbound;
 mod infra;

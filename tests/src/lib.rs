@@ -6,9 +6,11 @@
 //! cannot hide behind the same bug in the fake. `local_stack` runs the real app (`shared`) against
 //! them, and holds the simulator wiring the integration tests' `TestApp` uses too. `process` runs a
 //! function's release binary as Cloud Run would (the benchmarks, `image-check`); `image` checks the
-//! `Dockerfile` against the workspace's function crates.
+//! `Dockerfile` against the workspace's function crates; `fuzzing` holds the bodies of the fuzz
+//! targets in `tests/fuzz` (`make fuzz`), which the integration test `fuzz_corpus` runs too.
 
 pub mod emulators;
+pub mod fuzzing;
 pub mod image;
 pub mod klaviyo;
 pub mod local_stack;

@@ -143,7 +143,7 @@ fn view(keyring: &crate::crypto::Keyring, tenant: &Tenant) -> Result<Value, ApiE
 }
 
 /// The settings as serialized for storage (`exclude_logic` as JSON text).
-fn stored_form(settings: &Settings) -> Result<Map<String, Value>, ApiError> {
+pub fn stored_form(settings: &Settings) -> Result<Map<String, Value>, ApiError> {
     let value = serde_json::to_value(settings).map_err(|e| ApiError::internal(&e))?;
     let Value::Object(object) = value else {
         unreachable!("Settings is a struct and serializes as a JSON object");
@@ -364,7 +364,7 @@ fn check_secret_shape(which: TenantSecret, secret: &SecretString) -> Result<(), 
 }
 
 /// RFC 7396 merge patch of `patch` onto `target`, except that `exclude_logic` is replaced whole.
-fn merge_patch(target: &mut Map<String, Value>, patch: Map<String, Value>) {
+pub fn merge_patch(target: &mut Map<String, Value>, patch: Map<String, Value>) {
     for (key, value) in patch {
         match value {
             Value::Null => {

@@ -80,7 +80,7 @@ pub fn routes(app: Arc<App>) -> Router {
 /// A system-webhook delivery: only what the receiver checks and the tasks carry. What is only
 /// compared or hashed is borrowed from the body.
 #[derive(Deserialize)]
-struct SystemDelivery<'a> {
+pub struct SystemDelivery<'a> {
     #[serde(borrow)]
     data: Vec<Entry<'a>>,
     #[serde(borrow)]
@@ -176,7 +176,7 @@ async fn system(
 }
 
 /// `Klaviyo-Signature` over the body ‖ `Klaviyo-Timestamp`, under any accepted key.
-fn verify_system_signature<'k>(
+pub fn verify_system_signature<'k>(
     headers: &HeaderMap,
     body: &[u8],
     keys: impl Iterator<Item = &'k HmacKey>,
@@ -247,7 +247,7 @@ fn check_delivery_is_theirs(
 
 /// A Flow webhook's body, its `data` typed by the action.
 #[derive(Deserialize)]
-struct FlowCall<T> {
+pub struct FlowCall<T> {
     #[serde(default)]
     person_id: Option<String>,
     #[serde(default)]

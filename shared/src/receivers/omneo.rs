@@ -70,7 +70,7 @@ pub fn routes(app: Arc<App>) -> Router {
 
 /// The Omneo events this receiver acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ProfileTrigger {
+pub enum ProfileTrigger {
     /// `profile.created` or `profile.updated`.
     Changed,
     /// `profile.deleted`.
@@ -78,7 +78,8 @@ enum ProfileTrigger {
 }
 
 impl ProfileTrigger {
-    fn parse(event: &str) -> Option<Self> {
+    /// The trigger an `X-Omneo-Event` value names; `None` for events this receiver ignores.
+    pub fn parse(event: &str) -> Option<Self> {
         match event {
             "profile.created" | "profile.updated" => Some(Self::Changed),
             "profile.deleted" => Some(Self::Deleted),
@@ -89,14 +90,14 @@ impl ProfileTrigger {
 
 /// What a changed profile's webhook needs: the id (the worker re-reads the rest).
 #[derive(Deserialize)]
-struct ChangedProfile {
+pub struct ChangedProfile {
     #[serde(deserialize_with = "profile_id")]
     id: OmneoProfileId,
 }
 
 /// What a deleted profile's webhook needs: the identifiers Klaviyo can be asked by.
 #[derive(Deserialize)]
-struct DeletedProfile {
+pub struct DeletedProfile {
     #[serde(deserialize_with = "profile_id")]
     id: OmneoProfileId,
     #[serde(default)]
@@ -195,7 +196,7 @@ fn coalesced_sync(
 
 /// `?withToken=true|false` (absent: false), read after authentication so an unauthenticated
 /// caller learns nothing from a bad query.
-fn with_token(query: Option<&str>) -> Result<bool, ApiError> {
+pub fn with_token(query: Option<&str>) -> Result<bool, ApiError> {
     let mut with_token = false;
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         if name == "withToken" {
@@ -244,7 +245,7 @@ async fn metric(
 /// The target's body as a Klaviyo event document `{"data": {"type": "event", "attributes":
 /// {…}}}`, checked for a metric name and a profile, with a `unique_id` (a hash of the body when
 /// it has none).
-fn metric_event(body: &[u8]) -> Result<Value, ApiError> {
+pub fn metric_event(body: &[u8]) -> Result<Value, ApiError> {
     let value: Value = parse_json(body)?;
     let (mut data, prefix) = match value {
         Value::Object(mut document) if document.contains_key("data") => {
@@ -297,7 +298,7 @@ fn metric_event(body: &[u8]) -> Result<Value, ApiError> {
 }
 /// The profile an `upsert-profile-data` call names.
 #[derive(Deserialize)]
-struct UpsertProfile {
+pub struct UpsertProfile {
     #[serde(default, deserialize_with = "optional_profile_id")]
     id: Option<OmneoProfileId>,
     #[serde(default, deserialize_with = "optional_profile_id")]
@@ -341,7 +342,7 @@ async fn upsert_profile_data(
 
 /// A `data-source-record` call's body.
 #[derive(Deserialize)]
-struct RecordCall {
+pub struct RecordCall {
     data_source: String,
     record: Map<String, Value>,
 }
