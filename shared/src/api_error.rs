@@ -315,13 +315,14 @@ pub fn parse_json<'de, T: serde::Deserialize<'de>>(body: &'de [u8]) -> Result<T,
     if !text.trim_start().starts_with('{') {
         return Err(not_an_object("it must start with `{`"));
     }
-    // The fast path; only a body that fails is parsed again, tracking the path to name the field.
-    serde_json::from_slice(body).or_else(|_| parse_json_naming_the_field(body))
+    // Parsed from the checked text, so serde does not validate the UTF-8 a second time. The fast
+    // path; only a body that fails is parsed again, tracking the path to name the field.
+    serde_json::from_str(text).or_else(|_| parse_json_naming_the_field(text))
 }
 
 /// [`parse_json`]'s slow path: the same parse with the path tracked, for the error.
 fn parse_json_naming_the_field<'de, T: serde::Deserialize<'de>>(
-    body: &'de [u8],
+    body: &'de str,
 ) -> Result<T, ApiError> {
     let not_json = |error: &serde_json::Error| {
         ApiError::new(
@@ -330,7 +331,7 @@ fn parse_json_naming_the_field<'de, T: serde::Deserialize<'de>>(
             format!("the body is not JSON: {error}"),
         )
     };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let mut deserializer = serde_json::Deserializer::from_str(body);
     let parsed: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();

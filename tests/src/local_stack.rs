@@ -374,23 +374,7 @@ impl LocalStack {
     /// the simulated Klaviyo — and turns its Omneo webhooks on, as CX Manager's toggle does.
     async fn install_demo(&self) -> anyhow::Result<()> {
         let klaviyo = self.klaviyo.as_ref().context("the Klaviyo simulator")?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        let authorize = http.get(self.install_link.as_str()).send().await?;
-        let authorize = authorize
-            .headers()
-            .get("location")
-            .context("the install link redirects")?
-            .to_str()?
-            .to_owned();
-        let callback = klaviyo.approve(&authorize).await?;
-        let page = http.get(callback.as_str()).send().await?;
-        anyhow::ensure!(
-            page.status().is_success(),
-            "the OAuth callback answered {}",
-            page.status()
-        );
+        approve_install_link(klaviyo, self.install_link.as_str()).await?;
         let tenant = TenantId::parse(DEMO_TENANT)?;
         let record = self
             .app
@@ -445,6 +429,29 @@ fn simulator_addrs(port: u16) -> anyhow::Result<(SocketAddr, SocketAddr)> {
 
 /// Registers the demo tenant through the same code as `PUT /{tenant}/api/v1/tenant` and returns
 /// its admin key.
+/// Follows an install link as the customer's browser does: our redirect to Klaviyo's authorize
+/// page, Allow on the simulated consent page, then our callback page, which must answer 2xx.
+pub async fn approve_install_link(klaviyo: &KlaviyoSim, link: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let authorize = http.get(link).send().await?;
+    let authorize = authorize
+        .headers()
+        .get("location")
+        .context("the install link redirects")?
+        .to_str()?
+        .to_owned();
+    let callback = klaviyo.approve(&authorize).await?;
+    let page = http.get(callback.as_str()).send().await?;
+    anyhow::ensure!(
+        page.status().is_success(),
+        "the OAuth callback answered {}",
+        page.status()
+    );
+    Ok(())
+}
+
 async fn register_demo_tenant(
     app: &App,
     tenant: &TenantId,

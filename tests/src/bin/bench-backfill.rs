@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use harness::klaviyo::{KlaviyoSim, KlaviyoSimOptions};
-use harness::local_stack::{SimulatorOptions, loopback, start_simulators};
+use harness::local_stack::{SimulatorOptions, approve_install_link, loopback, start_simulators};
 use harness::omneo::{NewProfile, OmneoSim, OmneoSimOptions, TenantSpec};
 use harness::process::peak_rss_mib;
 use serde_json::{Value, json};
@@ -213,18 +213,7 @@ async fn install(
         .json()
         .await?;
     let link = link["url"].as_str().context("an install link")?;
-    let authorize = http.get(link).send().await?;
-    let authorize = authorize
-        .headers()
-        .get("location")
-        .context("the install link redirects")?
-        .to_str()?
-        .to_owned();
-    let callback = klaviyo.approve(&authorize).await?;
-    let page = http.get(callback.as_str()).send().await?;
-    if !page.status().is_success() {
-        bail!("the OAuth callback answered {}", page.status());
-    }
+    approve_install_link(klaviyo, link).await?;
     for webhook in omneo.webhooks(TENANT) {
         http.put(format!(
             "{}/api/v3/webhooks/{}",
