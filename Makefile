@@ -10,7 +10,7 @@ KLAVIYO_SDK := tests/klaviyo-sdk/requirements.txt
 # Where `cargo build --release` puts the binaries (the benchmarks run them from there, unrebuilt).
 RELEASE_DIR := $(or $(CARGO_TARGET_DIR),target)/release
 
-.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop browser infra-check deploy image-check load fuzz
+.PHONY: dev test bench lint fmt build venv clean-venv oauth-interop browser infra-check deploy image-check load fuzz soak
 
 ## dev: run all five functions, both simulators and a demo tenant on http://localhost:$${PORT:-8080}
 dev:
@@ -55,6 +55,13 @@ deploy:
 load: venv oauth-interop
 	$(CARGO) build --release -p harness --bin bench-load --bin bench-ingest-server
 	tests/emulators.sh taskset -c 1 $(RELEASE_DIR)/bench-load
+
+## soak: the fault-injection soak at full size (3 tenants, 1,000 Omneo edits, 1,000 Klaviyo consent changes, Flow rewards and
+## metric calls over 2 minutes of 20 % simulator faults, a backfill, paused queues and a killed worker), on the memory store, then
+## on the Firestore emulator; prints the totals and fails when the final state differs from the oracle (docs/reliability.md)
+soak: venv oauth-interop
+	$(CARGO) build --release -p harness --bin soak
+	tests/emulators.sh $(RELEASE_DIR)/soak
 
 ## fuzz: each cargo-fuzz target of tests/fuzz for 60 s (cargo-fuzz installed if missing; stable Rust through RUSTC_BOOTSTRAP,
 ## no sanitizer), from its seeds in tests/fuzz/corpus/<target>; new inputs go to tests/fuzz/scratch (ignored), crashes to tests/fuzz/artifacts

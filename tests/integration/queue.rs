@@ -531,3 +531,22 @@ async fn local_queue_holds_the_tasks_of_a_paused_queue_until_resumed() {
     assert_eq!(receiver.deliveries().len(), 5);
     assert_eq!(local.stats().delivered, 5);
 }
+
+/// A task enqueued from a runtime that then dies is still delivered: the local queue delivers on
+/// its own runtime, as Cloud Tasks keeps a task whatever happens to the instance that created it.
+#[tokio::test]
+async fn local_queue_tasks_outlive_the_runtime_that_enqueued_them() {
+    let receiver = TaskReceiver::start(0).await;
+    let (local, queue) = scaled_local(&receiver, 1.0, &quick_retries()).await;
+    let doomed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let enqueued = {
+        let (local, task) = (local.clone(), task(&queue, Direction::Outbound));
+        tokio::task::spawn_blocking(move || doomed.block_on(async { local.enqueue(&task).await }))
+    };
+    assert_eq!(enqueued.await.unwrap().unwrap(), Enqueued::Created);
+    tokio::time::timeout(PATIENCE, local.idle()).await.unwrap();
+    assert_eq!(receiver.deliveries().len(), 1, "the task was delivered");
+}

@@ -6,7 +6,8 @@
 //! cannot hide behind the same bug in the fake. `local_stack` runs the real app (`shared`) against
 //! them, and holds the simulator wiring the integration tests' `TestApp` uses too. `process` runs a
 //! function's release binary as Cloud Run would (the benchmarks, `image-check`); `image` checks the
-//! `Dockerfile` against the workspace's function crates; `fuzzing` holds the bodies of the fuzz
+//! `Dockerfile` against the workspace's function crates; `soak` is the fault-injection soak
+//! (`make soak`, and its short variant in the tests); `fuzzing` holds the bodies of the fuzz
 //! targets in `tests/fuzz` (`make fuzz`), which the integration test `fuzz_corpus` runs too.
 
 pub mod emulators;
@@ -17,3 +18,4 @@ pub mod local_stack;
 pub mod omneo;
 pub mod process;
 pub mod sim;
+pub mod soak;

@@ -3,10 +3,14 @@
 //!
 //! Control API (used by `make dev` users with curl, and by tests through the Rust methods):
 //! - `POST /_sim/faults` `{"path": "/api/profile-import", "method": "POST"?, "count": 2, "status": 429,
-//!   "retry_after": 1?, "delay_ms": 0?, "hold_ms": 0?}` — the next `count` matching calls answer
-//!   `status` (with the simulator's real error body), or are delayed by `delay_ms` before they are
-//!   handled (with no `status`: only slow), or are handled at once and their answer held back
-//!   `hold_ms` (the remote did the work; its answer is slow or lost to a client timeout).
+//!   "retry_after": 1?, "delay_ms": 0?, "hold_ms": 0?, "drop_connection": false?, "probability": 0.05?}`
+//!   — the next `count` matching calls answer `status` (with the simulator's real error body), or
+//!   are delayed by `delay_ms` before they are handled (with no `status`: only slow), or are
+//!   handled at once and their answer held back `hold_ms` (the remote did the work; its answer is
+//!   slow or lost to a client timeout), or lose their connection before any answer
+//!   (`drop_connection`: nothing was handled). With `probability`, each matching call is affected
+//!   only with that chance, and only affected calls use up `count`: a rule of a large count and a
+//!   small probability is a steady rate of faults (the soak's).
 //! - `DELETE /_sim/faults` — clears faults.
 //! - `GET /_sim/requests` — every request received so far (method, path, query, headers, body).
 //! - `DELETE /_sim/requests` — forgets them.
@@ -66,7 +70,7 @@ impl Drop for SimServer {
 }
 
 /// One injected misbehaviour.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FaultRule {
     /// Path prefix the rule applies to, e.g. `/api/profile-import`.
     pub path: String,
@@ -88,6 +92,12 @@ pub struct FaultRule {
     /// Handle the call at once, then hold its answer back this long.
     #[serde(default)]
     pub hold_ms: Option<u64>,
+    /// Close the connection without answering, before the call is handled.
+    #[serde(default)]
+    pub drop_connection: bool,
+    /// The chance (0 to 1) that a matching call is affected; always when absent.
+    #[serde(default)]
+    pub probability: Option<f64>,
 }
 
 fn one() -> u32 {
@@ -105,6 +115,17 @@ impl FaultRule {
             retry_after: None,
             delay_ms: None,
             hold_ms: None,
+            drop_connection: false,
+            probability: None,
+        }
+    }
+
+    /// The next `count` calls under `path` lose their connection before they are handled.
+    pub fn dropped(path: &str, count: u32) -> Self {
+        Self {
+            status: None,
+            drop_connection: true,
+            ..Self::status(path, 0, count)
         }
     }
 
@@ -112,13 +133,9 @@ impl FaultRule {
     pub fn slow(path: &str, delay: Duration, count: u32) -> Self {
         let delay_ms = Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
         Self {
-            path: path.into(),
-            method: None,
-            count,
             status: None,
-            retry_after: None,
             delay_ms,
-            hold_ms: None,
+            ..Self::status(path, 0, count)
         }
     }
 
@@ -144,6 +161,18 @@ impl FaultRule {
         self
     }
 
+    /// Affects each matching call only with chance `probability` (see the module docs).
+    pub fn probability(mut self, probability: f64) -> Self {
+        self.probability = Some(probability);
+        self
+    }
+
+    /// Whether this call is one the rule affects (rolls the dice of a probabilistic rule).
+    fn fires(&self) -> bool {
+        self.probability
+            .is_none_or(|chance| rand::random::<f64>() < chance)
+    }
+
     fn matches(&self, method: &str, path: &str) -> bool {
         self.count > 0
             && path.starts_with(&self.path)
@@ -164,15 +193,22 @@ impl Faults {
         self.0.lock().expect("faults lock").push(rule);
     }
 
+    /// The rules in force, with the uses each has left.
+    pub fn rules(&self) -> Vec<FaultRule> {
+        self.0.lock().expect("faults lock").clone()
+    }
+
     /// Removes every rule.
     pub fn clear(&self) {
         self.0.lock().expect("faults lock").clear();
     }
 
-    /// Consumes one use of the first rule matching the call.
+    /// Consumes one use of the first rule matching the call that fires for it.
     fn take(&self, method: &str, path: &str) -> Option<FaultRule> {
         let mut rules = self.0.lock().expect("faults lock");
-        let rule = rules.iter_mut().find(|r| r.matches(method, path))?;
+        let rule = rules
+            .iter_mut()
+            .find(|r| r.matches(method, path) && r.fires())?;
         rule.count -= 1;
         let taken = rule.clone();
         rules.retain(|r| r.count > 0);
@@ -295,6 +331,12 @@ async fn record_and_inject(
         body: String::from_utf8_lossy(&bytes).into_owned(),
     });
     let fault = instruments.faults.take(&method, &path);
+    if fault.as_ref().is_some_and(|f| f.drop_connection) {
+        // Unwinding out of the connection's task closes its socket with no answer written, as a
+        // remote that crashed or reset the connection would. `resume_unwind` skips the panic
+        // hook: nothing is printed, the server keeps serving other connections.
+        std::panic::resume_unwind(Box::new("simulated dropped connection"));
+    }
     if let Some(fault) = &fault {
         if let Some(delay) = fault.delay_ms {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -356,6 +398,19 @@ mod tests {
             (rule.hold_ms, rule.delay_ms, rule.status, rule.count),
             (Some(1500), None, None, 2)
         );
+    }
+
+    #[test]
+    fn probabilistic_rules_use_up_their_count_only_when_they_fire() {
+        let faults = Faults::default();
+        faults.inject(FaultRule::status("/api", 503, 1000).probability(0.2));
+        let fired = (0..2000)
+            .filter(|_| faults.take("GET", "/api/profiles").is_some())
+            .count();
+        assert!((300..500).contains(&fired), "fired {fired} of 2000 at 20 %");
+        faults.clear();
+        faults.inject(FaultRule::status("/api", 503, 5).probability(0.0));
+        assert!(faults.take("GET", "/api/profiles").is_none());
     }
 
     #[test]

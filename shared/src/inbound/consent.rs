@@ -241,14 +241,15 @@ pub fn merge<'e>(current: &Comms, events: impl IntoIterator<Item = &'e ConsentEv
     let mut update = Comms::default();
     let mut stamps: BTreeMap<bool, Timestamp> = BTreeMap::new();
     for (field, (value, at)) in merged {
-        if field.get(current) == Some(value) {
-            continue;
-        }
-        field.set(&mut update, value);
+        // A newer choice stamps its time even when Omneo already holds its value: an older
+        // event delivered after it must find it newer, or it would undo the customer's choice.
         if field.is_consent() {
             let is_email = field.channel() == Channel::Email;
             let latest = stamps.entry(is_email).or_insert(at);
             *latest = (*latest).max(at);
+        }
+        if field.get(current) != Some(value) {
+            field.set(&mut update, value);
         }
     }
     for (is_email, at) in stamps {
@@ -331,26 +332,51 @@ mod tests {
         let subscribe = event("a", KlaviyoTopic::SubscribedToEmailMarketing, 10);
         let unsubscribe = event("b", KlaviyoTopic::UnsubscribedFromEmailMarketing, 20);
         let update = merge(&current, [&unsubscribe, &subscribe]);
-        // Ends unsubscribed: promo stays false; optout false is new; stamped at the later event.
+        // Ends unsubscribed: promo stays false; optout false is new; stamped at the latest choice.
         assert_eq!(update.email_promo, None);
         assert_eq!(update.email_optout, Some(false));
-        assert_eq!(update.email_consent_updated_at, Some(OmneoTime(at(10))));
+        assert_eq!(update.email_consent_updated_at, Some(OmneoTime(at(20))));
         let reversed = merge(&current, [&subscribe, &unsubscribe]);
         assert_eq!(reversed, update);
     }
 
     #[test]
-    fn nothing_changes_nothing_is_sent() {
+    fn an_older_choice_sends_nothing() {
+        let current = Comms {
+            email_promo: Some(true),
+            email_optout: Some(false),
+            email_consent_updated_at: Some(OmneoTime(at(10))),
+            ..Comms::default()
+        };
+        let update = merge(
+            &current,
+            [&event("a", KlaviyoTopic::UnsubscribedFromEmailMarketing, 5)],
+        );
+        assert_eq!(update, Comms::default());
+    }
+
+    /// Found by the soak: a customer unsubscribed, then subscribed again; the subscribe arrived
+    /// first and found Omneo already subscribed, so nothing was written, and the older
+    /// unsubscribe, delivered later, then won.
+    #[test]
+    fn a_newer_choice_omneo_already_holds_stamps_its_time_so_an_older_one_cannot_undo_it() {
         let current = Comms {
             email_promo: Some(true),
             email_optout: Some(false),
             ..Comms::default()
         };
-        let update = merge(
-            &current,
-            [&event("a", KlaviyoTopic::SubscribedToEmailMarketing, 5)],
+        let subscribe = event("b", KlaviyoTopic::SubscribedToEmailMarketing, 20);
+        let update = merge(&current, [&subscribe]);
+        assert_eq!(
+            update,
+            Comms {
+                email_consent_updated_at: Some(OmneoTime(at(20))),
+                ..Comms::default()
+            }
         );
-        assert_eq!(update, Comms::default());
+        let after = applied(&current, &update);
+        let unsubscribe = event("a", KlaviyoTopic::UnsubscribedFromEmailMarketing, 10);
+        assert_eq!(merge(&after, [&unsubscribe]), Comms::default());
     }
 
     #[test]

@@ -32,7 +32,10 @@
 //! Held tasks are pending, so [`LocalQueue::idle`] waits for them: on a paused queue holding
 //! tasks it returns only after a resume let them finish.
 //!
-//! Delivery runs on tokio tasks: `enqueue` returns as soon as the task is accepted.
+//! Delivery runs on tokio tasks of the runtime the queue was created on (not the caller's: a
+//! caller on a runtime that shuts down must not take queued tasks with it, just as a Cloud Run
+//! instance that dies takes nothing out of Cloud Tasks); `enqueue` returns as soon as the task
+//! is accepted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -92,6 +95,8 @@ pub struct LocalQueue {
 }
 
 struct Inner {
+    /// The runtime deliveries and dispatchers run on: the one `LocalQueue::new` was called on.
+    runtime: tokio::runtime::Handle,
     targets: TaskTargets,
     http: reqwest::Client,
     state: Mutex<State>,
@@ -150,10 +155,14 @@ struct PreviousAttempt {
 }
 
 impl LocalQueue {
-    /// A queue posting tasks to `targets` with `http`.
+    /// A queue posting tasks to `targets` with `http`, delivering on the current tokio runtime.
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime.
     pub fn new(targets: TaskTargets, http: reqwest::Client) -> Self {
         Self {
             inner: Arc::new(Inner {
+                runtime: tokio::runtime::Handle::current(),
                 targets,
                 http,
                 state: Mutex::new(State {
@@ -238,7 +247,8 @@ impl Queue for LocalQueue {
                 .insert(task.name.clone(), None);
         }
         self.inner.stats.send_modify(|stats| stats.pending += 1);
-        tokio::spawn(Arc::clone(&self.inner).run(task.clone(), body, self.backoff_scale));
+        let delivery = Arc::clone(&self.inner).run(task.clone(), body, self.backoff_scale);
+        self.inner.runtime.spawn(delivery);
         Ok(Enqueued::Created)
     }
 
@@ -254,7 +264,9 @@ impl Queue for LocalQueue {
             None => {
                 let control = Arc::new(Control::new(settings.clone()));
                 let (line, waiting) = mpsc::unbounded_channel();
-                tokio::spawn(dispatcher(Arc::clone(&control), waiting));
+                self.inner
+                    .runtime
+                    .spawn(dispatcher(Arc::clone(&control), waiting));
                 state.queues.insert(queue.clone(), Gate { control, line });
             }
         }
