@@ -375,22 +375,7 @@ impl LocalStack {
     async fn install_demo(&self) -> anyhow::Result<()> {
         let klaviyo = self.klaviyo.as_ref().context("the Klaviyo simulator")?;
         approve_install_link(klaviyo, self.install_link.as_str()).await?;
-        let tenant = TenantId::parse(DEMO_TENANT)?;
-        let record = self
-            .app
-            .store
-            .tenant(&tenant)
-            .await?
-            .context("the demo tenant")?;
-        let client = self.app.omneo(&record)?;
-        for webhook in client.webhooks(&record.settings.namespace).await? {
-            let update = shared::omneo::models::WebhookUpdate {
-                is_active: Some(true),
-                ..Default::default()
-            };
-            client.update_webhook(&webhook.id, &update).await?;
-        }
-        Ok(())
+        activate_omneo_webhooks(&self.app, &TenantId::parse(DEMO_TENANT)?).await
     }
 
     /// Serves until `signal` completes, then stops accepting connections and drains in-flight
@@ -427,8 +412,25 @@ fn simulator_addrs(port: u16) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     }
 }
 
-/// Registers the demo tenant through the same code as `PUT /{tenant}/api/v1/tenant` and returns
-/// its admin key.
+/// Turns on every Omneo webhook provisioning registered for `tenant` (inactive until then), as
+/// CX Manager's toggle does.
+pub async fn activate_omneo_webhooks(app: &App, tenant: &TenantId) -> anyhow::Result<()> {
+    let record = app
+        .store
+        .tenant(tenant)
+        .await?
+        .context("a registered tenant")?;
+    let client = app.omneo(&record)?;
+    for webhook in client.webhooks(&record.settings.namespace).await? {
+        let update = shared::omneo::models::WebhookUpdate {
+            is_active: Some(true),
+            ..Default::default()
+        };
+        client.update_webhook(&webhook.id, &update).await?;
+    }
+    Ok(())
+}
+
 /// Follows an install link as the customer's browser does: our redirect to Klaviyo's authorize
 /// page, Allow on the simulated consent page, then our callback page, which must answer 2xx.
 pub async fn approve_install_link(klaviyo: &KlaviyoSim, link: &str) -> anyhow::Result<()> {
@@ -452,6 +454,8 @@ pub async fn approve_install_link(klaviyo: &KlaviyoSim, link: &str) -> anyhow::R
     Ok(())
 }
 
+/// Registers the demo tenant through the same code as `PUT /{tenant}/api/v1/tenant` and returns
+/// its admin key.
 async fn register_demo_tenant(
     app: &App,
     tenant: &TenantId,

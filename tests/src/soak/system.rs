@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 use super::StoreChoice;
 use super::accounts::KlaviyoAccounts;
 use crate::klaviyo::KlaviyoSim;
-use crate::local_stack::{approve_install_link, loopback};
+use crate::local_stack::{activate_omneo_webhooks, approve_install_link, loopback};
 use crate::omneo::{OmneoSim, OmneoSimOptions, TenantSpec};
 
 /// How much faster than Cloud Tasks' the local queue backs off (5 s → 300 s becomes
@@ -236,20 +236,13 @@ impl System {
         approve_install_link(self.klaviyo_of(index), install_link.as_str())
             .await
             .with_context(|| format!("installing {name}"))?;
+        activate_omneo_webhooks(&self.app, &id).await?;
         let record = self
             .app
             .store
             .tenant(&id)
             .await?
             .context("a registered tenant")?;
-        let client = self.app.omneo(&record)?;
-        for webhook in client.webhooks(&record.settings.namespace).await? {
-            let update = shared::omneo::models::WebhookUpdate {
-                is_active: Some(true),
-                ..Default::default()
-            };
-            client.update_webhook(&webhook.id, &update).await?;
-        }
         let webhook_secret = record.open(&self.app.config.keyring, TenantSecret::WebhookSecret)?;
         Ok(SoakTenant {
             id,

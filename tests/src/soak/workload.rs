@@ -288,8 +288,7 @@ pub async fn flow_rewards(
             system.url, customer.tenant_id
         );
         for _ in 0..rng.random_range(1..=MAX_FLOW_REPEATS) {
-            let mut resends = 0;
-            loop {
+            until_accepted("a reward call", || async {
                 let answer = http
                     .post(&url)
                     .header("x-omneo-secret", tenant.webhook_secret.expose_secret())
@@ -297,15 +296,9 @@ pub async fn flow_rewards(
                     .send()
                     .await;
                 ledger.book().sent.reward_calls += 1;
-                match answer.map(|a| a.status().as_u16()) {
-                    Ok(202) => break,
-                    other => {
-                        anyhow::ensure!(resends < MAX_RESENDS, "reward call answered {other:?}");
-                        resends += 1;
-                        tokio::time::sleep(RESEND_PAUSE).await;
-                    }
-                }
-            }
+                answer.ok().map(|a| a.status().as_u16())
+            })
+            .await?;
         }
         ledger.book().rewards.entry(index).or_default().insert(key);
         tokio::time::sleep(pause).await;
@@ -336,27 +329,40 @@ pub async fn metric_calls(
             system.url, customer.tenant_id
         );
         for _ in 0..rng.random_range(1..=2) {
-            let mut resends = 0;
-            loop {
+            until_accepted("a metric call", || async {
                 let delivery = system
                     .omneo
                     .send_target_call(&customer.tenant_id, &url, &body)
-                    .await?;
+                    .await
+                    .ok()?;
                 ledger.book().sent.metric_calls += 1;
-                match delivery.outcome.status() {
-                    Some(202) => break,
-                    other => {
-                        anyhow::ensure!(resends < MAX_RESENDS, "metric call answered {other:?}");
-                        resends += 1;
-                        tokio::time::sleep(RESEND_PAUSE).await;
-                    }
-                }
-            }
+                delivery.outcome.status()
+            })
+            .await?;
         }
         ledger.book().metrics.insert(i);
         tokio::time::sleep(pause).await;
     }
     Ok(())
+}
+
+/// Makes a call with `send` (its status, `None` without an answer) until it is answered 202,
+/// at most [`MAX_RESENDS`] more times, [`RESEND_PAUSE`] apart, as the remote's retries would.
+async fn until_accepted<F, Fut>(what: &str, mut send: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<u16>>,
+{
+    let mut resends = 0;
+    loop {
+        let status = send().await;
+        if status == Some(202) {
+            return Ok(());
+        }
+        anyhow::ensure!(resends < MAX_RESENDS, "{what} was answered {status:?}");
+        resends += 1;
+        tokio::time::sleep(RESEND_PAUSE).await;
+    }
 }
 
 /// The Klaviyo metric the soak's target calls name.
