@@ -239,28 +239,38 @@ pub fn merge<'e>(current: &Comms, events: impl IntoIterator<Item = &'e ConsentEv
         }
     }
     let mut update = Comms::default();
-    let mut stamps: BTreeMap<bool, Timestamp> = BTreeMap::new();
+    // Per channel (email first): the latest consent choice, and whether it changes a value.
+    let mut stamps: BTreeMap<bool, (Timestamp, bool)> = BTreeMap::new();
     for (field, (value, at)) in merged {
-        // A newer choice stamps its time even when Omneo already holds its value: an older
-        // event delivered after it must find it newer, or it would undo the customer's choice.
-        if field.is_consent() {
-            let is_email = field.channel() == Channel::Email;
-            let latest = stamps.entry(is_email).or_insert(at);
-            *latest = (*latest).max(at);
-        }
-        if field.get(current) != Some(value) {
+        let changes = field.get(current) != Some(value);
+        if changes {
             field.set(&mut update, value);
         }
+        if field.is_consent() {
+            let is_email = field.channel() == Channel::Email;
+            let latest = stamps.entry(is_email).or_insert((at, changes));
+            *latest = (latest.0.max(at), latest.1 || changes);
+        }
     }
-    for (is_email, at) in stamps {
+    for (is_email, (at, changes)) in stamps {
         let channel = if is_email {
             Channel::Email
         } else {
             Channel::Sms
         };
-        stamp(&mut update, channel, at);
+        // A newer choice stamps its time even when Omneo already holds its value: an older
+        // event delivered after it must find it newer, or it would undo the customer's choice.
+        // A choice no newer than the held time (a replay, a retry) writes nothing.
+        if changes || is_newer(at, consent_time(current, channel)) {
+            stamp(&mut update, channel, at);
+        }
     }
     update
+}
+
+/// Whether `at` is later than the consent time Omneo holds, to the second.
+fn is_newer(at: Timestamp, held: Option<Timestamp>) -> bool {
+    held.is_none_or(|held| at.as_second() > held.as_second())
 }
 
 /// `current` with `update` applied (what Omneo holds after the update).
@@ -377,6 +387,8 @@ mod tests {
         let after = applied(&current, &update);
         let unsubscribe = event("a", KlaviyoTopic::UnsubscribedFromEmailMarketing, 10);
         assert_eq!(merge(&after, [&unsubscribe]), Comms::default());
+        // Its replay (a retried task) finds the time already held and writes nothing.
+        assert_eq!(merge(&after, [&subscribe]), Comms::default());
     }
 
     #[test]

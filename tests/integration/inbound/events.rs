@@ -310,29 +310,43 @@ async fn unsubscribe_then_subscribe_ends_subscribed_whatever_the_listing_order()
 }
 
 #[tokio::test]
-async fn consent_times_move_only_when_consent_changes() {
+async fn a_choice_omneo_already_holds_moves_only_its_consent_time() {
     let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let l = o.linked(customer(42)).await;
     let before = o.comms_updates(&l.omneo.id);
-    // Already subscribed: nothing changes, nothing is written, but the interaction is recorded.
-    o.deliver(vec![event(&l, topics::SUBSCRIBED_TO_EMAIL)])
-        .await;
-    assert_eq!(o.comms_updates(&l.omneo.id), before, "no comms update");
+    // Already subscribed: the choice is newer than Omneo's consent time, so only that time
+    // moves (an older unsubscribe delivered later must not undo it); the interaction is recorded.
+    let subscribe = event(&l, topics::SUBSCRIBED_TO_EMAIL);
+    o.deliver(vec![subscribe.clone()]).await;
+    assert_eq!(o.comms_updates(&l.omneo.id), before + 1, "one comms update");
     let comms = o.t.omneo.comms(o.tenant, &l.omneo.id).unwrap();
+    assert!(comms.email_subscribed(), "{comms:?}");
+    let stamped = omneo_time(subscribe.datetime);
     assert_eq!(
         comms.email_consent_updated_at.as_deref(),
+        Some(stamped.as_str())
+    );
+    assert_eq!(
+        comms.sms_consent_updated_at.as_deref(),
         Some(DEMO_CONSENT_AT)
     );
     assert_eq!(o.interactions(&l.omneo.id).len(), 1);
+    // An older unsubscribe delivered after it changes nothing.
+    let older = event(&l, topics::UNSUBSCRIBED_FROM_EMAIL)
+        .at(subscribe.datetime - jiff::SignedDuration::from_secs(5));
+    o.deliver(vec![older]).await;
+    let comms = o.t.omneo.comms(o.tenant, &l.omneo.id).unwrap();
+    assert!(comms.email_subscribed(), "{comms:?}");
+    assert_eq!(o.comms_updates(&l.omneo.id), before + 1, "no comms update");
     // A bounce changes comms but no consent time.
     o.deliver(vec![event(&l, topics::BOUNCED_EMAIL)]).await;
     let comms = o.t.omneo.comms(o.tenant, &l.omneo.id).unwrap();
     assert_eq!(comms.email_bounced, Some(true));
     assert_eq!(
         comms.email_consent_updated_at.as_deref(),
-        Some(DEMO_CONSENT_AT)
+        Some(stamped.as_str())
     );
-    assert_eq!(o.comms_updates(&l.omneo.id), before + 1);
+    assert_eq!(o.comms_updates(&l.omneo.id), before + 2);
 }
 
 #[tokio::test]
