@@ -43,6 +43,12 @@ use crate::worker::{Outcome, Setback, TaskContext, TaskRequest, settle};
 /// can take (a handful of calls, each bounded by the retry policy's two minutes).
 pub const ATTEMPT_LEASE: Duration = Duration::from_secs(5 * 60);
 
+/// How long a profile's lease lasts unless renewed: the attempt holding it renews it every third
+/// of this while it works, so an instance that dies mid-sync holds the profile up for at most
+/// this long (found by the soak: with [`ATTEMPT_LEASE`] a killed instance stalled its profiles
+/// for five minutes).
+pub const PROFILE_LEASE: Duration = Duration::from_secs(30);
+
 /// A task worker: which queue it serves and what it does with one task.
 pub trait Worker: Send + Sync + 'static {
     /// The queue direction whose tasks it runs.
@@ -371,15 +377,16 @@ impl<'a> Job<'a> {
         }
     }
 
-    /// Runs `work` holding the profile's lease, so no other attempt (of either worker) works on
-    /// the same Omneo profile meanwhile; a lease held elsewhere asks for a retry.
+    /// Runs `work` holding the profile's lease ([`PROFILE_LEASE`], renewed while it runs), so no
+    /// other attempt (of either worker) works on the same Omneo profile meanwhile; a lease held
+    /// elsewhere asks for a retry.
     pub async fn with_profile_lease<T>(
         &self,
         profile: &OmneoProfileId,
         work: impl Future<Output = Result<T, Setback>>,
     ) -> Result<T, Setback> {
         let key = IdempotencyKey::new(&self.tenant.id, "profile", &[profile.as_str()]);
-        let held = match self.hold(key, "lease_profile").await? {
+        let held = match self.hold_for(key, PROFILE_LEASE, "lease_profile").await? {
             Hold::Acquired(held) => held,
             // Leases are only ever let go, never finished.
             Hold::Done => {
@@ -389,9 +396,44 @@ impl<'a> Job<'a> {
                 ));
             }
         };
-        let result = work.await;
+        let result = self.renewing(&held, PROFILE_LEASE, work).await;
         self.let_go(held).await;
         result
+    }
+
+    /// Runs `work` while renewing `held` for `lease` every third of it, so the claim outlives
+    /// any attempt that is alive and lapses soon after one that died.
+    pub async fn renewing<T>(
+        &self,
+        held: &Held,
+        lease: Duration,
+        work: impl Future<Output = T>,
+    ) -> T {
+        tokio::select! {
+            result = work => result,
+            never = self.keep_alive(held, lease) => match never {},
+        }
+    }
+
+    /// Renews `held` for `lease` every third of it, forever (the caller stops polling it). A
+    /// renewal that fails is logged: the lease may lapse, and the work goes on.
+    async fn keep_alive(&self, held: &Held, lease: Duration) -> std::convert::Infallible {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match self.app.store.claim(&held.key, &held.holder, lease).await {
+                Ok(Claim::Acquired) => {}
+                Ok(other) => tracing::warn!(
+                    key = held.key.as_str(),
+                    claim = ?other,
+                    "a lease lapsed while its work ran"
+                ),
+                Err(error) => tracing::warn!(
+                    key = held.key.as_str(),
+                    error = %error,
+                    "could not renew a lease"
+                ),
+            }
+        }
     }
 }
 

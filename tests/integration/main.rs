@@ -20,5 +20,6 @@ mod outbound;
 mod pipeline;
 mod queue;
 mod runtime;
+mod soak;
 mod store;
 mod support;

@@ -63,6 +63,7 @@ conformance!(
     expired_oauth_states_are_absent,
     claims_follow_the_idempotency_lifecycle,
     expired_leases_and_done_markers_can_be_claimed_again,
+    a_holder_claiming_again_keeps_its_lease_alive,
     failures_come_newest_first_per_tenant,
     failure_pages_cover_every_record_once,
     failures_filter_by_kind_and_severity,
@@ -480,6 +481,43 @@ async fn expired_leases_and_done_markers_can_be_claimed_again(store: Arc<dyn Sto
     );
     store.complete(&finished, short).await.unwrap();
     claim_once_expired(store.as_ref(), &finished, Claim::Done).await;
+}
+
+async fn a_holder_claiming_again_keeps_its_lease_alive(store: Arc<dyn Store>) {
+    let short = Duration::from_millis(400);
+    let busy = key("acme", "busy");
+    assert_eq!(
+        store.claim(&busy, "worker", short).await.unwrap(),
+        Claim::Acquired
+    );
+    // Renewed every 100 ms for three leases' time: nobody else gets it meanwhile.
+    let until = tokio::time::Instant::now() + short * 3;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            store.claim(&busy, "worker", short).await.unwrap(),
+            Claim::Acquired
+        );
+        assert_eq!(
+            store.claim(&busy, "other", short).await.unwrap(),
+            Claim::InProgress
+        );
+    }
+    // Left to lapse, it goes to the next claimant; its old holder then finds it taken.
+    claim_once_expired(store.as_ref(), &busy, Claim::InProgress).await;
+    assert_eq!(
+        store.claim(&busy, "worker", short).await.unwrap(),
+        Claim::InProgress
+    );
+    // A finished key is not revived by its old holder.
+    store
+        .complete(&busy, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim(&busy, "waiter", short).await.unwrap(),
+        Claim::Done
+    );
 }
 
 async fn failures_come_newest_first_per_tenant(store: Arc<dyn Store>) {

@@ -6,7 +6,10 @@
 //! drops out), merge the rest into one comms update ([`super::consent::merge`]) and send it if
 //! it changes anything, check the master list, and record one interaction per event, marking
 //! each event done as its interaction is made. Subscription status is never pushed back to
-//! Klaviyo; the only Klaviyo write is the master-list subscribe.
+//! Klaviyo; the only Klaviyo write is the master-list subscribe. A comms update also queues an
+//! outbound sync of the profile (coalesced, as Omneo's webhooks are), which Omneo would not
+//! trigger for the extension's own change: it repairs Klaviyo if an outbound sync wrote Omneo's
+//! older consent there while the customer's change was on its way.
 //!
 //! **Retries.** A retry after a partial failure (comms written, some interactions not) finds the
 //! finished events done and the comms already equal, so nothing is written twice. The one gap:
@@ -26,7 +29,7 @@ use crate::omneo::models::{
     Channel, Comms, InteractionProfile, NewInteraction, OmneoTime, Profile as OmneoProfile,
 };
 use crate::outbound::consent::current as klaviyo_consent;
-use crate::queue::{ConsentEvent, KlaviyoEvents, OUR_CUSTOM_SOURCE};
+use crate::queue::{ConsentEvent, Direction, KlaviyoEvents, OUR_CUSTOM_SOURCE, Task};
 use crate::store::IdempotencyKey;
 use crate::worker::Setback;
 
@@ -134,6 +137,7 @@ async fn update_comms(
         .map_err(omneo_setback("read_comms"))?;
     let update = merge(&current, events.iter().copied());
     if update != Comms::default() {
+        enqueue_repair_sync(job, profile).await?;
         job.omneo
             .update_comms(&profile.id, &update)
             .await
@@ -147,6 +151,33 @@ async fn update_comms(
         join_master_list(job, work, events).await?;
     }
     Ok(())
+}
+
+/// Queues an outbound sync of `profile` (coalesced as Omneo's own webhooks are), to run after
+/// this comms update: Omneo does not deliver the extension's own changes back to it, so without
+/// this an outbound sync that ran between the customer's change in Klaviyo and this update —
+/// and wrote Omneo's older consent over it — would stay uncorrected (found by the soak). In the
+/// usual case the sync finds Klaviyo already equal and writes nothing. Queued before the update
+/// so that a failed enqueue leaves nothing written; the profile lease this task holds keeps the
+/// sync from running before the update lands.
+async fn enqueue_repair_sync(job: &Job<'_>, profile: &OmneoProfile) -> Result<(), Setback> {
+    let queue = job
+        .install
+        .queue(Direction::Outbound)
+        .ok_or_else(|| Setback::give_up("enqueue_sync", "the tenant has no outbound queue"))?;
+    let task = Task::coalesced_sync(
+        &job.tenant.id,
+        queue.clone(),
+        profile.id.clone(),
+        job.tenant.settings.coalesce_seconds,
+        jiff::Timestamp::now(),
+    );
+    job.app
+        .queue
+        .enqueue(&task)
+        .await
+        .map(drop)
+        .map_err(|error| Setback::retry("enqueue_sync", error.to_string()))
 }
 
 /// Step 7: an email-subscribed profile that is not in the tenant's master list is subscribed

@@ -9,6 +9,13 @@
 //! inbound side drop the echo. A profile without a comms object says nothing about consent, so
 //! nothing is written.
 //!
+//! **Omneo's changes win; Klaviyo's are carried back** (ours, found by the soak): a channel whose
+//! desired state equals what this extension last sent for the profile (`last_sent`, from the sync
+//! state) has not changed in Omneo since; if Klaviyo differs, the customer changed it in Klaviyo
+//! and that change is on its way to Omneo through the inbound path, so it is left alone — writing
+//! Omneo's older state would undo the customer's newer choice. A profile never synced before has
+//! nothing last sent, so Omneo's state is written.
+//!
 //! **Resyncs** (ours): when the Klaviyo profile existed before this sync, consent Omneo recorded
 //! at a known time (`email_consent_updated_at`, `sms_consent_updated_at`) is imported as history
 //! (`historical_import` with that time), so Klaviyo sends no confirmation for a choice the
@@ -83,27 +90,39 @@ pub struct ConsentTarget<'a> {
     /// Whether this is a resync (the Klaviyo profile existed before): known consent times are
     /// imported as history.
     pub resync: bool,
+    /// What this extension last sent for the profile (the sync state's; default when none).
+    pub last_sent: ConsentSent,
 }
 
-/// The writes that bring Klaviyo's consent (`current`) to Omneo's (`desired`).
+/// The writes that bring Klaviyo's consent (`current`) to Omneo's (`desired`), on the channels
+/// Omneo changed since `target.last_sent` (see the module docs).
 pub fn writes(
     desired: ConsentSent,
     current: ConsentSent,
     comms: Option<&Comms>,
     target: ConsentTarget<'_>,
 ) -> ConsentWrites {
-    let differs = |want: Option<ConsentState>, have: Option<ConsentState>, state: ConsentState| {
-        want == Some(state) && have != Some(state)
+    let differs = |want: Option<ConsentState>,
+                   have: Option<ConsentState>,
+                   sent: Option<ConsentState>,
+                   state: ConsentState| {
+        want == Some(state) && have != Some(state) && sent != want
     };
+    let last = target.last_sent;
     let consented_at =
         |at: Option<crate::omneo::models::OmneoTime>| at.filter(|_| target.resync).map(|at| at.0);
     // Channels to subscribe, grouped by the consent time they are imported with.
     let mut subscribe: BTreeMap<Option<Timestamp>, Subscriber> = BTreeMap::new();
-    if differs(desired.email, current.email, ConsentState::Subscribed) {
+    if differs(
+        desired.email,
+        current.email,
+        last.email,
+        ConsentState::Subscribed,
+    ) {
         let at = consented_at(comms.and_then(|c| c.email_consent_updated_at));
         subscribe.entry(at).or_default().email_marketing = true;
     }
-    if differs(desired.sms, current.sms, ConsentState::Subscribed) {
+    if differs(desired.sms, current.sms, last.sms, ConsentState::Subscribed) {
         let at = consented_at(comms.and_then(|c| c.sms_consent_updated_at));
         subscribe.entry(at).or_default().sms_marketing = true;
     }
@@ -127,10 +146,18 @@ pub fn writes(
     let unsubscriber = Subscriber {
         email: target.email.map(str::to_owned),
         phone_number: target.phone.cloned(),
-        email_marketing: differs(desired.email, current.email, ConsentState::NotSubscribed)
-            && current.email.is_some(),
-        sms_marketing: differs(desired.sms, current.sms, ConsentState::NotSubscribed)
-            && current.sms.is_some(),
+        email_marketing: differs(
+            desired.email,
+            current.email,
+            last.email,
+            ConsentState::NotSubscribed,
+        ) && current.email.is_some(),
+        sms_marketing: differs(
+            desired.sms,
+            current.sms,
+            last.sms,
+            ConsentState::NotSubscribed,
+        ) && current.sms.is_some(),
         consented_at: None,
     };
     let unsubscribe =
@@ -217,7 +244,42 @@ mod tests {
             phone: Some(&PHONE),
             master_list,
             resync,
+            last_sent: ConsentSent::default(),
         }
+    }
+
+    #[test]
+    fn a_channel_omneo_has_not_changed_since_it_was_sent_is_left_to_klaviyo() {
+        let omneo = ConsentSent {
+            email: NOT,
+            sms: SUB,
+        };
+        let klaviyo = ConsentSent {
+            email: SUB,
+            sms: NOT,
+        };
+        // Email was last sent as it is now (the customer subscribed in Klaviyo since, and that is
+        // on its way to Omneo); SMS changed in Omneo since it was last sent.
+        let last_sent = ConsentSent {
+            email: NOT,
+            sms: NOT,
+        };
+        let w = writes(
+            omneo,
+            klaviyo,
+            None,
+            ConsentTarget {
+                last_sent,
+                ..target(None, true)
+            },
+        );
+        assert!(w.unsubscribe.is_none(), "{w:?}");
+        assert_eq!(w.subscribe.len(), 1);
+        let subscriber = &w.subscribe[0].subscribers[0];
+        assert!(subscriber.sms_marketing && !subscriber.email_marketing);
+        // Never sent before: Omneo's state is written on both channels.
+        let first = writes(omneo, klaviyo, None, target(None, true));
+        assert_eq!(first.calls(), 2);
     }
 
     #[test]

@@ -132,6 +132,7 @@ async fn sync_held(job: &Job<'_>, id: &OmneoProfileId) -> Result<(), Setback> {
             phone: mapped.phone.as_ref(),
             master_list: settings.master_list_id.as_deref(),
             resync: existed,
+            last_sent: state.as_ref().map(|s| s.consent).unwrap_or_default(),
         },
     );
     for job_document in &writes.subscribe {

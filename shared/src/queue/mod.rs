@@ -27,7 +27,7 @@ pub use self::work::{
     Reconcile, RecordInteraction, SendMetric, SyncProfile, TaskKind, Work,
 };
 use crate::api_error::ApiError;
-use crate::domain::TenantId;
+use crate::domain::{OmneoProfileId, TenantId};
 
 /// The `X-CloudTasks-*` request headers Cloud Tasks pushes tasks with (platform.md).
 pub mod header {
@@ -115,6 +115,42 @@ pub struct Task {
     pub name: TaskName,
     /// Run no earlier than this (≤ 30 days ahead); `None`: now.
     pub schedule_at: Option<Timestamp>,
+}
+
+impl Task {
+    /// A sync of `profile` coalesced into the current bucket of `window_seconds` (a tenant's
+    /// `coalesce_seconds`): named from (tenant, profile, window, bucket) and scheduled at the
+    /// bucket's end, so every change inside one window is one task, which re-reads the profile.
+    pub fn coalesced_sync(
+        tenant: &TenantId,
+        queue: QueueName,
+        profile: OmneoProfileId,
+        window_seconds: u32,
+        now: Timestamp,
+    ) -> Self {
+        let window = i64::from(window_seconds.max(1));
+        let bucket = now.as_second().div_euclid(window);
+        let bucket_end = Timestamp::from_second((bucket + 1) * window).unwrap_or(now);
+        let name = TaskName::from_parts(&[
+            "sync",
+            tenant.as_str(),
+            profile.as_str(),
+            &window.to_string(),
+            &bucket.to_string(),
+        ]);
+        Self {
+            queue,
+            direction: Direction::Outbound,
+            envelope: TaskEnvelope {
+                tenant: tenant.clone(),
+                work: Work::SyncProfile(SyncProfile {
+                    profile_id: profile,
+                }),
+            },
+            name,
+            schedule_at: Some(bucket_end),
+        }
+    }
 }
 
 /// The JSON body of a task request: `{"tenant", "kind", "payload"}`. Keep it small: ids, not

@@ -43,7 +43,7 @@ use crate::domain::{DataSourceKind, KlaviyoProfileId, OmneoProfileId};
 use crate::omneo::models::{Identity, profile_id};
 use crate::queue::{
     DataSourceRecord, Direction, ProfileDeleted, QueueName, SendMetric, SyncProfile, Task,
-    TaskEnvelope, TaskName, Work,
+    TaskName, Work,
 };
 
 /// `X-Omneo-Hmac-SHA256`: hex HMAC-SHA256 of the raw body under the tenant's signing secret.
@@ -136,7 +136,13 @@ async fn webhook(
     let task = match trigger {
         ProfileTrigger::Changed => {
             let profile: ChangedProfile = parse_json(&body)?;
-            coalesced_sync(&tenant, queue, profile.id, now)
+            Task::coalesced_sync(
+                &tenant.id,
+                queue,
+                profile.id,
+                tenant.settings.coalesce_seconds,
+                now,
+            )
         }
         ProfileTrigger::Deleted => {
             let profile: DeletedProfile = parse_json(&body)?;
@@ -160,38 +166,6 @@ async fn webhook(
         }
     };
     enqueue(receiver.app.queue.as_ref(), task).await
-}
-
-/// A sync of `profile` coalesced into the current `coalesce_seconds` bucket: named from the
-/// bucket, scheduled at its end.
-fn coalesced_sync(
-    tenant: &ReceiverTenant,
-    queue: QueueName,
-    profile: OmneoProfileId,
-    now: Timestamp,
-) -> Task {
-    let window = i64::from(tenant.settings.coalesce_seconds.max(1));
-    let bucket = now.as_second().div_euclid(window);
-    let bucket_end = Timestamp::from_second((bucket + 1) * window).unwrap_or(now);
-    let name = TaskName::from_parts(&[
-        "sync",
-        tenant.id.as_str(),
-        profile.as_str(),
-        &window.to_string(),
-        &bucket.to_string(),
-    ]);
-    Task {
-        queue,
-        direction: Direction::Outbound,
-        envelope: TaskEnvelope {
-            tenant: tenant.id.clone(),
-            work: Work::SyncProfile(SyncProfile {
-                profile_id: profile,
-            }),
-        },
-        name,
-        schedule_at: Some(bucket_end),
-    }
 }
 
 /// `?withToken=true|false` (absent: false), read after authentication so an unauthenticated

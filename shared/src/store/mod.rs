@@ -348,7 +348,8 @@ pub trait Store: Send + Sync + 'static {
     async fn live_oauth_states(&self) -> StoreResult<Vec<OAuthState>>;
 
     /// Claims an idempotency key for `holder` for `lease`; see [`Claim`]. An expired lease can be
-    /// re-claimed (by anyone).
+    /// re-claimed (by anyone); the holder of a live lease claiming again extends it to `lease`
+    /// from now (how long work keeps its lease alive).
     async fn claim(
         &self,
         key: &IdempotencyKey,
@@ -674,7 +675,8 @@ impl Marker {
         current.filter(|marker| marker.expires_at > now)
     }
 
-    /// `claim`: a live marker answers for itself; otherwise the caller takes a fresh lease.
+    /// `claim`: a live marker answers for itself, except that its own holder's lease is extended;
+    /// otherwise the caller takes a fresh lease.
     fn claim_step(
         current: Option<Self>,
         holder: &str,
@@ -688,9 +690,10 @@ impl Marker {
             }) => (Change::Keep, Claim::Done),
             Some(Self {
                 state: MarkerState::InProgress,
+                holder: current,
                 ..
-            }) => (Change::Keep, Claim::InProgress),
-            None => {
+            }) if current != holder => (Change::Keep, Claim::InProgress),
+            Some(_) | None => {
                 let marker = Self {
                     state: MarkerState::InProgress,
                     holder: holder.to_owned(),

@@ -1,7 +1,7 @@
 //! The inbound worker: every row of the event → comms → interaction table, merging, echoes,
 //! unknown profiles, redelivery, consent times and the master list.
 
-use harness::klaviyo::{SystemEvent, topics};
+use harness::klaviyo::{Channel, ConsentState, SystemEvent, topics};
 use harness::omneo::{Comms, NewProfile};
 use serde_json::json;
 use shared::domain::TenantId;
@@ -247,16 +247,30 @@ async fn all_rows_in_one_batch_merge_per_profile() {
         linked.push(o.linked(starting(n, row.start)).await);
     }
     let delivered_before = o.t.queue.stats().delivered;
+    let updates_before: Vec<usize> = linked
+        .iter()
+        .map(|l| o.comms_updates(&l.omneo.id))
+        .collect();
     let events: Vec<SystemEvent> = rows
         .iter()
         .zip(&linked)
         .map(|(row, l)| event(l, row.topic))
         .collect();
     o.deliver(events).await;
+    let updated = linked
+        .iter()
+        .zip(&updates_before)
+        .filter(|(l, before)| o.comms_updates(&l.omneo.id) == **before + 1)
+        .count();
+    assert_eq!(
+        updated,
+        rows.len() - 1,
+        "every row but one changes comms, once"
+    );
     assert_eq!(
         o.t.queue.stats().delivered - delivered_before,
-        rows.len() as u64,
-        "one task per profile"
+        (rows.len() + updated) as u64,
+        "one inbound task per profile, and the outbound sync each comms update queues"
     );
     for (row, l) in rows.iter().zip(&linked) {
         let comms = o.t.omneo.comms(o.tenant, &l.omneo.id).unwrap();
@@ -538,8 +552,8 @@ async fn a_subscriber_outside_the_master_list_joins_it_once() {
     o.t.klaviyo
         .change_consent(
             &l.klaviyo_id,
-            harness::klaviyo::Channel::Email,
-            harness::klaviyo::ConsentState::Subscribed,
+            Channel::Email,
+            ConsentState::Subscribed,
             "SIGNUP_FORM",
         )
         .unwrap();
@@ -605,13 +619,30 @@ async fn without_a_master_list_nothing_is_checked() {
         ]
     };
     let before = calls(&o);
-    o.deliver(vec![event(&l, topics::SUBSCRIBED_TO_EMAIL)])
-        .await;
+    o.t.klaviyo
+        .change_consent(
+            &l.klaviyo_id,
+            Channel::Email,
+            ConsentState::Subscribed,
+            "PREFERENCE_PAGE",
+        )
+        .unwrap();
+    o.deliver(o.t.klaviyo.drop_pending()).await;
     assert!(
         o.t.omneo
             .comms(o.tenant, &l.omneo.id)
             .unwrap()
             .email_subscribed()
     );
-    assert_eq!(calls(&o), before, "no subscribe, no list check, no re-read");
+    let [subscribes, list_checks, reads] = calls(&o);
+    assert_eq!(
+        [subscribes, list_checks],
+        [before[0], before[1]],
+        "no subscribe, no list check"
+    );
+    assert_eq!(
+        reads - before[2],
+        1,
+        "one re-read: the outbound sync the comms update queued, which finds Klaviyo equal"
+    );
 }

@@ -263,29 +263,111 @@ async fn consent_is_written_only_on_a_difference_and_sms_needs_a_phone() {
         o.klaviyo_calls("POST", "/api/profile-subscription-bulk-delete-jobs"),
         1
     );
+}
 
-    // Klaviyo's own change is overruled on the next sync (Omneo is the source of truth).
+/// Found by the soak: a customer unsubscribed in Klaviyo, and a sync of an unrelated Omneo edit
+/// ran before that change reached Omneo. It must not subscribe them again: a channel Omneo has
+/// not changed since it was last sent is Klaviyo's change on its way to Omneo.
+#[tokio::test]
+async fn a_change_made_in_klaviyo_is_not_undone_by_a_sync_before_it_reaches_omneo() {
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
     let mut sms = customer(31);
     sms.comms.sms_promo = Some(true);
-    let created = o.create(sms).await;
-    let k = o.klaviyo_profile(&created.id).unwrap();
-    assert_eq!(
-        k.subscriptions.sms_marketing.consent,
-        ConsentState::Subscribed
-    );
-    o.t.klaviyo
-        .change_consent(&k.id, Channel::Sms, ConsentState::Unsubscribed, "SMS")
-        .unwrap();
-    o.edit(&created.id, |p| p.first_name = Some("Again".into()));
-    o.settle().await;
-    assert_eq!(
-        o.klaviyo_profile(&created.id)
+    let l = o.linked(sms).await;
+    let sms_consent = || {
+        o.klaviyo_profile(&l.omneo.id)
             .unwrap()
             .subscriptions
             .sms_marketing
-            .consent,
-        ConsentState::Subscribed
+            .consent
+    };
+    assert_eq!(sms_consent(), ConsentState::Subscribed);
+    let subscribes = || o.klaviyo_calls("POST", "/api/profile-subscription-bulk-create-jobs");
+    let subscribes_before = subscribes();
+    o.t.klaviyo
+        .change_consent(
+            &l.klaviyo_id,
+            Channel::Sms,
+            ConsentState::Unsubscribed,
+            "SMS",
+        )
+        .unwrap();
+    o.edit(&l.omneo.id, |p| p.first_name = Some("Again".into()));
+    o.settle().await;
+    assert_eq!(
+        o.klaviyo_profile(&l.omneo.id)
+            .unwrap()
+            .first_name
+            .as_deref(),
+        Some("Again")
     );
+    assert_eq!(
+        sms_consent(),
+        ConsentState::Unsubscribed,
+        "the customer's choice stays"
+    );
+    assert_eq!(subscribes(), subscribes_before, "no subscribe sent");
+
+    // The change reaches Omneo; the sync it queues finds Klaviyo equal and writes nothing.
+    for delivery in o.t.klaviyo.deliver_pending().await.unwrap() {
+        assert_eq!(delivery.status, Some(202), "{delivery:?}");
+    }
+    o.settle().await;
+    let comms = o.t.omneo.comms(o.tenant, &l.omneo.id).unwrap();
+    assert!(!comms.sms_subscribed(), "{comms:?}");
+    assert_eq!(sms_consent(), ConsentState::Unsubscribed);
+    assert_eq!(subscribes(), subscribes_before);
+
+    // A change made in Omneo still wins: it is sent.
+    o.edit(&l.omneo.id, |p| {
+        p.attributes.comms.sms_promo = Some(true);
+        p.attributes.comms.sms_optout = Some(false);
+    });
+    o.settle().await;
+    assert_eq!(sms_consent(), ConsentState::Subscribed);
+    assert_eq!(subscribes(), subscribes_before + 1);
+}
+
+/// The other side of the race: Omneo's older consent was written to Klaviyo while the
+/// customer's newer change was on its way (here made directly in the simulator). When the
+/// customer's change lands in Omneo, the sync its comms update queues — Omneo changed since SMS
+/// was last sent — writes it to Klaviyo.
+#[tokio::test]
+async fn an_inbound_comms_update_queues_the_sync_that_repairs_klaviyo() {
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
+    let mut sms = customer(32);
+    sms.comms.sms_promo = Some(true);
+    let l = o.linked(sms).await;
+    let sms_consent = || {
+        o.klaviyo_profile(&l.omneo.id)
+            .unwrap()
+            .subscriptions
+            .sms_marketing
+            .consent
+    };
+    // The customer unsubscribes in Klaviyo, and Omneo's subscribed is written over it (as a
+    // sync that read Omneo just before would have).
+    o.t.klaviyo
+        .change_consent(
+            &l.klaviyo_id,
+            Channel::Sms,
+            ConsentState::Unsubscribed,
+            "SMS",
+        )
+        .unwrap();
+    let unsubscribe = o.t.klaviyo.drop_pending();
+    o.t.klaviyo
+        .change_consent(&l.klaviyo_id, Channel::Sms, ConsentState::Subscribed, "API")
+        .unwrap();
+    o.t.klaviyo.drop_pending();
+    assert_eq!(sms_consent(), ConsentState::Subscribed);
+    let unsubscribes = || o.klaviyo_calls("POST", "/api/profile-subscription-bulk-delete-jobs");
+    let unsubscribes_before = unsubscribes();
+    o.deliver(unsubscribe).await;
+    let comms = o.t.omneo.comms(o.tenant, &l.omneo.id).unwrap();
+    assert!(!comms.sms_subscribed(), "{comms:?}");
+    assert_eq!(sms_consent(), ConsentState::Unsubscribed, "repaired");
+    assert_eq!(unsubscribes(), unsubscribes_before + 1);
 }
 
 #[tokio::test]

@@ -87,8 +87,9 @@ pub struct Plan {
     pub duration: Duration,
     /// The share of simulator API calls that misbehave.
     pub fault_rate: f64,
-    /// How long the system may take to settle afterwards: more than a profile lease
-    /// (`shared::job::ATTEMPT_LEASE`, 5 minutes), which an instance killed mid-sync leaves held.
+    /// How long the system may take to settle afterwards: well beyond a lease an instance
+    /// killed mid-task leaves held (`shared::job::PROFILE_LEASE`, 30 s, or a backfill chunk's
+    /// `CHUNK_LEASE`, a minute), and the queue's backoffs.
     pub patience: Duration,
     /// The generators' seed.
     pub seed: u64,
@@ -122,7 +123,7 @@ impl Plan {
             rewards: 12,
             metrics: 8,
             duration: Duration::from_secs(12),
-            patience: Duration::from_secs(7 * 60),
+            patience: Duration::from_secs(4 * 60),
             ..Self::full(store)
         }
     }

@@ -59,9 +59,10 @@ pub const MAX_PAGES_PER_CHUNK: u32 = 20;
 /// A run is cut into at least this many chunks (when it has that many pages), so it spreads
 /// over instances.
 pub const TARGET_CHUNKS: u32 = 8;
-/// How long one attempt holds its chunk: longer than an attempt can last (Cloud Tasks' 10
-/// minute dispatch deadline).
-pub const CHUNK_LEASE: Duration = Duration::from_secs(15 * 60);
+/// How long a chunk's claim lasts unless renewed: the attempt working on it renews it every
+/// third of this (`Job::renewing`), so a chunk whose instance died is taken up again within a
+/// minute.
+pub const CHUNK_LEASE: Duration = Duration::from_secs(60);
 /// How long a finished chunk stays marked done.
 const CHUNK_RETAIN: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long one attempt polls its import jobs before it hands over to a retry.
@@ -98,7 +99,10 @@ pub async fn run(job: &Job<'_>, work: &BackfillChunk) -> Result<(), Setback> {
         Hold::Done => return Ok(()),
         Hold::Acquired(held) => held,
     };
-    match chunk(job, &run, work).await {
+    match job
+        .renewing(&held, CHUNK_LEASE, chunk(job, &run, work))
+        .await
+    {
         Ok(()) => job.finish(held, CHUNK_RETAIN, "claim_chunk").await,
         Err(setback) => {
             job.let_go(held).await;
@@ -575,6 +579,11 @@ async fn write(
                 phone: entry.profile.mapped.phone.as_ref(),
                 master_list: job.tenant.settings.master_list_id.as_deref(),
                 resync: true,
+                last_sent: entry
+                    .previous
+                    .as_ref()
+                    .map(|s| s.consent)
+                    .unwrap_or_default(),
             },
         );
         outcome.counts.imported += u64::from(entry.import);
