@@ -593,8 +593,8 @@ async fn settle(system: &System, patience: Duration) -> anyhow::Result<()> {
         .with_context(|| format!("the system did not settle within {patience:?}; last: {seen}"))?
 }
 
-/// Replays every failure record (severity `failed`) through `POST …/failures/{id}/retry`;
-/// the number replayed and the number of warnings.
+/// Replays every failure record (severity `failed`) through `POST …/failures/{id}/retry`,
+/// naming each on stderr; the number replayed and the number of warnings.
 async fn replay_failures(system: &System) -> anyhow::Result<(usize, usize)> {
     let http = reqwest::Client::new();
     let (mut failed, mut warnings) = (0, 0);
@@ -610,6 +610,15 @@ async fn replay_failures(system: &System) -> anyhow::Result<(usize, usize)> {
                 continue;
             }
             failed += 1;
+            eprintln!(
+                "soak: replaying failure {} of {} ({:?} task, step {}, {} attempts): {}",
+                failure.id,
+                tenant.id,
+                failure.task_kind,
+                failure.step.as_deref().unwrap_or("-"),
+                failure.attempts,
+                failure.error
+            );
             let answer = http
                 .post(format!(
                     "{}/{}/api/v1/failures/{}/retry",
