@@ -39,7 +39,14 @@ pub const EVENT_RETAIN: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// Applies one profile's events to Omneo (see the module docs).
 pub async fn klaviyo_events(job: &Job<'_>, work: &KlaviyoEvents) -> Result<(), Setback> {
-    let events: Vec<&ConsentEvent> = work.events.iter().filter(|e| !e.is_circular()).collect();
+    // An event Klaviyo delivered twice in one batch is one event (found by the soak: its second
+    // claim met the first, held by the same attempt, and the task failed every attempt).
+    let mut seen = std::collections::HashSet::new();
+    let events: Vec<&ConsentEvent> = work
+        .events
+        .iter()
+        .filter(|e| !e.is_circular() && seen.insert(e.id.as_str()))
+        .collect();
     if events.is_empty() {
         tracing::info!(
             klaviyo_profile = %work.klaviyo_profile_id,

@@ -323,6 +323,21 @@ async fn unsubscribe_then_subscribe_ends_subscribed_whatever_the_listing_order()
     assert!(comms.email_subscribed(), "{comms:?}");
 }
 
+/// Found by the soak: the same event twice in one delivery is applied once, and nothing fails.
+#[tokio::test]
+async fn an_event_twice_in_one_delivery_is_applied_once() {
+    let o = Pipeline::start(StoreKind::Memory, json!({})).await;
+    let l = o.linked(customer(43)).await;
+    let before = o.comms_updates(&l.omneo.id);
+    let unsubscribe = event(&l, topics::UNSUBSCRIBED_FROM_EMAIL);
+    o.deliver(vec![unsubscribe.clone(), unsubscribe]).await;
+    let comms = o.t.omneo.comms(o.tenant, &l.omneo.id).unwrap();
+    assert!(!comms.email_subscribed(), "{comms:?}");
+    assert_eq!(o.comms_updates(&l.omneo.id), before + 1);
+    assert_eq!(o.interactions(&l.omneo.id).len(), 1);
+    assert!(o.failures().await.is_empty(), "{:?}", o.failures().await);
+}
+
 #[tokio::test]
 async fn a_choice_omneo_already_holds_moves_only_its_consent_time() {
     let o = Pipeline::start(StoreKind::Memory, json!({})).await;
