@@ -5,7 +5,7 @@ use harness::klaviyo::{Channel, ConsentState};
 use harness::omneo::{CustomAttribute, ProfileType};
 use serde_json::json;
 
-use crate::pipeline::{Pipeline, customer};
+use crate::pipeline::{Linked, Pipeline, customer};
 use crate::support::StoreKind;
 
 async fn create_update_delete(store: StoreKind) {
@@ -265,22 +265,30 @@ async fn consent_is_written_only_on_a_difference_and_sms_needs_a_phone() {
     );
 }
 
+/// Customer `n`, subscribed to SMS in Omneo, synced and linked.
+async fn linked_sms_subscriber(o: &Pipeline, n: u32) -> Linked {
+    let mut sms = customer(n);
+    sms.comms.sms_promo = Some(true);
+    o.linked(sms).await
+}
+
+/// Klaviyo's SMS marketing consent of a linked customer.
+fn klaviyo_sms_consent(o: &Pipeline, l: &Linked) -> ConsentState {
+    o.klaviyo_profile(&l.omneo.id)
+        .unwrap()
+        .subscriptions
+        .sms_marketing
+        .consent
+}
+
 /// Found by the soak: a customer unsubscribed in Klaviyo, and a sync of an unrelated Omneo edit
 /// ran before that change reached Omneo. It must not subscribe them again: a channel Omneo has
 /// not changed since it was last sent is Klaviyo's change on its way to Omneo.
 #[tokio::test]
 async fn a_change_made_in_klaviyo_is_not_undone_by_a_sync_before_it_reaches_omneo() {
     let o = Pipeline::start(StoreKind::Memory, json!({})).await;
-    let mut sms = customer(31);
-    sms.comms.sms_promo = Some(true);
-    let l = o.linked(sms).await;
-    let sms_consent = || {
-        o.klaviyo_profile(&l.omneo.id)
-            .unwrap()
-            .subscriptions
-            .sms_marketing
-            .consent
-    };
+    let l = linked_sms_subscriber(&o, 31).await;
+    let sms_consent = || klaviyo_sms_consent(&o, &l);
     assert_eq!(sms_consent(), ConsentState::Subscribed);
     let subscribes = || o.klaviyo_calls("POST", "/api/profile-subscription-bulk-create-jobs");
     let subscribes_before = subscribes();
@@ -335,16 +343,8 @@ async fn a_change_made_in_klaviyo_is_not_undone_by_a_sync_before_it_reaches_omne
 #[tokio::test]
 async fn an_inbound_comms_update_queues_the_sync_that_repairs_klaviyo() {
     let o = Pipeline::start(StoreKind::Memory, json!({})).await;
-    let mut sms = customer(32);
-    sms.comms.sms_promo = Some(true);
-    let l = o.linked(sms).await;
-    let sms_consent = || {
-        o.klaviyo_profile(&l.omneo.id)
-            .unwrap()
-            .subscriptions
-            .sms_marketing
-            .consent
-    };
+    let l = linked_sms_subscriber(&o, 32).await;
+    let sms_consent = || klaviyo_sms_consent(&o, &l);
     // The customer unsubscribes in Klaviyo, and Omneo's subscribed is written over it (as a
     // sync that read Omneo just before would have).
     o.t.klaviyo
