@@ -7,7 +7,7 @@
 //! **Idempotency.** Cloud Tasks delivers at least once, so every side effect must be safe to
 //! repeat. A `Job` gives the workers the store's two tools for it: a per-profile lease
 //! ([`Job::with_profile_lease`], so two attempts on one profile never interleave their reads and
-//! writes) and done-markers ([`Job::hold`], [`Job::once`]: a side effect that cannot be repeated
+//! writes) and done-markers ([`Job::hold_for`], [`Job::once`]: a side effect that cannot be repeated
 //! harmlessly — an Omneo interaction, a reward — is claimed first, and marked done once made).
 
 use std::future::Future;
@@ -39,15 +39,11 @@ use crate::store::{
 };
 use crate::worker::{Outcome, Setback, TaskContext, TaskRequest, settle};
 
-/// How long one attempt holds a profile's lease or a side effect's claim: longer than an attempt
-/// can take (a handful of calls, each bounded by the retry policy's two minutes).
-pub const ATTEMPT_LEASE: Duration = Duration::from_secs(5 * 60);
-
-/// How long a profile's lease lasts unless renewed: the attempt holding it renews it every third
-/// of this while it works, so an instance that dies mid-sync holds the profile up for at most
-/// this long (found by the soak: with [`ATTEMPT_LEASE`] a killed instance stalled its profiles
-/// for five minutes).
-pub const PROFILE_LEASE: Duration = Duration::from_secs(30);
+/// How long a working attempt's claim (a profile's lease, a side effect's claim) lasts unless
+/// renewed: the attempt renews it every third of this while it works, so an instance that dies
+/// mid-work holds it up for at most this long (found by the soak: with a fixed five-minute
+/// claim a killed instance stalled its profiles for five minutes).
+pub const WORK_LEASE: Duration = Duration::from_secs(30);
 
 /// A task worker: which queue it serves and what it does with one task.
 pub trait Worker: Send + Sync + 'static {
@@ -145,14 +141,14 @@ pub struct Job<'a> {
     pub omneo: OmneoClient,
 }
 
-/// A claim this attempt holds on an idempotency key (see [`Job::hold`]).
+/// A claim this attempt holds on an idempotency key (see [`Job::hold_for`]).
 #[derive(Debug)]
 pub struct Held {
     key: IdempotencyKey,
     holder: String,
 }
 
-/// What [`Job::hold`] found.
+/// What [`Job::hold_for`] found.
 #[derive(Debug)]
 pub enum Hold {
     /// The key is this attempt's until it is finished or let go.
@@ -295,13 +291,8 @@ impl<'a> Job<'a> {
         }
     }
 
-    /// Claims `key` for this attempt for [`ATTEMPT_LEASE`]: [`Hold::Done`] when the work was done
-    /// before; a key another attempt holds asks for a retry.
-    pub async fn hold(&self, key: IdempotencyKey, step: &'static str) -> Result<Hold, Setback> {
-        self.hold_for(key, ATTEMPT_LEASE, step).await
-    }
-
-    /// [`Job::hold`] for work that takes longer than an ordinary attempt: the claim lasts `lease`.
+    /// Claims `key` for this attempt for `lease`: [`Hold::Done`] when the work was done before; a
+    /// key another attempt holds asks for a retry.
     pub async fn hold_for(
         &self,
         key: IdempotencyKey,
@@ -352,8 +343,9 @@ impl<'a> Job<'a> {
         }
     }
 
-    /// Runs `work` once per `key` within `retain`: `None` when it was done before. Work that
-    /// fails lets the key go, so the retry runs it.
+    /// Runs `work` once per `key` within `retain`: `None` when it was done before. The claim
+    /// lasts [`WORK_LEASE`], renewed while `work` runs; work that fails lets the key go, so the
+    /// retry runs it.
     pub async fn once<T>(
         &self,
         key: IdempotencyKey,
@@ -361,11 +353,11 @@ impl<'a> Job<'a> {
         step: &'static str,
         work: impl Future<Output = Result<T, Setback>>,
     ) -> Result<Option<T>, Setback> {
-        let held = match self.hold(key, step).await? {
+        let held = match self.hold_for(key, WORK_LEASE, step).await? {
             Hold::Done => return Ok(None),
             Hold::Acquired(held) => held,
         };
-        match work.await {
+        match self.renewing(&held, WORK_LEASE, work).await {
             Ok(value) => {
                 self.finish(held, retain, step).await?;
                 Ok(Some(value))
@@ -377,7 +369,7 @@ impl<'a> Job<'a> {
         }
     }
 
-    /// Runs `work` holding the profile's lease ([`PROFILE_LEASE`], renewed while it runs), so no
+    /// Runs `work` holding the profile's lease ([`WORK_LEASE`], renewed while it runs), so no
     /// other attempt (of either worker) works on the same Omneo profile meanwhile; a lease held
     /// elsewhere asks for a retry.
     pub async fn with_profile_lease<T>(
@@ -386,7 +378,7 @@ impl<'a> Job<'a> {
         work: impl Future<Output = Result<T, Setback>>,
     ) -> Result<T, Setback> {
         let key = IdempotencyKey::new(&self.tenant.id, "profile", &[profile.as_str()]);
-        let held = match self.hold_for(key, PROFILE_LEASE, "lease_profile").await? {
+        let held = match self.hold_for(key, WORK_LEASE, "lease_profile").await? {
             Hold::Acquired(held) => held,
             // Leases are only ever let go, never finished.
             Hold::Done => {
@@ -396,7 +388,7 @@ impl<'a> Job<'a> {
                 ));
             }
         };
-        let result = self.renewing(&held, PROFILE_LEASE, work).await;
+        let result = self.renewing(&held, WORK_LEASE, work).await;
         self.let_go(held).await;
         result
     }

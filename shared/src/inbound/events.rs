@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::consent::{applied, effect, merge};
 use crate::domain::{ConsentState, KlaviyoTopic};
-use crate::job::{Held, Hold, Job, PROFILE_LEASE, klaviyo_setback, omneo_setback};
+use crate::job::{Held, Hold, Job, WORK_LEASE, klaviyo_setback, omneo_setback};
 use crate::klaviyo::models::{SubscribeJob, Subscriber};
 use crate::omneo::models::{
     Channel, Comms, InteractionProfile, NewInteraction, OmneoTime, Profile as OmneoProfile,
@@ -81,13 +81,12 @@ async fn apply(
 ) -> Result<(), Setback> {
     let mut claimed: Vec<(&ConsentEvent, Held)> = Vec::with_capacity(events.len());
     for event in events {
-        // Claimed for the profile lease's time only: every attempt on this profile's events
-        // claims them under that (renewed) lease, so a claim lapsing while its holder still
-        // works lets no one in; but an attempt that dies or is cancelled (its request dropped)
-        // strands its claims for seconds, not for `ATTEMPT_LEASE` (found by the soak: the
-        // retries of a task whose events a cancelled attempt held ran out at `claim_event`).
+        // Claimed for the profile lease's time, not renewed: every attempt on this profile's
+        // events claims them under that (renewed) lease, so a claim lapsing while its holder
+        // still works lets no one in; and an attempt that dies or is cancelled (its request
+        // dropped) strands its claims for seconds only.
         match job
-            .hold_for(event_key(job, event), PROFILE_LEASE, "claim_event")
+            .hold_for(event_key(job, event), WORK_LEASE, "claim_event")
             .await
         {
             Ok(Hold::Acquired(held)) => claimed.push((event, held)),

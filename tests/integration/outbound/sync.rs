@@ -272,6 +272,18 @@ async fn linked_sms_subscriber(o: &Pipeline, n: u32) -> Linked {
     o.linked(sms).await
 }
 
+/// The customer replies STOP: Klaviyo unsubscribes them from SMS (its system event pending).
+fn unsubscribe_from_sms_in_klaviyo(o: &Pipeline, l: &Linked) {
+    o.t.klaviyo
+        .change_consent(
+            &l.klaviyo_id,
+            Channel::Sms,
+            ConsentState::Unsubscribed,
+            "SMS",
+        )
+        .unwrap();
+}
+
 /// Klaviyo's SMS marketing consent of a linked customer.
 fn klaviyo_sms_consent(o: &Pipeline, l: &Linked) -> ConsentState {
     o.klaviyo_profile(&l.omneo.id)
@@ -292,14 +304,7 @@ async fn a_change_made_in_klaviyo_is_not_undone_by_a_sync_before_it_reaches_omne
     assert_eq!(sms_consent(), ConsentState::Subscribed);
     let subscribes = || o.klaviyo_calls("POST", "/api/profile-subscription-bulk-create-jobs");
     let subscribes_before = subscribes();
-    o.t.klaviyo
-        .change_consent(
-            &l.klaviyo_id,
-            Channel::Sms,
-            ConsentState::Unsubscribed,
-            "SMS",
-        )
-        .unwrap();
+    unsubscribe_from_sms_in_klaviyo(&o, &l);
     o.edit(&l.omneo.id, |p| p.first_name = Some("Again".into()));
     o.settle().await;
     assert_eq!(
@@ -347,14 +352,7 @@ async fn an_inbound_comms_update_queues_the_sync_that_repairs_klaviyo() {
     let sms_consent = || klaviyo_sms_consent(&o, &l);
     // The customer unsubscribes in Klaviyo, and Omneo's subscribed is written over it (as a
     // sync that read Omneo just before would have).
-    o.t.klaviyo
-        .change_consent(
-            &l.klaviyo_id,
-            Channel::Sms,
-            ConsentState::Unsubscribed,
-            "SMS",
-        )
-        .unwrap();
+    unsubscribe_from_sms_in_klaviyo(&o, &l);
     let unsubscribe = o.t.klaviyo.drop_pending();
     o.t.klaviyo
         .change_consent(&l.klaviyo_id, Channel::Sms, ConsentState::Subscribed, "API")

@@ -88,7 +88,7 @@ pub struct Plan {
     /// The share of simulator API calls that misbehave.
     pub fault_rate: f64,
     /// How long the system may take to settle afterwards: well beyond a lease an instance
-    /// killed mid-task leaves held (`shared::job::PROFILE_LEASE`, 30 s, or a backfill chunk's
+    /// killed mid-task leaves held (`shared::job::WORK_LEASE`, 30 s, or a backfill chunk's
     /// `CHUNK_LEASE`, a minute), and the queue's backoffs.
     pub patience: Duration,
     /// The generators' seed.
