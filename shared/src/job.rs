@@ -32,7 +32,7 @@ use crate::klaviyo::KlaviyoClient;
 use crate::klaviyo::models::Profile as KlaviyoProfile;
 use crate::omneo::OmneoClient;
 use crate::omneo::models::Profile as OmneoProfile;
-use crate::queue::{Direction, QueueSettings, TaskEnvelope, Work};
+use crate::queue::{Direction, QueueName, QueueSettings, Task, TaskEnvelope, Work};
 use crate::remote::RemoteError;
 use crate::store::{
     Claim, Failure, IdempotencyKey, Install, InstallStatus, Severity, StoreError, Tenant,
@@ -289,6 +289,27 @@ impl<'a> Job<'a> {
             Ok(()) | Err(StoreError::Conflict { .. }) => Ok(()),
             Err(error) => Err(store_setback(step)(error)),
         }
+    }
+
+    /// The tenant's queue of `direction`; a tenant without one (provisioning never reached its
+    /// queues) gives up at `step`.
+    pub fn queue(&self, direction: Direction, step: &'static str) -> Result<&QueueName, Setback> {
+        self.install.queue(direction).ok_or_else(|| {
+            Setback::give_up(
+                step,
+                format!("the tenant has no {} queue", direction.as_str()),
+            )
+        })
+    }
+
+    /// Enqueues `task`; a queue that cannot take it now asks for a retry at `step`.
+    pub async fn enqueue(&self, task: &Task, step: &'static str) -> Result<(), Setback> {
+        self.app
+            .queue
+            .enqueue(task)
+            .await
+            .map(drop)
+            .map_err(|error| Setback::retry(step, error.to_string()))
     }
 
     /// Claims `key` for this attempt for `lease`: [`Hold::Done`] when the work was done before; a

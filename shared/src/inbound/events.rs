@@ -175,23 +175,14 @@ async fn update_comms(
 /// so that a failed enqueue leaves nothing written; the profile lease this task holds keeps the
 /// sync from running before the update lands.
 async fn enqueue_repair_sync(job: &Job<'_>, profile: &OmneoProfile) -> Result<(), Setback> {
-    let queue = job
-        .install
-        .queue(Direction::Outbound)
-        .ok_or_else(|| Setback::give_up("enqueue_sync", "the tenant has no outbound queue"))?;
     let task = Task::coalesced_sync(
         &job.tenant.id,
-        queue.clone(),
+        job.queue(Direction::Outbound, "enqueue_sync")?.clone(),
         profile.id.clone(),
         job.tenant.settings.coalesce_seconds,
         jiff::Timestamp::now(),
     );
-    job.app
-        .queue
-        .enqueue(&task)
-        .await
-        .map(drop)
-        .map_err(|error| Setback::retry("enqueue_sync", error.to_string()))
+    job.enqueue(&task, "enqueue_sync").await
 }
 
 /// Step 7: an email-subscribed profile that is not in the tenant's master list is subscribed

@@ -143,10 +143,7 @@ async fn read_and_enqueue(
             }
         }
     }
-    let queue = job
-        .install
-        .queue(Direction::Inbound)
-        .ok_or_else(|| Setback::give_up("enqueue_events", "the tenant has no inbound queue"))?;
+    let queue = job.queue(Direction::Inbound, "enqueue_events")?;
     let tasks: Vec<Task> = profiles
         .into_iter()
         .map(|(profile, found)| {
@@ -174,11 +171,11 @@ async fn read_and_enqueue(
             }
         })
         .collect();
-    let results =
-        futures_util::future::join_all(tasks.iter().map(|task| job.app.queue.enqueue(task))).await;
-    for result in results {
-        result.map_err(|error| Setback::retry("enqueue_events", error.to_string()))?;
-    }
+    let results = futures_util::future::join_all(
+        tasks.iter().map(|task| job.enqueue(task, "enqueue_events")),
+    )
+    .await;
+    results.into_iter().collect::<Result<(), Setback>>()?;
     Ok((read, tasks.len(), newest))
 }
 

@@ -102,27 +102,26 @@ pub fn writes(
     comms: Option<&Comms>,
     target: ConsentTarget<'_>,
 ) -> ConsentWrites {
-    let differs = |want: Option<ConsentState>,
-                   have: Option<ConsentState>,
-                   sent: Option<ConsentState>,
-                   state: ConsentState| {
+    // A channel moves to `state` when Omneo wants it, Klaviyo lacks it, and Omneo changed the
+    // channel since it was last sent.
+    let moves = |want: Option<ConsentState>,
+                 have: Option<ConsentState>,
+                 sent: Option<ConsentState>,
+                 state: ConsentState| {
         want == Some(state) && have != Some(state) && sent != want
     };
     let last = target.last_sent;
+    let email_moves_to = |state| moves(desired.email, current.email, last.email, state);
+    let sms_moves_to = |state| moves(desired.sms, current.sms, last.sms, state);
     let consented_at =
         |at: Option<crate::omneo::models::OmneoTime>| at.filter(|_| target.resync).map(|at| at.0);
     // Channels to subscribe, grouped by the consent time they are imported with.
     let mut subscribe: BTreeMap<Option<Timestamp>, Subscriber> = BTreeMap::new();
-    if differs(
-        desired.email,
-        current.email,
-        last.email,
-        ConsentState::Subscribed,
-    ) {
+    if email_moves_to(ConsentState::Subscribed) {
         let at = consented_at(comms.and_then(|c| c.email_consent_updated_at));
         subscribe.entry(at).or_default().email_marketing = true;
     }
-    if differs(desired.sms, current.sms, last.sms, ConsentState::Subscribed) {
+    if sms_moves_to(ConsentState::Subscribed) {
         let at = consented_at(comms.and_then(|c| c.sms_consent_updated_at));
         subscribe.entry(at).or_default().sms_marketing = true;
     }
@@ -146,18 +145,8 @@ pub fn writes(
     let unsubscriber = Subscriber {
         email: target.email.map(str::to_owned),
         phone_number: target.phone.cloned(),
-        email_marketing: differs(
-            desired.email,
-            current.email,
-            last.email,
-            ConsentState::NotSubscribed,
-        ) && current.email.is_some(),
-        sms_marketing: differs(
-            desired.sms,
-            current.sms,
-            last.sms,
-            ConsentState::NotSubscribed,
-        ) && current.sms.is_some(),
+        email_marketing: email_moves_to(ConsentState::NotSubscribed) && current.email.is_some(),
+        sms_marketing: sms_moves_to(ConsentState::NotSubscribed) && current.sms.is_some(),
         consented_at: None,
     };
     let unsubscribe =

@@ -267,11 +267,7 @@ async fn continue_chain(
             next,
             listing.last_page_ids.clone(),
         );
-        job.app
-            .queue
-            .enqueue(&task)
-            .await
-            .map_err(|error| Setback::retry("continue_run", error.to_string()))?;
+        job.enqueue(&task, "continue_run").await?;
     }
     tracing::debug!(run = %run.id, first_page = work.first_page, next = ?listing.next_page, "backfill chunk listed");
     Ok(true)
